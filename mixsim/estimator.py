@@ -1,0 +1,3 @@
+"""GaussianMoE (work in progress)."""
+class GaussianMoE:
+    pass

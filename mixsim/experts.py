@@ -1,0 +1,38 @@
+"""Expert mean functions h_i(x) = g(a_i . x + b_i), batched in torch.
+
+``linear`` (g = identity) is the reference expert (THEORY.md tag [A]); ``tanh`` is a nonlinear,
+strongly identifiable alternative (tag [C]).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["EXPERTS", "check_expert", "expert_mean"]
+
+EXPERTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "linear": lambda t: t,
+    "tanh": torch.tanh,
+}
+
+
+def check_expert(expert: str) -> str:
+    """Return ``expert`` if it names a known expert family, else raise ValueError."""
+    if expert not in EXPERTS:
+        raise ValueError(f"unknown expert {expert!r}; expected one of {tuple(EXPERTS)}")
+    return expert
+
+
+def expert_mean(expert: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Expert means of shape (..., n, k).
+
+    Parameters
+    ----------
+    expert : {"linear", "tanh"}
+    x : Tensor of shape (..., n, d)
+    weight : Tensor of shape (..., k, d)
+    bias : Tensor of shape (..., k)
+    """
+    eta = x @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
+    return EXPERTS[check_expert(expert)](eta)

@@ -1,0 +1,169 @@
+"""Gate families, written once in torch and shared by the statistical model and :mod:`mixsim.nn`.
+
+Every gate maps inputs to **log** gate weights of shape ``(..., n, k)``; the weights of one input
+sum to one over the ``k`` experts (experts outside a top-K selection get weight 0, log weight -inf).
+
+==============  ======================================================  ==================
+name            pi_i(x)                                                  own parameters
+==============  ======================================================  ==================
+``softmax``     softmax_i(beta1_i . x + beta0_i), over the top-K if set  beta1 (k, d), beta0 (k)
+``competition`` softmax_i over the top-K of phi(h_i(x)) + beta0_i         beta0 (k) or none
+``sigmoid``     sigmoid(beta1_i . x + beta0_i) / sum_j sigmoid(...)       beta1 (k, d), beta0 (k)
+==============  ======================================================  ==================
+
+``topk`` is accepted as an alias of ``softmax`` with ``top_k`` required. The competition gate has
+no slope of its own: expert ``i`` is preferred where its own response ``h_i(x)`` is large. ``phi``
+(softplus by default, identity as an option) is a modelling choice (THEORY.md tag [C]).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "GATES",
+    "PHI",
+    "canonical_gate",
+    "linear_logits",
+    "top_k_mask",
+    "masked_log_softmax",
+    "log_gate_weights",
+    "competition_logits",
+]
+
+GATES = ("softmax", "competition", "sigmoid")
+_ALIASES = {"topk": "softmax", "top_k": "softmax", "top_k_softmax": "softmax"}
+
+PHI: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softplus": F.softplus,
+    "identity": lambda t: t,
+}
+
+
+def canonical_gate(gate: str, top_k: int | None, n_experts: int) -> tuple[str, int | None]:
+    """Validate a gate name and its ``top_k``; return ``(name, top_k)`` in canonical form.
+
+    Parameters
+    ----------
+    gate : str
+        One of ``softmax``, ``competition``, ``sigmoid`` or the alias ``topk`` (softmax with
+        ``top_k`` required).
+    top_k : int or None
+        Number of experts kept per input; ``None`` or ``n_experts`` means dense.
+    n_experts : int
+        Number of experts ``k``.
+
+    Returns
+    -------
+    name : str
+    top_k : int or None
+        ``None`` when the gate is dense (``top_k`` was ``None`` or equal to ``n_experts``).
+    """
+    if not isinstance(gate, str):
+        raise TypeError(f"gate must be a string, one of {GATES + tuple(_ALIASES)}; got {type(gate).__name__}")
+    name = _ALIASES.get(gate, gate)
+    if name not in GATES:
+        raise ValueError(f"unknown gate {gate!r}; expected one of {GATES + tuple(_ALIASES)}")
+    if gate in _ALIASES and top_k is None:
+        raise ValueError(f"gate {gate!r} needs top_k (an int in 1..n_experts)")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise TypeError(f"top_k must be an int or None; got {type(top_k).__name__}")
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be in 1..n_experts={n_experts}; got {top_k}")
+        if top_k == n_experts:
+            top_k = None
+    return name, top_k
+
+
+def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Affine scores ``x @ weight.T + bias``: x (..., n, d), weight (..., k, d), bias (..., k) -> (..., n, k)."""
+    out = x @ weight.transpose(-1, -2)
+    return out if bias is None else out + bias.unsqueeze(-2)
+
+
+def top_k_mask(scores: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
+    """Boolean mask of the ``top_k`` largest scores along the last axis (exactly ``top_k`` per row).
+
+    Ties are broken by :func:`torch.topk`. Returns ``None`` when ``top_k`` is ``None`` or covers
+    every expert, so that callers can skip masking and stay bit-identical to the dense gate.
+    """
+    if top_k is None or top_k >= scores.shape[-1]:
+        return None
+    idx = scores.topk(top_k, dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def masked_log_softmax(logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """Log-softmax over the last axis restricted to the ``top_k`` largest logits (others -inf)."""
+    mask = top_k_mask(logits, top_k)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
+def competition_logits(response: torch.Tensor, bias: torch.Tensor | None = None, phi: str = "softplus") -> torch.Tensor:
+    """Competition scores ``phi(response) + bias`` of shape (..., n, k).
+
+    ``response`` is the experts' own output ``h_i(x)`` (..., n, k); a network layer passes the mean
+    of ``phi`` over output features instead and uses ``phi="identity"``.
+    """
+    if phi not in PHI:
+        raise ValueError(f"unknown phi {phi!r}; expected one of {tuple(PHI)}")
+    scores = PHI[phi](response)
+    return scores if bias is None else scores + bias.unsqueeze(-2)
+
+
+def _log_sigmoid_normalised(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    # Normalised sigmoid gate; the top-K set is that of the logits (sigmoid is monotone).
+    scores = F.logsigmoid(logits)
+    mask = top_k_mask(logits, top_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores - torch.logsumexp(scores, dim=-1, keepdim=True)
+
+
+def log_gate_weights(
+    gate: str,
+    x: torch.Tensor,
+    *,
+    gate_weight: torch.Tensor | None = None,
+    gate_bias: torch.Tensor | None = None,
+    expert_mean: torch.Tensor | None = None,
+    top_k: int | None = None,
+    phi: str = "softplus",
+) -> torch.Tensor:
+    """Log gate weights of shape (..., n, k) for any gate family.
+
+    Parameters
+    ----------
+    gate : {"softmax", "competition", "sigmoid", "topk"}
+    x : Tensor of shape (..., n, d)
+    gate_weight : Tensor of shape (..., k, d), optional
+        Gate slopes beta1 (softmax, sigmoid); must be None for competition.
+    gate_bias : Tensor of shape (..., k), optional
+        Gate intercepts beta0; optional for competition.
+    expert_mean : Tensor of shape (..., n, k), optional
+        The experts' responses h_i(x); required for competition.
+    top_k : int or None
+        Keep the ``top_k`` largest scores per input; None means dense.
+    phi : {"softplus", "identity"}
+        Competition transform of the expert response.
+
+    Returns
+    -------
+    Tensor of shape (..., n, k)
+        Log weights; ``exp`` sums to one over the last axis.
+    """
+    k = (expert_mean if gate == "competition" else gate_weight).shape[-1 if gate == "competition" else -2]
+    name, top_k = canonical_gate(gate, top_k, k)
+    if name == "competition":
+        if gate_weight is not None:
+            raise ValueError("the competition gate has no slope of its own: gate_weight must be None")
+        return masked_log_softmax(competition_logits(expert_mean, gate_bias, phi), top_k)
+    logits = linear_logits(x, gate_weight, gate_bias)
+    if name == "softmax":
+        return masked_log_softmax(logits, top_k)
+    return _log_sigmoid_normalised(logits, top_k)

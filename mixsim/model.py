@@ -1,0 +1,366 @@
+"""Gaussian mixture-of-experts models: parameters (a mixing measure), log-density, sampling, presets.
+
+``p(y | x) = sum_i pi_i(x) N(y | h_i(x), sigma2_i)`` with the gate ``pi`` from :mod:`mixsim.gates`
+and the expert means ``h`` from :mod:`mixsim.experts`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .experts import check_expert, expert_mean
+from .gates import canonical_gate, log_gate_weights
+
+__all__ = [
+    "MoEParams",
+    "X_DISTS",
+    "log_terms",
+    "log_density",
+    "log_likelihood",
+    "sample",
+    "sample_x",
+    "preset",
+    "list_presets",
+    "as_rng",
+    "check_data",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.array(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got {arr}")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class MoEParams:
+    """Immutable parameters of a Gaussian mixture of experts (a mixing measure with k atoms).
+
+    Parameters
+    ----------
+    gate : {"softmax", "competition", "sigmoid"} (``"topk"`` is accepted with ``top_k``)
+    top_k : int or None
+        Experts kept per input by the gate; None (or k) means dense.
+    gate_weight : array of shape (k, d) or None
+        Gate slopes beta1; None for the competition gate, which has no slope of its own.
+    gate_bias : array of shape (k,) or None
+        Gate intercepts beta0; None allowed for competition only (a model without beta0).
+    expert : {"linear", "tanh"}
+    expert_weight : array of shape (k, d)
+        Expert slopes a.
+    expert_bias : array of shape (k,)
+        Expert intercepts b.
+    variance : array of shape (k,)
+        Expert noise variances sigma2, > 0.
+    phi : {"softplus", "identity"}, default "softplus"
+        Competition transform (ignored by the other gates).
+    """
+
+    gate: str
+    top_k: int | None
+    gate_weight: np.ndarray | None
+    gate_bias: np.ndarray | None
+    expert: str
+    expert_weight: np.ndarray
+    expert_bias: np.ndarray
+    variance: np.ndarray
+    phi: str = field(default="softplus")
+
+    def __post_init__(self) -> None:
+        ew = np.asarray(self.expert_weight, dtype=np.float64)
+        if ew.ndim != 2 or ew.shape[0] < 1 or ew.shape[1] < 1:
+            raise ValueError(f"expert_weight must have shape (k, d) with k, d >= 1; got {ew.shape}")
+        k, d = ew.shape
+        gate, top_k = canonical_gate(self.gate, self.top_k, k)
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("gate", gate)
+        set_("top_k", top_k)
+        set_("expert", check_expert(self.expert))
+        set_("expert_weight", _array(ew, "expert_weight", (k, d)))
+        set_("expert_bias", _array(self.expert_bias, "expert_bias", (k,)))
+        set_("variance", _array(self.variance, "variance", (k,)))
+        if np.any(self.variance <= 0):
+            raise ValueError(f"variance must be > 0; got {self.variance}")
+        if gate == "competition":
+            if self.gate_weight is not None:
+                raise ValueError("the competition gate has no slope: gate_weight must be None")
+            if self.phi not in ("softplus", "identity"):
+                raise ValueError(f"unknown phi {self.phi!r}; expected 'softplus' or 'identity'")
+        else:
+            if self.gate_weight is None or self.gate_bias is None:
+                raise ValueError(f"gate {gate!r} needs gate_weight (k, d) and gate_bias (k,)")
+            set_("gate_weight", _array(self.gate_weight, "gate_weight", (k, d)))
+        if self.gate_bias is not None:
+            set_("gate_bias", _array(self.gate_bias, "gate_bias", (k,)))
+
+    @property
+    def n_experts(self) -> int:
+        """Number of experts k."""
+        return self.expert_weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Input dimension d."""
+        return self.expert_weight.shape[1]
+
+    @property
+    def n_free_params(self) -> int:
+        """Identifiable parameter count (softmax-type gates lose one row to the common shift)."""
+        k, d = self.n_experts, self.dim
+        n = k * (d + 2)  # expert slopes, intercepts, variances
+        if self.gate_weight is not None:
+            n += (k - 1) * (d + 1) if self.gate == "softmax" else k * (d + 1)
+        elif self.gate_bias is not None:
+            n += k - 1
+        return n
+
+    def tensors(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, torch.Tensor | None]:
+        """The numeric fields as torch tensors (None stays None)."""
+        conv = lambda a: None if a is None else torch.tensor(np.array(a), dtype=dtype, device=device)  # noqa: E731
+        return {n: conv(getattr(self, n)) for n in ("gate_weight", "gate_bias", "expert_weight", "expert_bias", "variance")}
+
+    def replace(self, **changes: Any) -> "MoEParams":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MoEParams):
+            return NotImplemented
+        same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))  # noqa: E731
+        return (self.gate, self.top_k, self.expert, self.phi) == (other.gate, other.top_k, other.expert, other.phi) and all(
+            same(getattr(self, n), getattr(other, n))
+            for n in ("gate_weight", "gate_bias", "expert_weight", "expert_bias", "variance")
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fmt = lambda a: None if a is None else np.array2string(np.asarray(a), precision=4, separator=", ")  # noqa: E731
+        return (
+            f"MoEParams(gate={self.gate!r}, top_k={self.top_k}, expert={self.expert!r}, k={self.n_experts}, d={self.dim},\n"
+            f"  gate_weight={fmt(self.gate_weight)}, gate_bias={fmt(self.gate_bias)},\n"
+            f"  expert_weight={fmt(self.expert_weight)}, expert_bias={fmt(self.expert_bias)},\n"
+            f"  variance={fmt(self.variance)})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# log-density (torch, batched: every tensor may carry leading batch dimensions)
+# ---------------------------------------------------------------------------------------------
+
+def log_terms(
+    gate: str,
+    expert: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    gate_weight: torch.Tensor | None,
+    gate_bias: torch.Tensor | None,
+    expert_weight: torch.Tensor,
+    expert_bias: torch.Tensor,
+    variance: torch.Tensor,
+    top_k: int | None = None,
+    phi: str = "softplus",
+) -> torch.Tensor:
+    """Joint log terms ``log pi_i(x) + log N(y | h_i(x), sigma2_i)`` of shape (..., n, k).
+
+    ``x`` is (..., n, d), ``y`` is (..., n); parameter shapes as in :class:`MoEParams` with the
+    same leading dimensions. ``logsumexp`` over the last axis gives the log-density; ``softmax``
+    gives the posterior responsibilities.
+    """
+    mean = expert_mean(expert, x, expert_weight, expert_bias)  # (..., n, k)
+    log_gate = log_gate_weights(
+        gate, x, gate_weight=gate_weight, gate_bias=gate_bias, expert_mean=mean, top_k=top_k, phi=phi
+    )
+    var = variance.unsqueeze(-2)  # (..., 1, k)
+    log_normal = -0.5 * (_LOG_2PI + torch.log(var) + (y.unsqueeze(-1) - mean) ** 2 / var)
+    return log_gate + log_normal
+
+
+def log_density(params: MoEParams, X: Any, y: Any) -> np.ndarray:
+    """Per-sample log-density ``log p(y_i | x_i)`` of shape (n,), float64."""
+    Xt, yt = check_data(X, y, dim=params.dim)
+    terms = log_terms(params.gate, params.expert, Xt, yt, top_k=params.top_k, phi=params.phi, **params.tensors())
+    return torch.logsumexp(terms, dim=-1).numpy()
+
+
+def log_likelihood(params: MoEParams, X: Any, y: Any) -> float:
+    """Total log-likelihood ``sum_i log p(y_i | x_i)`` (a float)."""
+    return float(log_density(params, X, y).sum())
+
+
+def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a data set and return float64 tensors ``X`` (n, d) and ``y`` (n,).
+
+    Raises ValueError naming the argument for wrong shapes, NaN/inf, or too few samples.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"X must have shape (n_samples, n_features); got shape {X.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"y must have shape (n_samples,); got shape {y.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X and y must have the same number of samples; got {X.shape[0]} and {y.shape[0]}")
+    if dim is not None and X.shape[1] != dim:
+        raise ValueError(f"X must have {dim} features (the model's dim); got {X.shape[1]}")
+    if X.shape[0] < min_samples:
+        raise ValueError(f"need at least {min_samples} samples; got {X.shape[0]}")
+    for name, arr in (("X", X), ("y", y)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or inf")
+    return torch.from_numpy(X), torch.from_numpy(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------------------------
+
+def as_rng(rng: Any) -> np.random.Generator:
+    """A numpy Generator from a Generator, SeedSequence, int seed, or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy Generator, SeedSequence, int or None; got {type(rng).__name__}")
+
+
+def _grid(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    if d != 1:
+        raise ValueError("x_dist='grid' is defined for d = 1 only; use 'uniform' or 'normal'")
+    return np.linspace(0.0, 1.0, n)[:, None]
+
+
+X_DISTS: dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = {
+    "uniform": lambda n, d, rng: rng.uniform(0.0, 1.0, size=(n, d)),
+    "grid": _grid,
+    "normal": lambda n, d, rng: rng.standard_normal(size=(n, d)),
+}
+
+
+def sample_x(n: int, d: int, x_dist: str = "uniform", rng: Any = None) -> np.ndarray:
+    """Draw ``n`` inputs of dimension ``d``: uniform on [0, 1]^d, an even grid on [0, 1] (d = 1), or N(0, I)."""
+    if x_dist not in X_DISTS:
+        raise ValueError(f"unknown x_dist {x_dist!r}; expected one of {tuple(X_DISTS)}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int; got {n!r}")
+    return X_DISTS[x_dist](int(n), d, as_rng(rng))
+
+
+def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``(X, y)`` from the model: X of shape (n, d), y of shape (n,).
+
+    Parameters
+    ----------
+    params : MoEParams
+    n : int
+        Number of samples.
+    rng : numpy Generator, int seed or None
+    x_dist : {"uniform", "grid", "normal"}, default "uniform"
+    """
+    rng = as_rng(rng)
+    X = sample_x(n, params.dim, x_dist, rng)
+    Xt = torch.from_numpy(X)
+    t = params.tensors()
+    mean = expert_mean(params.expert, Xt, t["expert_weight"], t["expert_bias"])
+    log_gate = log_gate_weights(
+        params.gate, Xt, gate_weight=t["gate_weight"], gate_bias=t["gate_bias"],
+        expert_mean=mean, top_k=params.top_k, phi=params.phi,
+    )
+    prob = torch.exp(log_gate).numpy()
+    cum = np.cumsum(prob, axis=1)
+    z = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
+    rows = np.arange(n)
+    y = mean.numpy()[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
+    return X, y
+
+
+# ---------------------------------------------------------------------------------------------
+# preset truths
+# ---------------------------------------------------------------------------------------------
+
+_PRESETS: dict[str, tuple[str, Callable[[], MoEParams]]] = {}
+
+
+def _preset(name: str, doc: str):
+    def register(fn: Callable[[], MoEParams]) -> Callable[[], MoEParams]:
+        _PRESETS[name] = (doc, fn)
+        return fn
+    return register
+
+
+@_preset("softmax_k2", "reference truth of 'Demystifying softmax gating' (THEORY.md section 5), d = 1")
+def _softmax_k2() -> MoEParams:
+    return MoEParams(
+        gate="softmax", top_k=None, gate_weight=[[25.0], [0.0]], gate_bias=[-8.0, 0.0], expert="linear",
+        expert_weight=[[-20.0], [20.0]], expert_bias=[15.0, -5.0], variance=[0.3**2, 0.4**2],
+    )
+
+
+@_preset("competition_k2", "competition gate, d = 1, two linear experts; gate weights 0.14..0.84 on [0, 1]")
+def _competition_k2() -> MoEParams:
+    # The truth probed in THEORY.md section 7. With beta0 = 0 the gate is softmax(softplus(2 - 3x),
+    # softplus(2.5x - 0.5)): expert 1 gets 0.84 at x = 0 and 0.14 at x = 1, so the gate varies over
+    # the whole input range (neither expert is negligible anywhere), the experts cross inside [0, 1]
+    # (x = 0.45) and their noise levels differ, as in the softmax reference truth.
+    return MoEParams(
+        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="linear",
+        expert_weight=[[-3.0], [2.5]], expert_bias=[2.0, -0.5], variance=[0.3**2, 0.4**2],
+    )
+
+
+@_preset("softmax_k2_d2", "softmax gate, d = 2, two linear experts; gate logit from -5 to 5 on [0, 1]^2")
+def _softmax_k2_d2() -> MoEParams:
+    return MoEParams(
+        gate="softmax", top_k=None, gate_weight=[[6.0, -4.0], [0.0, 0.0]], gate_bias=[-1.0, 0.0], expert="linear",
+        expert_weight=[[-4.0, 3.0], [5.0, -2.0]], expert_bias=[2.0, -1.0], variance=[0.3**2, 0.4**2],
+    )
+
+
+@_preset("competition_k2_d2", "competition gate, d = 2, two linear experts")
+def _competition_k2_d2() -> MoEParams:
+    return MoEParams(
+        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="linear",
+        expert_weight=[[-3.0, 1.5], [2.5, -1.0]], expert_bias=[2.0, -0.5], variance=[0.3**2, 0.4**2],
+    )
+
+
+@_preset("softmax_k2_tanh", "softmax gate, d = 1, two tanh experts tanh(a x + b)")
+def _softmax_k2_tanh() -> MoEParams:
+    # Expert means run from +-0.96 to -+0.96 over [0, 1]; noise sd 0.1 and 0.15 keeps them apart.
+    return MoEParams(
+        gate="softmax", top_k=None, gate_weight=[[8.0], [0.0]], gate_bias=[-4.0, 0.0], expert="tanh",
+        expert_weight=[[-4.0], [4.0]], expert_bias=[2.0, -2.0], variance=[0.1**2, 0.15**2],
+    )
+
+
+@_preset("competition_k2_tanh", "competition gate, d = 1, two tanh experts")
+def _competition_k2_tanh() -> MoEParams:
+    return MoEParams(
+        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="tanh",
+        expert_weight=[[-4.0], [4.0]], expert_bias=[2.0, -2.0], variance=[0.1**2, 0.15**2],
+    )
+
+
+def preset(name: str) -> MoEParams:
+    """A named true model; :func:`list_presets` lists them with a line each."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(_PRESETS)}")
+    return _PRESETS[name][1]()
+
+
+def list_presets() -> dict[str, str]:
+    """Preset names mapped to a one-line description."""
+    return {name: doc for name, (doc, _) in _PRESETS.items()}
