@@ -31,6 +31,7 @@ __all__ = [
     "masked_log_softmax",
     "log_gate_weights",
     "competition_logits",
+    "normalise_scores",
 ]
 
 GATES = ("softmax", "competition", "sigmoid")
@@ -125,6 +126,14 @@ def _log_sigmoid_normalised(logits: torch.Tensor, top_k: int | None) -> torch.Te
     return scores - torch.logsumexp(scores, dim=-1, keepdim=True)
 
 
+def normalise_scores(gate: str, scores: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """Log gate weights (..., n, k) from a gate's scores: the logits beta1 . x + beta0 for
+    ``softmax`` and ``sigmoid``, ``phi(h(x)) + beta0`` for ``competition`` (softmax over the top-K)."""
+    if gate == "sigmoid":
+        return _log_sigmoid_normalised(scores, top_k)
+    return masked_log_softmax(scores, top_k)
+
+
 def log_gate_weights(
     gate: str,
     x: torch.Tensor,
@@ -157,13 +166,14 @@ def log_gate_weights(
     Tensor of shape (..., n, k)
         Log weights; ``exp`` sums to one over the last axis.
     """
-    k = (expert_mean if gate == "competition" else gate_weight).shape[-1 if gate == "competition" else -2]
+    if gate == "competition" and expert_mean is None:
+        raise ValueError("the competition gate needs expert_mean (the experts' responses)")
+    k = expert_mean.shape[-1] if gate == "competition" else gate_weight.shape[-2]
     name, top_k = canonical_gate(gate, top_k, k)
     if name == "competition":
         if gate_weight is not None:
             raise ValueError("the competition gate has no slope of its own: gate_weight must be None")
-        return masked_log_softmax(competition_logits(expert_mean, gate_bias, phi), top_k)
-    logits = linear_logits(x, gate_weight, gate_bias)
-    if name == "softmax":
-        return masked_log_softmax(logits, top_k)
-    return _log_sigmoid_normalised(logits, top_k)
+        scores = competition_logits(expert_mean, gate_bias, phi)
+    else:
+        scores = linear_logits(x, gate_weight, gate_bias)
+    return normalise_scores(name, scores, top_k)

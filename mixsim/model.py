@@ -12,13 +12,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .experts import check_expert, expert_mean
-from .gates import canonical_gate, log_gate_weights
+from .experts import EXPERTS, check_expert, expert_mean
+from .gates import canonical_gate, competition_logits, linear_logits, log_gate_weights, normalise_scores
 
 __all__ = [
     "MoEParams",
     "X_DISTS",
     "log_terms",
+    "log_terms_local",
     "log_density",
     "log_likelihood",
     "sample",
@@ -178,12 +179,41 @@ def log_terms(
     same leading dimensions. ``logsumexp`` over the last axis gives the log-density; ``softmax``
     gives the posterior responsibilities.
     """
-    mean = expert_mean(expert, x, expert_weight, expert_bias)  # (..., n, k)
-    log_gate = log_gate_weights(
-        gate, x, gate_weight=gate_weight, gate_bias=gate_bias, expert_mean=mean, top_k=top_k, phi=phi
-    )
-    var = variance.unsqueeze(-2)  # (..., 1, k)
-    log_normal = -0.5 * (_LOG_2PI + torch.log(var) + (y.unsqueeze(-1) - mean) ** 2 / var)
+    expert_pre = linear_logits(x, expert_weight, expert_bias)  # (..., n, k)
+    gate_pre = None if gate_weight is None else linear_logits(x, gate_weight, gate_bias)
+    log_var = torch.log(variance).unsqueeze(-2)  # (..., 1, k)
+    comp_bias = gate_bias.unsqueeze(-2) if (gate_weight is None and gate_bias is not None) else None
+    return log_terms_local(gate, expert, y, gate_pre, expert_pre, log_var, comp_bias, top_k=top_k, phi=phi)
+
+
+def log_terms_local(
+    gate: str,
+    expert: str,
+    y: torch.Tensor,
+    gate_pre: torch.Tensor | None,
+    expert_pre: torch.Tensor,
+    log_var: torch.Tensor,
+    comp_bias: torch.Tensor | None = None,
+    *,
+    top_k: int | None = None,
+    phi: str = "softplus",
+) -> torch.Tensor:
+    """:func:`log_terms` from the per-sample quantities every parameter acts through.
+
+    ``gate_pre`` (..., n, k) are the gate logits (None for competition), ``expert_pre`` (..., n, k)
+    the experts' pre-activations ``a . x + b``, ``log_var`` (..., 1 or n, k) the log-variances and
+    ``comp_bias`` (..., 1 or n, k) the competition intercepts. The fitter differentiates twice with
+    respect to these few local quantities instead of the parameters (see :mod:`mixsim.fit`).
+    """
+    mean = EXPERTS[expert](expert_pre)
+    if gate == "competition":
+        scores = competition_logits(mean, None, phi)
+        if comp_bias is not None:
+            scores = scores + comp_bias
+    else:
+        scores = gate_pre
+    log_gate = normalise_scores(gate, scores, top_k)
+    log_normal = -0.5 * (_LOG_2PI + log_var + (y.unsqueeze(-1) - mean) ** 2 * torch.exp(-log_var))
     return log_gate + log_normal
 
 
