@@ -361,10 +361,14 @@ def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Ten
     t = moments[:, :, :q, q]  # (B, k, q)
     u = moments[:, :, q, q]  # (B, k)
     mass = moments[:, :, d, d]  # sum of responsibilities (B, k)
-    ridge = 1e-10 * torch.diagonal(S, dim1=2, dim2=3).sum(-1).clamp_min(1e-300)
+    ridge = (1e-10 * torch.diagonal(S, dim1=2, dim2=3).sum(-1)).clamp_min(1e-12)
     w = torch.linalg.solve(S + ridge[..., None, None] * torch.eye(q, dtype=S.dtype, device=S.device), t)
     rss = (u - 2 * (w * t).sum(-1) + (w.unsqueeze(-2) @ S @ w.unsqueeze(-1)).squeeze((-1, -2))).clamp_min(0.0)
-    var = torch.where(mass > 1e-12, rss / mass.clamp_min(1e-300), p["variance"])
+    # An expert that holds (almost) no data keeps its parameters: its M-step is undetermined.
+    alive = mass > 1e-8 * moments[:, :, d, d].sum(-1, keepdim=True)
+    previous = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)
+    w = torch.where(alive.unsqueeze(-1), w, previous)
+    var = torch.where(alive, rss / mass.clamp_min(1e-300), p["variance"])
     var = torch.maximum(var, floor[:, None])
     # Gate: Newton direction of sum_i sum_j r_ij log pi_j on the free rows (0 .. k-2).
     B = grad.shape[0]
@@ -447,7 +451,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
         conv = ok & (f_c - f_acc <= tol) & ((step == 1) | (step == 0))  # judge full steps only
         # A gate step of 0 is a pure EM step on experts and variances, which cannot lower the
         # likelihood; if even that is refused we are at machine precision: converged.
-        stuck = active & ~ok & (step == 0)
+        stuck = active & ~ok & (step == 0) & torch.isfinite(f_acc)
         prop = _select(ok, _em_proposal(layout, cand, *stats_c, fl), prop)
         accepted = _select(ok, cand, accepted)
         f_acc = torch.where(ok, f_c, f_acc)
@@ -537,7 +541,7 @@ def _init_near_truth(truth: MoEParams, k: int, n: int, opts: NearTruthInit, rng:
 def _init_auto(layout: _Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
     """A data-driven start: k random centres in standardised (x, y), hard clusters, least squares.
 
-    The gate starts uniform (all gate parameters 0); each expert is fitted by ridge least squares
+    The gate starts nearly uniform; each expert is fitted by ridge least squares
     on its cluster (on arctanh of the clipped response for tanh experts).
     """
     n, d = X.shape
@@ -562,11 +566,12 @@ def _init_auto(layout: _Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Gen
             W[j] += 0.1 * rng.standard_normal(d + 1) * np.abs(W[j]).max()
         resid = y[m] - _EXPERT_NP[layout.expert](A @ W[j])
         var[j] = max(resid.var(), 1e-3 * y.var())
+    # Gate: nearly uniform, with small noise so that a top-K gate does not start on exact ties.
     out: dict[str, np.ndarray | None] = {"gate_weight": None, "gate_bias": None}
     if layout.gate != "competition":
-        out["gate_weight"] = np.zeros((k, d))
+        out["gate_weight"] = 0.1 * rng.standard_normal((k, d))
     if layout.gate == "sigmoid" or layout.gate_bias:
-        out["gate_bias"] = np.zeros(k)
+        out["gate_bias"] = 0.1 * rng.standard_normal(k)
     out.update(expert_weight=W[:, :d], expert_bias=W[:, d], variance=var)
     return out
 

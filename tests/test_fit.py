@@ -1,0 +1,198 @@
+"""Fitting: recovery, agreement with scipy, batching, determinism, monotonicity, errors, warnings."""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+import mixsim
+from mixsim import ConvergenceWarning
+from mixsim.fit import _grad_hess, _grad_hess_autograd, _Layout, _mean_loglik
+from tests.test_model import _np_log_density
+
+FIT = sys.modules["mixsim.fit"]
+
+
+def _theta(layout, params):
+    return layout.pack(layout.from_params(params, torch.float64, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("name", ["softmax_k2", "competition_k2"])
+def test_recovers_truth_within_standard_errors(name):
+    # Every free parameter within 5 asymptotic standard errors (inverse observed information / n)
+    # of the truth at n = 20 000: a 5-sigma band, so a correct fit fails with probability < 1e-5.
+    truth = mixsim.preset(name)
+    n = 20_000
+    X, y = mixsim.sample(truth, n, rng=11)
+    res = mixsim.fit(X, y, 2, gate=truth.gate, init="near_truth", truth=truth, rng=0, tol=1e-10)
+    assert res.converged and res.status == "converged" and res.grad_norm < 1e-5
+    layout = _Layout(truth.gate, None, "linear", "softplus", 2, 1)
+    est = _theta(layout, res.params)
+    _, H = _grad_hess(layout, est, torch.from_numpy(X)[None], torch.from_numpy(y)[None])
+    se = torch.sqrt(torch.diagonal(torch.linalg.inv(-H[0])) / n)
+    z = ((est[0] - _theta(layout, truth)[0]) / se).abs()
+    assert torch.all(z < 5), z
+
+
+@pytest.mark.parametrize("name", ["softmax_k2", "competition_k2"])
+def test_agrees_with_scipy_optimizer(name):
+    # scipy's L-BFGS-B on an independent numpy log-likelihood, from the same near-truth start.
+    truth = mixsim.preset(name)
+    X, y = mixsim.sample(truth, 20_000, rng=5)
+    res = mixsim.fit(X, y, 2, gate=truth.gate, init="near_truth", truth=truth, rng=1, tol=1e-12)
+    start = truth.replace(expert_bias=truth.expert_bias + 0.05, variance=truth.variance * 1.1)
+    layout = _Layout(truth.gate, None, "linear", "softplus", 2, 1)
+    theta0 = _theta(layout, start)[0].numpy()
+
+    def negll(theta):
+        p = layout.unpack(torch.from_numpy(theta)[None])
+        params = layout.to_params(p, 0)
+        return -_np_log_density(params, X, y).mean()
+
+    opt = minimize(negll, theta0, method="L-BFGS-B", options=dict(ftol=1e-15, gtol=1e-10, maxiter=5000))
+    ll_scipy = -opt.fun * len(y)
+    assert abs(res.log_likelihood - ll_scipy) <= 1e-6 * abs(ll_scipy)
+    assert res.log_likelihood >= ll_scipy - 1e-9 * abs(ll_scipy)  # ours is at least as good
+
+
+@pytest.mark.parametrize("gate, top_k, expert, k", [
+    ("softmax", None, "linear", 3), ("softmax", 2, "linear", 3), ("competition", None, "linear", 3),
+    ("competition", 2, "tanh", 3), ("sigmoid", None, "tanh", 2),
+])
+def test_local_hessian_equals_autograd_reference(gate, top_k, expert, k):
+    layout = _Layout(gate, top_k, expert, "softplus", k, 2)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(3, 400, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 400, generator=g, dtype=torch.float64)
+    theta = 0.5 * torch.randn(3, layout.n_params, generator=g, dtype=torch.float64)
+    g1, H1 = _grad_hess(layout, theta, X, y)
+    g2, H2 = _grad_hess_autograd(layout, theta, X, y)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(H1, H2, rtol=1e-10, atol=1e-12)
+
+
+def _batch(truth, n, B, seed):
+    data = [mixsim.sample(truth, n, rng=seed + b) for b in range(B)]
+    return np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
+
+
+@pytest.mark.parametrize("gate, name, k, method", [
+    ("softmax", "softmax_k2", 3, "auto"), ("softmax", "softmax_k2", 2, "em"), ("competition", "competition_k2", 3, "newton"),
+])
+def test_batched_equals_one_at_a_time(gate, name, k, method):
+    truth = mixsim.preset(name)
+    Xs, ys = _batch(truth, 800, 4, 100)
+    seeds = [7, 8, 9, 10]
+    batch = mixsim.fit_batch(Xs, ys, k, gate=gate, init="near_truth", truth=truth, rng=seeds, tol=1e-9, method=method)
+    for b in range(4):
+        one = mixsim.fit(Xs[b], ys[b], k, gate=gate, init="near_truth", truth=truth, rng=seeds[b], tol=1e-9, method=method)
+        assert one.n_iter == batch[b].n_iter
+        np.testing.assert_allclose(one.params.expert_weight, batch[b].params.expert_weight, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(one.params.variance, batch[b].params.variance, rtol=1e-9, atol=1e-12)
+        assert one.log_likelihood == pytest.approx(batch[b].log_likelihood, rel=1e-12)
+
+
+def test_same_seed_same_numbers_and_auto_restarts():
+    truth = mixsim.preset("softmax_k2")
+    X, y = mixsim.sample(truth, 1500, rng=3)
+    a = mixsim.fit(X, y, 2, n_init=3, rng=42)
+    b = mixsim.fit(X, y, 2, n_init=3, rng=42)
+    assert a.params == b.params and np.array_equal(a.trace, b.trace)
+    # The best of 3 automatic starts finds the truth's basin: compare with the near-truth fit.
+    ref = mixsim.fit(X, y, 2, init="near_truth", truth=truth, rng=0)
+    assert a.log_likelihood >= ref.log_likelihood - 1e-3
+
+
+@pytest.mark.parametrize("gate, name, k, method", [
+    ("softmax", "softmax_k2", 3, "em"), ("softmax", "softmax_k2", 3, "newton"), ("competition", "competition_k2", 3, "auto"),
+    ("topk", "softmax_k2", 3, "auto"),
+])
+def test_log_likelihood_trace_never_decreases(gate, name, k, method):
+    truth = mixsim.preset(name)
+    X, y = mixsim.sample(truth, 2000, rng=2)
+    kw = dict(top_k=2) if gate == "topk" else {}
+    init = dict(init="near_truth", truth=truth) if gate != "topk" else dict(n_init=2)
+    res = mixsim.fit(X, y, k, gate=gate, rng=0, tol=1e-10, method=method, max_iter=300, warn=False, **kw, **init)
+    assert len(res.trace) >= 2
+    assert np.all(np.diff(res.trace) >= 0)
+    assert res.trace[-1] * len(y) == pytest.approx(res.log_likelihood, rel=1e-12)
+
+
+def test_newton_reaches_a_higher_optimum_than_plain_em_overfitted():
+    truth = mixsim.preset("softmax_k2")
+    X, y = mixsim.sample(truth, 5000, rng=1)
+    kw = dict(init="near_truth", truth=truth, rng=0, tol=1e-10, max_iter=20_000)
+    em = mixsim.fit(X, y, 3, method="em", **kw)
+    auto = mixsim.fit(X, y, 3, method="auto", **kw)
+    assert auto.converged and auto.log_likelihood >= em.log_likelihood - 1e-9
+    assert auto.grad_norm < em.grad_norm
+
+
+def test_convergence_warning_when_not_converged():
+    truth = mixsim.preset("softmax_k2")
+    X, y = mixsim.sample(truth, 2000, rng=2)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        res = mixsim.fit(X, y, 3, init="near_truth", truth=truth, rng=0, tol=1e-14, max_iter=3, method="em")
+    assert not res.converged and res.status == "max_iter" and res.n_iter == 3
+
+
+def test_collapsed_variance_is_floored_and_flagged():
+    # Five points exactly on a line: an expert can sit on them with zero variance (unbounded
+    # likelihood). The fit must stop at the floor, flag it, and return finite parameters.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(300, 1))
+    y = 1.0 + 2.0 * X[:, 0] + 0.5 * rng.standard_normal(300)
+    y[:5] = 4.0 - 3.0 * X[:5, 0]
+    start = mixsim.MoEParams(gate="softmax", top_k=None, gate_weight=[[0.0], [0.0]], gate_bias=[-4.0, 0.0], expert="linear",
+                             expert_weight=[[-3.0], [2.0]], expert_bias=[4.0, 1.0], variance=[1e-3, 0.25])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = mixsim.fit(X, y, 2, init="near_truth", truth=start, rng=0, max_iter=500)
+    assert res.variance_floored
+    assert res.params.variance.min() == pytest.approx(res.variance_floor, rel=1e-6)
+    assert np.isfinite(res.log_likelihood) and all(np.all(np.isfinite(getattr(res.params, f)))
+                                                    for f in ("gate_weight", "expert_weight", "variance"))
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(n_experts=0), "n_experts"), (dict(n_experts=2.5), "n_experts"), (dict(gate="nope"), "gate"),
+    (dict(gate="softmax", top_k=5), "top_k"), (dict(method="lbfgs"), "method"), (dict(init="random"), "init"),
+    (dict(init="near_truth"), "truth"), (dict(tol=0.0), "tol"), (dict(max_iter=0), "max_iter"),
+    (dict(n_init=0), "n_init"), (dict(gate="competition", method="em"), "em"),
+    (dict(init="near_truth", truth="softmax_k2"), "truth"),
+])
+def test_bad_arguments_are_refused(kwargs, word):
+    truth = mixsim.preset("softmax_k2")
+    X, y = mixsim.sample(truth, 200, rng=0)
+    kwargs = {"n_experts": 2, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=word):
+        mixsim.fit(X, y, **kwargs)
+
+
+def test_bad_data_is_refused():
+    X = np.linspace(0, 1, 50)[:, None]
+    y = np.sin(X[:, 0])
+    with pytest.raises(ValueError, match="NaN"):
+        mixsim.fit(np.where(X > 0.5, np.nan, X), y, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        mixsim.fit(X, np.where(y > 0.5, np.inf, y), 2)
+    with pytest.raises(ValueError, match="shape"):
+        mixsim.fit(X, y[:-1], 2)
+    with pytest.raises(ValueError, match="too small"):
+        mixsim.fit(X[:8], y[:8], 2)  # 8 samples, 8 free parameters
+    with pytest.raises(ValueError, match="all responses equal"):
+        mixsim.fit(X, np.ones(50), 2)
+    with pytest.raises(ValueError, match="one seed"):
+        mixsim.fit_batch(X[None].repeat(2, 0), y[None].repeat(2, 0), 2, rng=[1, 2, 3])
+    with pytest.raises(ValueError, match="match"):
+        mixsim.fit(X, y, 2, gate="competition", init="near_truth", truth=mixsim.preset("softmax_k2"))
+
+
+def test_mean_loglik_matches_model_log_likelihood():
+    truth = mixsim.preset("competition_k2_d2")
+    X, y = mixsim.sample(truth, 300, rng=1)
+    layout = _Layout("competition", None, "linear", "softplus", 2, 2)
+    f = _mean_loglik(layout, _theta(layout, truth), torch.from_numpy(X)[None], torch.from_numpy(y)[None])
+    assert float(f[0]) * 300 == pytest.approx(mixsim.log_likelihood(truth, X, y), rel=1e-13)
