@@ -1,0 +1,196 @@
+"""The ``mixsim`` command: run, inspect and summarise convergence studies.
+
+::
+
+    mixsim run STUDY.toml --out DIR [--n-jobs N] [--backend loky|threading|sequential|dask]
+                                    [--scheduler ADDRESS] [--set key=value ...] [--force]
+    mixsim status DIR
+    mixsim rates DIR [--metric M ...] [--min-n N] [--csv FILE]
+    mixsim list
+    mixsim plot DIR            (figures; provided by mixsim.plots)
+
+``STUDY`` is a TOML file or the name of one in a ``studies/`` folder (``mixsim run smoke``).
+Errors in a spec name the key and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["main", "build_parser", "find_study", "studies_dirs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# locating studies
+# ---------------------------------------------------------------------------------------------
+
+def studies_dirs() -> list[Path]:
+    """Folders searched for study names: ``./studies`` and the one beside the package (a checkout)."""
+    dirs = [Path.cwd() / "studies", Path(__file__).resolve().parent.parent / "studies"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def find_study(name: str) -> Path:
+    """A spec path from a path or a study name (``smoke`` -> ``studies/smoke.toml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for d in studies_dirs():
+        candidate = d / (name if name.endswith(".toml") else f"{name}.toml")
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for d in studies_dirs() for p in d.glob("*.toml"))
+    raise FileNotFoundError(f"no study file {name!r} (and no such name in a studies/ folder; known: {known})")
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .study import load_study, run_study, study_status
+
+    spec = load_study(find_study(args.study), overrides=args.set)
+    out = Path(args.out) if args.out else Path("results") / spec.name
+    print(f"mixsim: running study {spec.name!r} into {out} (backend {args.backend}, n_jobs {args.n_jobs})", file=sys.stderr)
+    df = run_study(spec, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler,
+                   progress=not args.no_progress, force=args.force, block_size=args.block_size)
+    status = study_status(out)
+    print(status.summary())
+    print(f"{len(df)} rows in {out}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .study import study_status
+
+    status = study_status(args.dir)
+    print(status.summary())
+    if args.verbose and not status.by_fit.empty:
+        print("\ncomplete units per fit (rows) and n (columns):")
+        print(status.by_fit.to_string())
+    return 0
+
+
+def _cmd_rates(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .study import rate_table
+
+    table = rate_table(args.dir, metrics=args.metric, min_n=args.min_n)
+    csv = Path(args.csv) if args.csv else Path(args.dir) / "rates.csv"
+    table.to_csv(csv, index=False)
+    shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_slope", "theory_exponent") if c in table]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table[shown].to_string(index=False) if len(table) else "(no usable rows)")
+    print(f"\nwrote {csv}", file=sys.stderr)
+    return 0
+
+
+def _describe(path: Path) -> tuple[str, str]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return "?", f"(unreadable: {exc})"
+    lines = str(doc.get("description", "")).strip().splitlines()
+    return str(doc.get("kind", "mle")), lines[0] if lines else ""
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .model import list_presets
+
+    print("studies:")
+    for d in studies_dirs():
+        for path in sorted(d.glob("*.toml")):
+            kind, desc = _describe(path)
+            print(f"  {path.stem:28s} [{kind}] {desc}  ({path})")
+    print("\npresets (truths):")
+    for name, doc in list_presets().items():
+        print(f"  {name:28s} {doc}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    # Figures belong to mixsim.plots (issue 5): plot_study(results_dir, figures_dir) -> list of written paths.
+    try:
+        from .plots import plot_study
+    except ImportError as exc:
+        print(f"mixsim: error: 'mixsim plot' needs mixsim.plots.plot_study, which is not available ({exc})", file=sys.stderr)
+        return 2
+    written = plot_study(args.dir, args.figures or Path(args.dir) / "figures")
+    for path in written or []:
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._runner import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="mixsim", description="Convergence studies of Gaussian mixtures of experts.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run (or resume) a study")
+    run.add_argument("study", help="a study TOML file, or a name in a studies/ folder")
+    run.add_argument("--out", help="results directory (default: results/<study name>)")
+    run.add_argument("--n-jobs", type=int, default=1, help="parallel workers; -1 = all cores (default 1)")
+    run.add_argument("--backend", choices=BACKENDS, default="loky", help="joblib backend (default loky)")
+    run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (with --backend dask)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec key (TOML value), e.g. --set replications=5 --set grid.values=[100,200]")
+    run.add_argument("--block-size", type=int, help="replicates fitted together (default: the spec's run.block_size)")
+    run.add_argument("--force", action="store_true", help="delete results of a different spec in --out instead of refusing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="complete / failed / missing units of a results directory")
+    status.add_argument("dir")
+    status.add_argument("-v", "--verbose", action="store_true", help="also the complete units per fit and n")
+    status.set_defaults(func=_cmd_status)
+
+    rates = sub.add_parser("rates", help="rate table (log-log slopes) per gate, fitted k and metric")
+    rates.add_argument("dir")
+    rates.add_argument("--metric", action="append", help="metric(s) to fit (default: all error metrics)")
+    rates.add_argument("--min-n", type=int, help="drop smaller sample sizes (choose before looking)")
+    rates.add_argument("--csv", help="where to write the table (default DIR/rates.csv)")
+    rates.set_defaults(func=_cmd_rates)
+
+    lst = sub.add_parser("list", help="studies in studies/ folders and preset truths")
+    lst.set_defaults(func=_cmd_list)
+
+    plot = sub.add_parser("plot", help="draw a study's figures (mixsim.plots)")
+    plot.add_argument("dir")
+    plot.add_argument("--figures", help="output folder (default DIR/figures)")
+    plot.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mixsim`` console script; returns the exit status."""
+    from ._results import StudyMismatchError
+    from ._study_spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except (SpecError, StudyMismatchError, FileNotFoundError, ValueError) as exc:
+        print(f"mixsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixsim: interrupted; completed tasks are saved, run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
