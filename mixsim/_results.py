@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata

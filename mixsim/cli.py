@@ -87,7 +87,7 @@ def _cmd_rates(args: argparse.Namespace) -> int:
     table = rate_table(args.dir, metrics=args.metric, min_n=args.min_n)
     csv = Path(args.csv) if args.csv else Path(args.dir) / "rates.csv"
     table.to_csv(csv, index=False)
-    shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_slope", "theory_exponent") if c in table]
+    shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_exponent", "theory_tag") if c in table]
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
         print(table[shown].to_string(index=False) if len(table) else "(no usable rows)")
     print(f"\nwrote {csv}", file=sys.stderr)

@@ -18,7 +18,6 @@ Example
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,41 +137,44 @@ def _usable(df: pd.DataFrame, metrics: Sequence[str] | None, min_n: int | None) 
     return df[ok]
 
 
-def _theory(gate: str, fitted_k: int, true_k: int | None, metric: str) -> dict[str, Any]:
-    """The theory's exponent for a (gate, fitted k, metric), where :func:`mixsim.rates.theory_rate` has one."""
+# Metric names of the results table that mixsim.rates.theory_rate spells differently.
+_THEORY_GROUP = {"tv": "total_variation"}
+
+
+def _theory(gate: str, fitted_k: int, true_k: int | None, metric: str, expert: str) -> dict[str, Any]:
+    """theory_exponent and theory_tag where :func:`mixsim.rates.theory_rate` has a prediction."""
+    from .rates import theory_rate
+
     if true_k is None:
         return {}
     try:
-        from .rates import theory_rate
-
-        rate = theory_rate(gate, fitted_k, true_k, metric)
-    except Exception:  # noqa: BLE001 - no theory for this combination (or no rates module)
+        rate = theory_rate(gate, fitted_k, true_k, _THEORY_GROUP.get(metric, metric), expert=expert)
+    except ValueError:  # a metric theory does not name (e.g. one of a network study)
         return {}
-    if rate is None:
-        return {}
-    if isinstance(rate, (int, float)):
-        return {"theory_slope": float(rate)}
-    fields = rate if isinstance(rate, dict) else getattr(rate, "__dict__", {})
-    return {f"theory_{k}": v for k, v in fields.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {} if rate is None else {"theory_exponent": float(rate[0]), "theory_tag": str(rate[1])}
 
 
-def _gate_family(label: str, spec_gates: dict[str, str]) -> str:
-    return spec_gates.get(label, label)
+@dataclass(frozen=True)
+class _Context:
+    """What the rate table needs from a study's spec: true k, each gate label's family, the expert."""
+
+    true_k: int | None = None
+    families: dict[str, str] = field(default_factory=dict)
+    expert: str = "linear"
 
 
-def _spec_info(results: pd.DataFrame | str | Path) -> tuple[int | None, dict[str, str]]:
-    """True k and gate label -> gate family, from the metadata of a results directory (when given one)."""
+def _context(results: pd.DataFrame | str | Path, true_k: int | None) -> _Context:
+    ctx = _Context(true_k=true_k)
     if isinstance(results, pd.DataFrame):
-        return None, {}
+        return ctx
     path = Path(results)
     try:
-        meta = read_meta(path if path.is_dir() else path.parent)
-        spec = StudySpec.from_dict(meta["spec"])
-    except (FileNotFoundError, SpecError, KeyError, ValueError):
-        return None, {}
+        spec = StudySpec.from_dict(read_meta(path if path.is_dir() else path.parent)["spec"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return ctx
     if spec.kind != "mle":
-        return None, {}
-    return spec.true_k, {g.label: g.name for g in spec.fit.gates}
+        return ctx
+    return _Context(true_k if true_k is not None else spec.true_k, {g.label: g.name for g in spec.fit.gates}, spec.fit.expert)
 
 
 def rate_table(
@@ -183,7 +185,7 @@ def rate_table(
     true_k: int | None = None,
     **fit_rate_options: Any,
 ) -> pd.DataFrame:
-    """Convergence rate per (gate, fitted k, metric): the log-log slope of error against n.
+    """Convergence rate per (gate, fitted k, metric): the log-log slope of the average error against n.
 
     Parameters
     ----------
@@ -194,22 +196,24 @@ def rate_table(
         Drop sample sizes below this. Declare it before looking at the result (THEORY.md section 4).
     true_k : int, optional
         Number of true experts, for the theory columns; read from the directory's metadata when
-        ``results`` is a path.
+        ``results`` is a path (a bare DataFrame gets no theory columns without it).
     **fit_rate_options
-        Passed to :func:`mixsim.rates.fit_rate`.
+        ``average``, ``level``, ``n_boot``, ``rng`` of :func:`mixsim.rates.fit_rate`.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (study, gate, fitted_k, metric): slope, intercept, ci_low, ci_high, boot_low,
-        boot_high, n_points, n_min, n_max, rows (values used), dropped (failed or non-positive
-        values left out), local_slopes (a JSON list), and ``theory_*`` columns where
-        :func:`mixsim.rates.theory_rate` knows the setting. Failed fits and values <= 0 are left out.
+        One row per (study, gate, fitted_k, metric) with at least two sample sizes: slope,
+        intercept, ci_low, ci_high (t interval), boot_low, boot_high (bootstrap), stderr, level,
+        average, n_points, n_min, n_max, rows (values used), dropped (failed fits and values <= 0
+        left out), not_converged (fits used that did not meet their tolerance), local_slopes (JSON
+        list, between neighbouring sizes), and where :func:`mixsim.rates.theory_rate` has a
+        prediction theory_exponent, theory_tag and theory_in_ci. Metrics that are 0 in every
+        replicate (empty cell types) have no row.
     """
     from .rates import fit_rate
 
-    meta_true_k, families = _spec_info(results)
-    true_k = true_k if true_k is not None else meta_true_k
+    ctx = _context(results, true_k)
     df = _as_table(results)
     used = _usable(df, metrics, min_n)
     keys = ["study", "gate", "fitted_k", "metric"]
@@ -217,56 +221,51 @@ def rate_table(
     out = []
     for (study, gate, k, metric), group in used.groupby(keys, sort=True):
         n, values = group["n"].to_numpy(), group["value"].to_numpy()
-        row: dict[str, Any] = {"study": study, "gate": gate, "fitted_k": int(k), "metric": metric}
         if np.unique(n).size < 2:
-            row |= {"n_points": int(np.unique(n).size), "note": "fewer than 2 sample sizes"}
-        else:
-            rate = fit_rate(n, values, **fit_rate_options)
-            row |= _rate_fields(rate)
-        row |= {"n_min": int(n.min()), "n_max": int(n.max()), "rows": len(group),
-                "dropped": int(total.get((study, gate, k, metric), len(group)) - len(group))}
-        row |= _theory(_gate_family(gate, families), int(k), true_k, metric)
-        out.append(row)
+            continue
+        rate = fit_rate(n, values, **fit_rate_options)
+        row: dict[str, Any] = {
+            "study": study, "gate": gate, "fitted_k": int(k), "metric": metric,
+            "slope": rate.slope, "intercept": rate.intercept, "ci_low": rate.ci_low, "ci_high": rate.ci_high,
+            "boot_low": rate.boot_low, "boot_high": rate.boot_high, "stderr": rate.stderr, "level": rate.level,
+            "average": rate.method, "n_points": rate.n_points, "n_min": int(n.min()), "n_max": int(n.max()),
+            "rows": len(group), "dropped": int(total.get((study, gate, k, metric), len(group)) - len(group)),
+            "not_converged": int((~group["converged"]).sum()),
+            "local_slopes": json.dumps([float(v) for v in rate.local_slopes]),
+        }
+        theory = _theory(ctx.families.get(gate, gate), int(k), ctx.true_k, metric, ctx.expert)
+        if theory:
+            theory["theory_in_ci"] = bool(rate.ci_low <= theory["theory_exponent"] <= rate.ci_high)
+        out.append(row | theory)
     return pd.DataFrame(out)
 
 
-def _rate_fields(rate: Any) -> dict[str, Any]:
-    fields = rate if isinstance(rate, dict) else {k: v for k, v in vars(rate).items()}
-    out = {}
-    for key, value in fields.items():
-        if key == "local_slopes":
-            out[key] = json.dumps(_jsonable(value))
-        elif isinstance(value, (int, float, np.integer, np.floating, str, bool)):
-            out[key] = value.item() if isinstance(value, np.generic) else value
-    return out
+def local_rate_table(
+    results: pd.DataFrame | str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    min_n: int | None = None,
+    average: str = "mean",
+) -> pd.DataFrame:
+    """Local slopes between neighbouring sample sizes, as a long table (for plots of slope against n).
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def local_rate_table(results: pd.DataFrame | str | Path, *, metrics: Sequence[str] | None = None, **fit_rate_options: Any) -> pd.DataFrame:
-    """Local slopes (between neighbouring sample sizes) as a long table, for plots of slope vs n.
+    A local slope that drifts with n says the asymptotic regime has not been reached.
 
     Returns
     -------
     pandas.DataFrame
-        Columns study, gate, fitted_k, metric and the fields of each entry of ``fit_rate(...).local_slopes``.
+        Columns study, gate, fitted_k, metric, n_low, n_high, n_mid (geometric mean of the two),
+        slope.
     """
-    table = rate_table(results, metrics=metrics, **fit_rate_options)
+    from .rates import fit_rate
+
+    used = _usable(_as_table(results), metrics, min_n)
     rows = []
-    for rec in table.to_dict("records"):
-        for item in json.loads(rec.get("local_slopes") or "[]"):
-            base = {k: rec[k] for k in ("study", "gate", "fitted_k", "metric")}
-            rows.append(base | (item if isinstance(item, dict) else {"slope": item}))
-    return pd.DataFrame(rows)
+    for (study, gate, k, metric), group in used.groupby(["study", "gate", "fitted_k", "metric"], sort=True):
+        if group["n"].nunique() < 2:
+            continue
+        rate = fit_rate(group["n"].to_numpy(), group["value"].to_numpy(), average=average, n_boot=0)
+        for lo, hi, slope in zip(rate.sizes[:-1], rate.sizes[1:], rate.local_slopes):
+            rows.append({"study": study, "gate": gate, "fitted_k": int(k), "metric": metric, "n_low": int(lo),
+                         "n_high": int(hi), "n_mid": float(np.sqrt(lo * hi)), "slope": float(slope)})
+    return pd.DataFrame(rows, columns=["study", "gate", "fitted_k", "metric", "n_low", "n_high", "n_mid", "slope"])
