@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -318,18 +319,22 @@ def _run_mle(spec: StudySpec, task: Task, engine: Engine) -> list[dict[str, Any]
     return units
 
 
+def _nn_row(spec: StudySpec, n: int, r: int, seed: int, k: int, record: dict[str, Any]) -> dict[str, Any]:
+    """A table row from one record of run_nn_task, whose status is "ok" or the error text."""
+    status = str(record.get("status", "ok"))
+    ok = status in ("ok", "converged")
+    return _row(spec, n, r, seed, str(record["router"]), k, str(record["metric"]), record["value"],
+                converged=bool(record.get("converged", ok)), iterations=int(record.get("iterations", -1)),
+                seconds=float(record.get("seconds", math.nan)), status=status if ok else "error",
+                error=str(record.get("error", "" if ok else status))[:_ERROR_CHARS])
+
+
 def _run_nn(spec: StudySpec, task: Task, engine: Engine) -> list[dict[str, Any]]:
     (r,) = task.replicates
     seed = replicate_seed(spec.root_seed, task.n, r)
     k = int(spec.nn["n_experts"])
     try:
-        records = engine.get("nn_task")(dict(spec.nn), task.n, seed)
-        rows = [
-            _row(spec, task.n, r, seed, str(d["router"]), k, str(d["metric"]), d["value"],
-                 converged=bool(d.get("converged", d.get("status", "ok") == "ok")), iterations=int(d.get("iterations", -1)),
-                 seconds=float(d.get("seconds", math.nan)), status=str(d.get("status", "ok")), error=str(d.get("error", "")))
-            for d in records
-        ]
+        rows = [_nn_row(spec, task.n, r, seed, k, record) for record in engine.get("nn_task")(dict(spec.nn), task.n, seed)]
         failed = any(row["status"] in _results.FAILED_STATUSES for row in rows)
         return [{"replicate": r, "failed": failed, "rows": rows, "traceback": None}]
     except Exception as exc:  # noqa: BLE001
@@ -337,19 +342,30 @@ def _run_nn(spec: StudySpec, task: Task, engine: Engine) -> list[dict[str, Any]]
         return [{"replicate": r, "failed": True, "rows": [row], "traceback": traceback.format_exc()[-_ERROR_CHARS:]}]
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": None}  # process-wide: tasks may run in several threads at once
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``torch.set_num_threads(n)``, then restore the previous setting."""
+    """Run with ``torch.set_num_threads(n)``; the first caller in a process saves the old setting
+    and the last one out restores it, so concurrent tasks (threading backend, multi-threaded Dask
+    workers) never switch the count under each other."""
     import torch
 
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(n)
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            if _THREADS_STATE["saved"] != n:
+                torch.set_num_threads(n)
+        _THREADS_STATE["depth"] += 1
     try:
         yield
     finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
+        with _THREADS_LOCK:
+            _THREADS_STATE["depth"] -= 1
+            if _THREADS_STATE["depth"] == 0 and torch.get_num_threads() != _THREADS_STATE["saved"]:
+                torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def run_task(spec: StudySpec, task: Task, engine: Engine | None = None) -> tuple[Task, list[dict[str, Any]], float]:

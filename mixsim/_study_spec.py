@@ -338,6 +338,8 @@ class StudySpec:
         doc["format"] = SPEC_FORMAT
         if self.truth is not None:
             doc["truth_params"] = truth_to_dict(self.truth)
+        if self.nn is not None and (defaults := _nn_defaults()) is not None:
+            doc["nn_resolved"] = defaults | self.nn  # a changed default changes the numbers
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -450,10 +452,21 @@ def _parse_run(doc: Any) -> int:
     return block
 
 
+def _nn_defaults() -> dict[str, Any] | None:
+    """mixsim.nn's option defaults (None where that module cannot be imported)."""
+    try:
+        from .nn import DEFAULT_OPTIONS
+    except ImportError:
+        return None
+    return dict(DEFAULT_OPTIONS)
+
+
 def _parse_nn(doc: Any) -> None:
     t = _Table(doc, "nn")
     t.get("n_experts", _int(1))
-    t.finish(allowed_extra=tuple(doc))  # the other options belong to mixsim.nn and are checked there
+    defaults = _nn_defaults()
+    # The values belong to mixsim.nn.run_nn_task, which checks them; the names are checked here.
+    t.finish(allowed_extra=tuple(doc) if defaults is None else tuple(defaults))
 
 
 def _parse_truth(doc: Any) -> MoEParams:

@@ -321,3 +321,59 @@ def test_nn_study_rows(tmp_path, counter):
     assert len(df) == 2 * 2 * 2
     threads = run_study(spec, tmp_path / "threads", n_jobs=2, backend="threading", engine=Engine(nn_task=sup.fake_nn_task), progress=False)
     pd.testing.assert_frame_equal(sup.without_timing(df), sup.without_timing(threads))
+
+
+def test_nn_error_text_becomes_status_error(tmp_path, monkeypatch):
+    from mixsim.study import StudySpec
+
+    monkeypatch.setenv(sup.FAIL_ENV, "128")
+    spec = StudySpec.from_dict({"name": "nn_tiny", "kind": "nn", "replications": 1, "grid": {"values": [64, 128]},
+                                "nn": {"n_experts": 4}})
+    df = run_study(spec, tmp_path / "out", engine=Engine(nn_task=sup.fake_nn_task), progress=False)
+    bad = df[df["status"] == "error"]
+    assert list(bad["n"]) == [128] and list(bad["error"]) == ["RuntimeError: loss is NaN"]
+    assert study_status(tmp_path / "out").failed == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# small pieces
+# ---------------------------------------------------------------------------------------------
+
+def test_torch_threads_is_one_inside_tasks_and_restored_by_the_last_thread_out():
+    import threading
+
+    import torch
+
+    from mixsim._runner import torch_threads
+
+    before = torch.get_num_threads()
+    inside, release = [], threading.Event()
+
+    def task():
+        with torch_threads(1):
+            release.wait(5)
+            inside.append(torch.get_num_threads())
+
+    with torch_threads(1):
+        workers = [threading.Thread(target=task) for _ in range(2)]
+        for w in workers:
+            w.start()
+    # the outer block has ended, but the two tasks still run: the count must stay 1 for them
+    release.set()
+    for w in workers:
+        w.join()
+    assert inside == [1, 1]
+    assert torch.get_num_threads() == before
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from mixsim._runner import _progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with _progress_bar(3, 0, "x", progress=True) as bar:
+        assert not bar.disable
+    with _progress_bar(3, 0, "x", progress=False) as bar:
+        assert bar.disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    with _progress_bar(3, 0, "x", progress=True) as bar:
+        assert bar.disable

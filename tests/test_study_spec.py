@@ -259,3 +259,9 @@ def test_task_data_depends_on_grid_coordinates_only():
     X2, y2 = task_data(spec.with_overrides({"grid.values": [50, 100], "replications": 5}), 100, 1)
     np.testing.assert_array_equal(y1, y2)
     assert not np.array_equal(y1, task_data(spec, 100, 0)[1])
+
+
+def test_nn_option_names_are_checked_against_mixsim_nn():
+    pytest.importorskip("mixsim.nn")
+    doc = {"name": "nn", "kind": "nn", "replications": 1, "grid": {"values": [64]}, "nn": {"n_experts": 4, "stepz": 3}}
+    assert error_key(doc) == "nn.stepz"

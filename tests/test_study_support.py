@@ -73,11 +73,14 @@ def fake_nn_task(options: dict, n_train: int, seed: int) -> list[dict]:
     """Two routers, one metric each; values depend on (n_train, seed) only."""
     _count(1)
     rng = np.random.default_rng(seed)
-    return [
+    records = [
         {"router": r, "metric": "test_mse", "value": float(1 / np.sqrt(n_train) * (1 + rng.random())),
          "seconds": 0.01, "status": "ok", "iterations": 10}
         for r in ("softmax", "competition")
     ]
+    if os.environ.get(FAIL_ENV) == str(n_train):  # run_nn_task reports a failed router by its error text
+        records[1] |= {"value": float("nan"), "status": "RuntimeError: loss is NaN"}
+    return records
 
 
 FAKE = Engine(fit_batch=fake_fit_batch)
