@@ -295,9 +295,9 @@ def _fit_block(spec: StudySpec, task: Task, engine: Engine) -> list[Any]:
     fit_batch, kwargs = engine.get("fit_batch"), _fit_kwargs(spec, task)
     try:
         return list(fit_batch(Xs, ys, task.fitted_k, rng=seeds, **kwargs))
-    except Exception:  # noqa: BLE001 - isolate the failing data set(s)
+    except Exception as exc:  # noqa: BLE001 - isolate the failing data set(s)
         if len(data) == 1:
-            return [sys.exc_info()[1]]
+            return [exc]
     results: list[Any] = []
     for i in range(len(data)):
         try:
