@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .experts import check_expert
-from .gates import canonical_gate, masked_log_softmax
+from .gates import canonical_gate, competition_logits, masked_log_softmax
 from .model import MoEParams, as_rng, log_terms, log_terms_local
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
@@ -263,29 +263,110 @@ def _chunks(n: int, B: int, k: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+_DERIVS = {  # expert transform g: (g(t), g'(t), g''(t))
+    "linear": lambda t: (t, torch.ones_like(t), torch.zeros_like(t)),
+    "tanh": lambda t: (lambda m: (m, 1 - m * m, -2 * m * (1 - m * m)))(torch.tanh(t)),
+}
+_PHI_DERIVS = {  # competition transform phi: (phi'(m), phi''(m))
+    "softplus": lambda m: (lambda s: (s, s * (1 - s)))(torch.sigmoid(m)),
+    "identity": lambda m: (torch.ones_like(m), torch.zeros_like(m)),
+}
+
+
+def _local_derivatives(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample gradient (B, n, m) and Hessian (B, n, m, m) of log p(y_i | x_i) in the locals.
+
+    Closed form for the softmax and competition gates (dense or top-K): with a_j = log pi_j +
+    log N_j and r = softmax(a), grad l = sum_j r_j grad a_j and
+    hess l = sum_j r_j (hess a_j + grad a_j grad a_j^T) - grad l grad l^T, first in the
+    coordinates (scores s, expert pre-activations, log-variances), then, for competition, through
+    s = phi(g(eta)) + c. Other gates use autograd (``_local_derivatives_autograd``).
+    """
+    k = layout.k
+    parts = list(torch.split(U, k, dim=-1))
+    comp = layout.gate == "competition"
+    eta, lv = (parts[0], parts[1]) if comp else (parts[1], parts[2])
+    mu, d1, d2 = _DERIVS[layout.expert](eta)
+    if comp:
+        scores = competition_logits(mu, None, layout.phi)
+        if layout.gate_bias:
+            scores = scores + parts[2]
+    else:
+        scores = parts[0]
+    log_gate = masked_log_softmax(scores, layout.top_k)
+    pi = torch.exp(log_gate)  # (B, n, k), 0 outside the top-K
+    w = torch.exp(-lv)
+    e = y.unsqueeze(-1) - mu
+    a = log_gate - 0.5 * (math.log(2 * math.pi) + lv + e * e * w)
+    r = torch.softmax(a, dim=-1)
+    D = e * w * d1  # d log N_j / d eta_j
+    V = 0.5 * (e * e * w - 1)  # d log N_j / d lv_j
+    gs, ge, gv = r - pi, r * D, r * V
+    diag = torch.diag_embed
+    outer = lambda p, q: p.unsqueeze(-1) * q.unsqueeze(-2)  # noqa: E731
+    # Blocks of the Hessian in (s, eta, lv); eta and lv act on their own component only.
+    Hss = diag(r) - outer(r, pi) - outer(pi, r) + outer(pi, pi) - diag(pi) + outer(pi, pi) - outer(gs, gs)
+    Hse = (diag(r * D) - outer(pi, r * D)) - outer(gs, ge)
+    Hsv = (diag(r * V) - outer(pi, r * V)) - outer(gs, gv)
+    Hee = diag(r * D * D + r * w * (-d1 * d1 + e * d2)) - outer(ge, ge)
+    Hev = diag(r * D * V - r * e * w * d1) - outer(ge, gv)
+    Hvv = diag(r * V * V - 0.5 * r * e * e * w) - outer(gv, gv)
+    if not comp:
+        G = torch.cat([gs, ge, gv], dim=-1)
+        H = torch.cat([torch.cat([Hss, Hse, Hsv], -1),
+                       torch.cat([Hse.transpose(-1, -2), Hee, Hev], -1),
+                       torch.cat([Hsv.transpose(-1, -2), Hev.transpose(-1, -2), Hvv], -1)], dim=-2)
+        return G, H
+    p1, p2 = _PHI_DERIVS[layout.phi](mu)
+    kap, kap2 = p1 * d1, p2 * d1 * d1 + p1 * d2  # d s / d eta and d2 s / d eta2 (diagonal)
+    K = kap.unsqueeze(-1)  # scales rows
+    Kt = kap.unsqueeze(-2)  # scales columns
+    Hes = Hse.transpose(-1, -2)
+    Uee = Hee + K * Hss * Kt + K * Hse + Hes * Kt + diag(gs * kap2)
+    Uev = Hev + K * Hsv
+    G_eta = ge + gs * kap
+    if not layout.gate_bias:
+        return torch.cat([G_eta, gv], -1), torch.cat([torch.cat([Uee, Uev], -1), torch.cat([Uev.transpose(-1, -2), Hvv], -1)], -2)
+    Uec = Hes + K * Hss
+    Uvc = Hsv.transpose(-1, -2)
+    G = torch.cat([G_eta, gv, gs], dim=-1)
+    H = torch.cat([torch.cat([Uee, Uev, Uec], -1),
+                   torch.cat([Uev.transpose(-1, -2), Hvv, Uvc], -1),
+                   torch.cat([Uec.transpose(-1, -2), Uvc.transpose(-1, -2), Hss], -1)], dim=-2)
+    return G, H
+
+
+def _local_derivatives_autograd(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample gradient and Hessian in the locals by m Hessian-vector products (any gate)."""
+    U = U.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(layout.local_loglik(U, y).sum(), U, create_graph=True)
+        h = torch.stack([torch.autograd.grad(g[..., a].sum(), U, retain_graph=True)[0] for a in range(U.shape[-1])], -1)
+    return g.detach(), h.detach()
+
+
 def _grad_hess(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient (B, P) and Hessian (B, P, P) of the per-sample log-likelihood.
 
     The log-density of sample i depends on the parameters only through m local quantities u_i
     (``_Layout.locals_of``), each affine in phi_i = [x_i, 1]. So the Hessian is
-    sum_i J_i^T (d2 l_i / du2) J_i: autograd gives the m x m per-sample Hessians with m
-    Hessian-vector products on a small elementwise graph, and two batched matrix products
+    sum_i J_i^T (d2 l_i / du2) J_i: the m x m per-sample Hessians come in closed form
+    (``_local_derivatives``; autograd for the sigmoid gate) and two batched matrix products
     contract them with the features. ``_grad_hess_autograd`` is the plain reference.
     """
     B, n = y.shape
     m, q = layout.n_local, layout.d + 1
     loc, feat = (torch.tensor(v, device=theta.device) for v in layout.local_map())
+    derivs = _local_derivatives if layout.gate in ("softmax", "competition") else _local_derivatives_autograd
     g_sum = theta.new_zeros(B, m, q)
     h_sum = theta.new_zeros(B, m * m, q * q)
-    for sl in _chunks(n, B, layout.n_local):
+    for sl in _chunks(n, B, layout.n_local * layout.n_local // layout.k):
         Xc = X[:, sl]
-        U = layout.locals_of(theta.detach(), Xc).requires_grad_(True)  # (B, c, m)
-        (g,) = torch.autograd.grad(layout.local_loglik(U, y[:, sl]).sum(), U, create_graph=True)
-        h = torch.stack([torch.autograd.grad(g[..., a].sum(), U, retain_graph=True)[0] for a in range(m)], dim=-1)
+        g, h = derivs(layout, layout.locals_of(theta.detach(), Xc), y[:, sl])  # (B, c, m), (B, c, m, m)
         Phi = torch.cat([Xc, torch.ones_like(Xc[..., :1])], dim=-1)  # (B, c, q)
         PhiPhi = (Phi.unsqueeze(-1) * Phi.unsqueeze(-2)).reshape(B, -1, q * q)
-        g_sum += g.detach().transpose(1, 2) @ Phi
-        h_sum += h.detach().reshape(B, -1, m * m).transpose(1, 2) @ PhiPhi
+        g_sum += g.transpose(1, 2) @ Phi
+        h_sum += h.reshape(B, -1, m * m).transpose(1, 2) @ PhiPhi
     grad = g_sum[:, loc, feat] / n
     H = h_sum.reshape(B, m, m, q, q)[:, loc[:, None], loc[None, :], feat[:, None], feat[None, :]] / n
     return grad, 0.5 * (H + H.transpose(1, 2))

@@ -57,12 +57,15 @@ def test_agrees_with_scipy_optimizer(name):
     assert res.log_likelihood >= ll_scipy - 1e-9 * abs(ll_scipy)  # ours is at least as good
 
 
-@pytest.mark.parametrize("gate, top_k, expert, k", [
-    ("softmax", None, "linear", 3), ("softmax", 2, "linear", 3), ("competition", None, "linear", 3),
-    ("competition", 2, "tanh", 3), ("sigmoid", None, "tanh", 2),
+@pytest.mark.parametrize("gate, top_k, expert, k, phi, bias", [
+    ("softmax", None, "linear", 3, "softplus", True), ("softmax", 2, "linear", 3, "softplus", True),
+    ("softmax", None, "tanh", 2, "softplus", True), ("competition", None, "linear", 3, "softplus", True),
+    ("competition", 2, "tanh", 3, "softplus", True), ("competition", None, "linear", 2, "identity", False),
+    ("competition", None, "tanh", 3, "softplus", False), ("sigmoid", None, "tanh", 2, "softplus", True),
 ])
-def test_local_hessian_equals_autograd_reference(gate, top_k, expert, k):
-    layout = _Layout(gate, top_k, expert, "softplus", k, 2)
+def test_local_hessian_equals_autograd_reference(gate, top_k, expert, k, phi, bias):
+    # Closed-form per-sample derivatives + feature contraction vs autograd through the parameters.
+    layout = _Layout(gate, top_k, expert, phi, k, 2, bias)
     g = torch.Generator().manual_seed(0)
     X = torch.rand(3, 400, 2, generator=g, dtype=torch.float64)
     y = torch.randn(3, 400, generator=g, dtype=torch.float64)
