@@ -103,3 +103,19 @@ def test_find_study_by_name_or_path():
 def test_status_of_a_non_results_directory(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert "not a study results directory" in capsys.readouterr().err
+
+
+def test_plot_command_calls_plot_study_with_dir_figures(tmp_path, capsys, monkeypatch):
+    plots = pytest.importorskip("mixsim.plots")  # drawing itself is tested with mixsim.plots
+    calls = []
+
+    def fake_plot_study(results_dir, out_dir=None):
+        calls.append((Path(results_dir), Path(out_dir)))
+        return [Path(out_dir) / "error_vs_n_D1.png"]
+
+    monkeypatch.setattr(plots, "plot_study", fake_plot_study)
+    assert main(["plot", str(tmp_path)]) == 0
+    assert calls == [(tmp_path, tmp_path / "figures")]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "figures" / "error_vs_n_D1.png")
+    assert main(["plot", str(tmp_path), "--figures", str(tmp_path / "f")]) == 0
+    assert calls[-1][1] == tmp_path / "f"
