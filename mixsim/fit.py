@@ -273,14 +273,16 @@ _PHI_DERIVS = {  # competition transform phi: (phi'(m), phi''(m))
 }
 
 
-def _local_derivatives(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample gradient (B, n, m) and Hessian (B, n, m, m) of log p(y_i | x_i) in the locals.
+def _local_terms(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Closed-form pieces of the per-sample Hessian in the locals (softmax and competition gates).
 
-    Closed form for the softmax and competition gates (dense or top-K): with a_j = log pi_j +
-    log N_j and r = softmax(a), grad l = sum_j r_j grad a_j and
-    hess l = sum_j r_j (hess a_j + grad a_j grad a_j^T) - grad l grad l^T, first in the
-    coordinates (scores s, expert pre-activations, log-variances), then, for competition, through
-    s = phi(g(eta)) + c. Other gates use autograd (``_local_derivatives_autograd``).
+    With a_j = log pi_j + log N_j and r = softmax_j(a_j), in the coordinates (scores s, expert
+    pre-activations, log-variances) the per-sample Hessian of l = logsumexp(a) is
+    ``Diag + pi~ pi~^T - g~ g~^T`` with g~ = (r, r D, r V), pi~ = (pi, 0, 0) and ``Diag`` diagonal
+    over experts in each pair of coordinate types; the gradient is g~ - pi~. For competition the
+    scores are s = phi(g(eta)) + c, and the chain rule keeps this form. Returns g~ (B, n, m),
+    pi~ (B, n, m) and the diagonal bands {(type_a, type_b): (B, n, k)}, types indexing the locals
+    in the layout's order.
     """
     k = layout.k
     parts = list(torch.split(U, k, dim=-1))
@@ -297,43 +299,28 @@ def _local_derivatives(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tup
     pi = torch.exp(log_gate)  # (B, n, k), 0 outside the top-K
     w = torch.exp(-lv)
     e = y.unsqueeze(-1) - mu
-    a = log_gate - 0.5 * (math.log(2 * math.pi) + lv + e * e * w)
-    r = torch.softmax(a, dim=-1)
+    r = torch.softmax(log_gate - 0.5 * (lv + e * e * w), dim=-1)
     D = e * w * d1  # d log N_j / d eta_j
     V = 0.5 * (e * e * w - 1)  # d log N_j / d lv_j
-    gs, ge, gv = r - pi, r * D, r * V
-    diag = torch.diag_embed
-    outer = lambda p, q: p.unsqueeze(-1) * q.unsqueeze(-2)  # noqa: E731
-    # Blocks of the Hessian in (s, eta, lv); eta and lv act on their own component only.
-    Hss = diag(r) - outer(r, pi) - outer(pi, r) + outer(pi, pi) - diag(pi) + outer(pi, pi) - outer(gs, gs)
-    Hse = (diag(r * D) - outer(pi, r * D)) - outer(gs, ge)
-    Hsv = (diag(r * V) - outer(pi, r * V)) - outer(gs, gv)
-    Hee = diag(r * D * D + r * w * (-d1 * d1 + e * d2)) - outer(ge, ge)
-    Hev = diag(r * D * V - r * e * w * d1) - outer(ge, gv)
-    Hvv = diag(r * V * V - 0.5 * r * e * e * w) - outer(gv, gv)
-    if not comp:
-        G = torch.cat([gs, ge, gv], dim=-1)
-        H = torch.cat([torch.cat([Hss, Hse, Hsv], -1),
-                       torch.cat([Hse.transpose(-1, -2), Hee, Hev], -1),
-                       torch.cat([Hsv.transpose(-1, -2), Hev.transpose(-1, -2), Hvv], -1)], dim=-2)
-        return G, H
+    rD, rV = r * D, r * V
+    ss, se, sv = r - pi, rD, rV
+    ee = rD * D + r * w * (e * d2 - d1 * d1)
+    ev = rD * V - r * e * w * d1
+    vv = rV * V - 0.5 * r * e * e * w
+    if not comp:  # locals (s, eta, lv) = types 0, 1, 2
+        bands = {(0, 0): ss, (0, 1): se, (0, 2): sv, (1, 1): ee, (1, 2): ev, (2, 2): vv}
+        return torch.cat([r, rD, rV], -1), torch.cat([pi, torch.zeros_like(pi), torch.zeros_like(pi)], -1), bands
     p1, p2 = _PHI_DERIVS[layout.phi](mu)
-    kap, kap2 = p1 * d1, p2 * d1 * d1 + p1 * d2  # d s / d eta and d2 s / d eta2 (diagonal)
-    K = kap.unsqueeze(-1)  # scales rows
-    Kt = kap.unsqueeze(-2)  # scales columns
-    Hes = Hse.transpose(-1, -2)
-    Uee = Hee + K * Hss * Kt + K * Hse + Hes * Kt + diag(gs * kap2)
-    Uev = Hev + K * Hsv
-    G_eta = ge + gs * kap
-    if not layout.gate_bias:
-        return torch.cat([G_eta, gv], -1), torch.cat([torch.cat([Uee, Uev], -1), torch.cat([Uev.transpose(-1, -2), Hvv], -1)], -2)
-    Uec = Hes + K * Hss
-    Uvc = Hsv.transpose(-1, -2)
-    G = torch.cat([G_eta, gv, gs], dim=-1)
-    H = torch.cat([torch.cat([Uee, Uev, Uec], -1),
-                   torch.cat([Uev.transpose(-1, -2), Hvv, Uvc], -1),
-                   torch.cat([Uec.transpose(-1, -2), Uvc.transpose(-1, -2), Hss], -1)], dim=-2)
-    return G, H
+    kap, kap2 = p1 * d1, p2 * d1 * d1 + p1 * d2  # d s / d eta and d2 s / d eta2
+    # locals (eta, lv[, c]) = types 0, 1[, 2]; s = kap * eta + c to first order.
+    bands = {(0, 0): kap * kap * ss + 2 * kap * se + ee + (r - pi) * kap2, (0, 1): kap * sv + ev, (1, 1): vv}
+    g = [rD + kap * r, rV]
+    p = [kap * pi, torch.zeros_like(pi)]
+    if layout.gate_bias:
+        bands |= {(0, 2): kap * ss + se, (1, 2): sv, (2, 2): ss}
+        g.append(r)
+        p.append(pi)
+    return torch.cat(g, -1), torch.cat(p, -1), bands
 
 
 def _local_derivatives_autograd(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,27 +336,52 @@ def _grad_hess(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.T
     """Gradient (B, P) and Hessian (B, P, P) of the per-sample log-likelihood.
 
     The log-density of sample i depends on the parameters only through m local quantities u_i
-    (``_Layout.locals_of``), each affine in phi_i = [x_i, 1]. So the Hessian is
-    sum_i J_i^T (d2 l_i / du2) J_i: the m x m per-sample Hessians come in closed form
-    (``_local_derivatives``; autograd for the sigmoid gate) and two batched matrix products
-    contract them with the features. ``_grad_hess_autograd`` is the plain reference.
+    (``_Layout.locals_of``), each affine in phi_i = [x_i, 1]: parameter t acts through local
+    ``loc[t]`` times feature ``feat[t]``. For softmax and competition gates the per-sample Hessian
+    in the locals is ``Diag + pi~ pi~^T - g~ g~^T`` (``_local_terms``), so the parameter Hessian
+    is three batched matrix products: the bands of ``Diag`` against phi phi^T, and the
+    outer products of the lifted vectors g~[loc] * phi[feat] and pi~[loc] * phi[feat]. Other gates
+    take per-sample Hessians from autograd. ``_grad_hess_autograd`` is the plain reference.
     """
     B, n = y.shape
-    m, q = layout.n_local, layout.d + 1
+    P, q, k = theta.shape[1], layout.d + 1, layout.k
     loc, feat = (torch.tensor(v, device=theta.device) for v in layout.local_map())
-    derivs = _local_derivatives if layout.gate in ("softmax", "competition") else _local_derivatives_autograd
-    g_sum = theta.new_zeros(B, m, q)
-    h_sum = theta.new_zeros(B, m * m, q * q)
-    for sl in _chunks(n, B, layout.n_local * layout.n_local // layout.k):
+    grad = theta.new_zeros(B, P)
+    hess = theta.new_zeros(B, P, P)
+    closed = layout.gate in ("softmax", "competition")
+    if closed:
+        types, comps = loc // k, loc % k
+        same = comps[:, None] == comps[None, :]
+        pairs = sorted({(min(a, b), max(a, b)) for a in types.tolist() for b in types.tolist()})
+    bands_sum: dict = {}
+    for sl in _chunks(n, B, 3 * layout.n_local):
         Xc = X[:, sl]
-        g, h = derivs(layout, layout.locals_of(theta.detach(), Xc), y[:, sl])  # (B, c, m), (B, c, m, m)
         Phi = torch.cat([Xc, torch.ones_like(Xc[..., :1])], dim=-1)  # (B, c, q)
-        PhiPhi = (Phi.unsqueeze(-1) * Phi.unsqueeze(-2)).reshape(B, -1, q * q)
-        g_sum += g.transpose(1, 2) @ Phi
-        h_sum += h.reshape(B, -1, m * m).transpose(1, 2) @ PhiPhi
-    grad = g_sum[:, loc, feat] / n
-    H = h_sum.reshape(B, m, m, q, q)[:, loc[:, None], loc[None, :], feat[:, None], feat[None, :]] / n
-    return grad, 0.5 * (H + H.transpose(1, 2))
+        U = layout.locals_of(theta.detach(), Xc)
+        if closed:
+            gt, pt, bands = _local_terms(layout, U, y[:, sl])
+            G = gt[..., loc] * Phi[..., feat]  # (B, c, P)
+            Q = pt[..., loc] * Phi[..., feat]
+            grad += (G - Q).sum(1)
+            hess += Q.transpose(1, 2) @ Q - G.transpose(1, 2) @ G
+            PhiPhi = (Phi.unsqueeze(-1) * Phi.unsqueeze(-2)).reshape(B, -1, q * q)
+            for key in pairs:
+                if key in bands:
+                    bands_sum[key] = bands_sum.get(key, 0) + bands[key].transpose(1, 2) @ PhiPhi  # (B, k, q*q)
+        else:
+            g, h = _local_derivatives_autograd(layout, U, y[:, sl])  # (B, c, m), (B, c, m, m)
+            G = g[..., loc] * Phi[..., feat]
+            grad += G.sum(1)
+            Hl = h[..., loc[:, None], loc[None, :]] * (Phi[..., feat][..., :, None] * Phi[..., feat][..., None, :])
+            hess += Hl.sum(1)
+    if closed:  # scatter the band sums: H[t, s] += band[type t, type s][comp t, feat t, feat s] if same comp
+        fidx = feat[:, None] * q + feat[None, :]
+        for (a, b), val in bands_sum.items():
+            for ta, tb in {(a, b), (b, a)}:
+                sel = same & (types[:, None] == ta) & (types[None, :] == tb)
+                rows, cols = torch.nonzero(sel, as_tuple=True)
+                hess[:, rows, cols] += val[:, comps[rows], fidx[rows, cols]]
+    return grad / n, 0.5 * (hess + hess.transpose(1, 2)) / n
 
 
 def _grad_hess_autograd(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
