@@ -593,7 +593,7 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
             if not bool(pending.any()):
                 break
         accepted = ~pending
-        conv = accepted & (new_f - fa <= tol) & (la < 1.0)
+        conv = accepted & (new_f - fa <= tol)
         stalled = pending  # no improving step even under heavy damping
         flat = stalled & (g.norm(dim=1) <= 1e-8)  # at a stationary point already
         theta = theta.index_copy(0, idx, new_th)

@@ -137,8 +137,10 @@ def atoms(params: MoEParams) -> Atoms:
     _check_params(params, "params")
     beta0 = np.zeros(params.n_experts) if params.gate_bias is None else np.asarray(params.gate_bias)
     slope = None if params.gate == "competition" else np.array(params.gate_weight, dtype=np.float64)
+    with np.errstate(over="ignore"):  # aligned_atoms rescales weights from log space for shift-invariant gates
+        weight = np.exp(beta0)
     return Atoms(
-        weight=np.exp(beta0),
+        weight=weight,
         gate_slope=slope,
         expert_slope=np.array(params.expert_weight, dtype=np.float64),
         expert_intercept=np.array(params.expert_bias, dtype=np.float64),
