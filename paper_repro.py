@@ -36,7 +36,7 @@ SCALES: dict[str, dict[str, dict]] = {
     },
     "quick": {
         "exact": {"grid.start": 1e3, "grid.stop": 1e5, "grid.num": 8, "replications": 20, "losses.n_mc": 300},
-        "overfit": {"grid.start": 1e3, "grid.stop": 3e4, "grid.num": 7, "replications": 16, "fit.fitted_k": [3],
+        "overfit": {"grid.start": 1e3, "grid.stop": 5e4, "grid.num": 8, "replications": 20, "fit.fitted_k": [3],
                     "fit.n_init": {"exact": 1, "over": 2}, "losses.n_mc": 300},
     },
     "full": {
@@ -54,7 +54,7 @@ STARTS = {
               "fit.near_truth.variance_exponent": 0.0},
     "auto": {"fit.init": "auto", "fit.n_init": 5, "fit.near_truth": None},  # no truth: clustered least-squares restarts
 }
-SENSITIVITY = {"tiny": {"replications": 2}, "quick": {"replications": 10, "grid.num": 5}, "full": {"replications": 20}}
+SENSITIVITY = {"tiny": {"replications": 2}, "quick": {"replications": 12, "grid.num": 6}, "full": {"replications": 20}}
 GROUP_METRICS = ("weight", "gate_slope", "expert_slope", "expert_intercept", "variance")
 
 
@@ -185,7 +185,18 @@ def verdict(table: pd.DataFrame) -> str:
 # figures
 # ---------------------------------------------------------------------------------------------
 
+TITLES = {
+    "softmax_exact": "Softmax gate, exact fit (k = 2)",
+    "softmax_overfit": "Softmax gate, over-fitted (k > 2)",
+    "competition_exact": "Competition gate, exact fit (k = 2)",
+    "competition_overfit": "Competition gate, over-fitted (k > 2)",
+}
+LOSS_NAMES = {"D1": "Voronoi loss D1", "D2": "Voronoi loss D2"}
+START_COLOURS = {"shrinking": "tab:purple", "fixed": "tab:brown", "auto": "tab:olive"}
+
+
 def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Path) -> list[Path]:
+    """Draw every figure into ``fig_dir`` (PNG, PDF and the plotted numbers as CSV)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,59 +214,83 @@ def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Pa
         metric = "D1" if study in EXACT else "D2"
         fig = Figure(figsize=(6.4, 5.2), layout="constrained")
         ax = fig.add_subplot()
-        plots.plot_error_vs_n(tables[study], metric, by="fitted_k", true_k=2, ax=ax)
-        ax.set_title(f"{study}: {metric} against n")
+        plots.plot_error_vs_n(tables[study], metric, by=("gate", "fitted_k"), true_k=2, ax=ax)
+        ax.set_title(f"{TITLES[study]}: {LOSS_NAMES[metric]}")
         save(fig, f"{study}_{metric}", plots.plotted_data(ax))
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         ax = fig.add_subplot()
-        plots.plot_local_slopes(tables[study], metric, by="fitted_k", true_k=2, ax=ax)
-        ax.set_title(f"{study}: local slopes of {metric}")
+        plots.plot_local_slopes(tables[study], metric, by=("gate", "fitted_k"), true_k=2, ax=ax)
+        ax.set_title(f"{TITLES[study]}: local slopes of {metric}")
         save(fig, f"{study}_{metric}_local_slopes", plots.plotted_data(ax))
 
     both = pd.concat([tables[s] for s in OVERFIT], ignore_index=True)
     fig = Figure(figsize=(13, 7.5), layout="constrained")
     plots.plot_groups(both, fitted_k=3, weighting="unweighted", true_k=2, fig=fig)
-    fig.suptitle("Over-fitted k = 3: per-group errors, softmax vs competition (unweighted, exponent 1)")
+    fig.suptitle("Over-fitted k = 3: error of each parameter group (unweighted), softmax vs competition")
     save(fig, "overfit_groups_softmax_vs_competition", plots.plotted_data(fig))
 
     allfour = pd.concat([tables[s] for s in STUDIES], ignore_index=True)
     fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.add_subplot()
-    plots.plot_error_vs_n(allfour, "hellinger", by=["gate", "fitted_k"], true_k=2, ax=ax)
+    plots.plot_error_vs_n(allfour, "hellinger", by=["gate", "fitted_k"], theory=False, true_k=2, ax=ax)
+    _reference_slope(ax, allfour, "hellinger", -0.5)
     ax.set_title("Expected Hellinger distance to the true conditional density")
     save(fig, "density_hellinger", plots.plotted_data(ax))
 
-    fig = Figure(figsize=(11, 5.5), layout="constrained")
+    fig = Figure(figsize=(12, 5.8), layout="constrained")
     data = plot_sensitivity(rate_tab, fig)
     save(fig, "sensitivity_overfit_slopes", data)
     return written
 
 
+def _reference_slope(ax, table: pd.DataFrame, metric: str, exponent: float) -> None:
+    """One grey dashed n^exponent line through the geometric mean of the smallest-n averages."""
+    sub = table[(table["metric"] == metric) & (table["value"] > 0)]
+    if sub.empty:
+        return
+    n = np.sort(sub["n"].unique())
+    first = sub[sub["n"] == n[0]].groupby(["study", "fitted_k"])["value"].mean()
+    y0 = float(np.exp(np.log(first).mean()))
+    ax.plot(n, y0 * (n / n[0]) ** exponent, ls="--", color="grey", lw=1,
+            label=f"reference slope n^{exponent:g} (theory, all four)")
+    ax.legend(fontsize=7)
+
+
 def plot_sensitivity(rate_tab: pd.DataFrame, fig) -> pd.DataFrame:
     """Over-fitted (k = 3) slopes per parameter group in the two-atom cell, under each start."""
+    from mixsim.plots import _GROUP_LABELS
+
     sub = rate_tab[(rate_tab["fitted_k"] == 3) & rate_tab["metric"].str.endswith("_multi_unweighted")].copy()
     sub["group"] = sub["metric"].str.replace("_multi_unweighted", "", regex=False)
-    gates = sorted(sub["gate"].unique())
+    gates = [g for g in ("softmax", "competition") if g in set(sub["gate"])]
     axes = fig.subplots(1, max(1, len(gates)), sharey=True, squeeze=False)[0]
-    colours = {"shrinking": "tab:blue", "fixed": "tab:orange", "auto": "tab:green"}
-    groups = [g for g in GROUP_METRICS if g in set(sub["group"])]
+    groups = list(GROUP_METRICS)
     for ax, gate in zip(axes, gates):
+        rows_gate = sub[sub["gate"] == gate]
         for j, start in enumerate(STARTS):
-            rows = sub[(sub["gate"] == gate) & (sub["start"] == start)].set_index("group")
-            xs = [i + (j - 1) * 0.22 for i, g in enumerate(groups) if g in rows.index]
-            r = rows.loc[[g for g in groups if g in rows.index]]
-            ax.errorbar(xs, r["slope"], yerr=[r["slope"] - r["ci_low"], r["ci_high"] - r["slope"]], fmt="o",
-                        color=colours[start], capsize=3, label=f"{start} start")
-            th = r["theory_exponent"] if "theory_exponent" in r else None
-            if th is not None and j == 0:
-                ax.scatter(xs, th, marker="_", s=400, color="k", label="theory (worst case)", zorder=3)
-        ax.axhline(-0.5, color="grey", lw=0.8, ls=":")
-        ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=20)
-        ax.set_title(f"{gate}, over-fitted k = 3 (two-atom cell)")
-        ax.set_ylabel("slope of log mean error vs log n (95% CI)")
+            rows = rows_gate[rows_gate["start"] == start].set_index("group")
+            present = [g for g in groups if g in rows.index]
+            r = rows.loc[present]
+            xs = [groups.index(g) + (j - 1) * 0.22 for g in present]
+            ci = np.isfinite(r["ci_low"]) & np.isfinite(r["ci_high"])
+            yerr = np.where(ci, [r["slope"] - r["ci_low"], r["ci_high"] - r["slope"]], 0.0)
+            ax.errorbar(xs, r["slope"], yerr=yerr, fmt="o", color=START_COLOURS[start], capsize=3,
+                        label=f"{start} start" if ax is axes[0] else None)
+        theory = rows_gate.drop_duplicates("group").set_index("group").get("theory_exponent")
+        for i, g in enumerate(groups):
+            if theory is not None and g in theory.index and np.isfinite(theory[g]):
+                ax.hlines(theory[g], i - 0.35, i + 0.35, color="k", lw=2,
+                          label="theory (worst case)" if (ax is axes[0] and i == 0) else None)
+            if g not in set(rows_gate["group"]):
+                ax.text(i, 0.5, "n/a", ha="center", va="center", transform=ax.get_xaxis_transform(), color="grey")
+        ax.axhline(-0.5, color="grey", lw=0.8, ls=":", label="parametric n^-1/2" if ax is axes[0] else None)
+        ax.set_xticks(range(len(groups)), [_GROUP_LABELS[g] for g in groups], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{gate}, over-fitted k = 3, two-atom cell")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left")
-    return sub[["gate", "start", "group", "slope", "ci_low", "ci_high"] + (["theory_exponent"] if "theory_exponent" in sub else [])]
+    axes[0].set_ylabel("slope of log mean error vs log n\n(bars: 95% interval where >= 3 sizes)")
+    fig.legend(loc="outside lower center", ncols=5, fontsize=8)
+    cols = ["gate", "start", "group", "slope", "ci_low", "ci_high"] + (["theory_exponent"] if "theory_exponent" in sub else [])
+    return sub[cols]
 
 
 # ---------------------------------------------------------------------------------------------
