@@ -417,33 +417,38 @@ def _lm_solve(g: torch.Tensor, H: torch.Tensor, lam: torch.Tensor) -> tuple[torc
 # EM for softmax / top-K gates with linear experts
 # ---------------------------------------------------------------------------------------------
 
-def _em_stats(layout: _Layout, p: dict, X: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
+def _em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
     """One pass over the data: per-sample log-likelihood and every statistic the M-step needs.
 
-    Psi is [X, 1, y] of shape (B, n, d + 2). Returns f (B,), expert moments (B, k, d+2, d+2),
-    gate gradient (B, d+1, k) and gate Hessian blocks {(j, l): (B, d+1, d+1)}.
+    Works expert-major, on (B, k, n) tensors: reductions over the few experts are then
+    elementwise over contiguous rows (several times faster than reducing a last axis of size k).
+    ``XT`` is X transposed (B, d, n); ``Psi`` is [X, 1, y] (B, n, d + 2). Returns f (B,), expert
+    moments (B, k, d+2, d+2), gate gradient (B, d+1, k) and gate Hessian blocks
+    {(j, l): (B, d+1, d+1)}.
     """
     k = layout.k
-    n = y.shape[1]
-    logits = X @ p["gate_weight"].transpose(1, 2) + p["gate_bias"].unsqueeze(1)  # (B, n, k)
-    log_gate = masked_log_softmax(logits, layout.top_k)
-    mean = X @ p["expert_weight"].transpose(1, 2) + p["expert_bias"].unsqueeze(1)  # (B, n, k)
-    var = p["variance"].unsqueeze(1)
-    terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(var) + (y.unsqueeze(-1) - mean) ** 2 / var)
-    ll = torch.logsumexp(terms, dim=-1, keepdim=True)  # (B, n, 1)
-    r = torch.exp(terms - ll)  # responsibilities (B, n, k)
-    Phi = Psi[..., :-1]  # (B, n, d+1)
+    logits = p["gate_weight"] @ XT + p["gate_bias"].unsqueeze(-1)  # (B, k, n)
+    if layout.top_k is not None:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(layout.top_k, dim=1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    log_gate = torch.log_softmax(logits, dim=1)
+    mean = p["expert_weight"] @ XT + p["expert_bias"].unsqueeze(-1)  # (B, k, n)
+    var = p["variance"].unsqueeze(-1)
+    terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(var) + (y.unsqueeze(1) - mean) ** 2 / var)
+    ll = torch.logsumexp(terms, dim=1)  # (B, n)
+    r = torch.exp(terms - ll.unsqueeze(1))  # responsibilities (B, k, n)
     PsiT = Psi.transpose(1, 2)
-    moments = torch.stack([(PsiT * r[:, None, :, j]) @ Psi for j in range(k)], dim=1)  # (B, k, q, q)
+    moments = torch.stack([(PsiT * r[:, j:j + 1]) @ Psi for j in range(k)], dim=1)  # (B, k, q, q)
+    Phi = Psi[..., :-1]  # (B, n, d+1)
+    PhiT = PsiT[:, :-1]
     gate = torch.exp(log_gate)
-    grad = Phi.transpose(1, 2) @ (r - gate)  # (B, d+1, k)
-    PhiT = Phi.transpose(1, 2)
+    grad = ((r - gate) @ Phi).transpose(1, 2)  # (B, d+1, k)
     hess = {}
     for j in range(k - 1):
         for l in range(j, k - 1):
-            w = gate[..., j] * ((1.0 if j == l else 0.0) - gate[..., l])  # (B, n)
-            hess[(j, l)] = (PhiT * w[:, None, :]) @ Phi
-    return ll.squeeze(-1).mean(-1), moments, grad, hess
+            w = gate[:, j] * ((1.0 if j == l else 0.0) - gate[:, l])  # (B, n)
+            hess[(j, l)] = (PhiT * w.unsqueeze(1)) @ Phi
+    return ll.mean(-1), moments, grad, hess
 
 
 def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
@@ -519,8 +524,8 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
     idx = torch.nonzero(~state["done"]).squeeze(1)
     if idx.numel() == 0 or n_steps <= 0:
         return out
-    Xl, yl, fl = X[idx], y[idx], floor[idx]
-    Psi = torch.cat([Xl, torch.ones_like(yl).unsqueeze(-1), yl.unsqueeze(-1)], dim=-1)
+    Xl, yl, fl = X[idx].transpose(1, 2).contiguous(), y[idx], floor[idx]  # Xl: (B, d, n)
+    Psi = torch.cat([X[idx], torch.ones_like(yl).unsqueeze(-1), yl.unsqueeze(-1)], dim=-1)
     accepted = _take(p, idx)
     f_acc, *stats = _em_stats(layout, accepted, Xl, Psi, yl)
     prop = _em_proposal(layout, accepted, *stats, fl)
