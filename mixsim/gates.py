@@ -32,6 +32,8 @@ __all__ = [
     "log_gate_weights",
     "competition_logits",
     "normalise_scores",
+    "masked_normalise",
+    "top_k_normalise",
 ]
 
 GATES = ("softmax", "competition", "sigmoid")
@@ -177,3 +179,39 @@ def log_gate_weights(
     else:
         scores = linear_logits(x, gate_weight, gate_bias)
     return normalise_scores(name, scores, top_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# weights normalised by their sum (CompeteSMoE's competition weights, USMoE's token weights)
+# ---------------------------------------------------------------------------------------------
+
+def masked_normalise(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-negative scores divided by their sum over the ``True`` entries of ``mask`` (others 0).
+
+    Parameters
+    ----------
+    scores : Tensor of shape (..., k)
+        Non-negative scores (e.g. mean softplus responses); not checked, to stay sync-free.
+    mask : bool Tensor of shape (..., k), optional
+        Entries that take part; None means all. A row with no ``True`` entry (or a zero sum)
+        gets weight 0 everywhere instead of NaN.
+
+    Returns
+    -------
+    Tensor of shape (..., k)
+        Weights in [0, 1]; each row with a positive masked sum adds up to one.
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, 0.0)
+    total = scores.sum(dim=-1, keepdim=True)  # (..., 1)
+    return scores / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def top_k_normalise(scores: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """Weights ``s_i / sum_{j in top-K} s_j`` on the ``top_k`` largest scores, 0 elsewhere.
+
+    This is CompeteSMoE's competition weight (THEORY.md section 6): with ``s`` the mean softplus
+    response of each expert the weights are the winners' affinities renormalised by their sum,
+    not a softmax. ``scores`` has shape (..., k) and must be non-negative.
+    """
+    return masked_normalise(scores, top_k_mask(scores, top_k))

@@ -1,0 +1,175 @@
+"""Forward+backward throughput of mixsim.nn.MoE on CPU against a naive loop and the dense limit.
+
+Usage::
+
+    python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--threads N] [--tokens 4096]
+
+Defaults follow issue 6: K = 2, d_model = 256, d_hidden = 512, 4096 tokens, E = 8 and 64.
+Variants, each timed as one forward + backward (gradients set to None before every call, as
+``zero_grad()`` does), interleaved round by round and summarised by the median:
+
+``limit``        one dense feed-forward block on T*K tokens: the same FLOPs with no routing
+``experts only`` E feed-forward blocks on T*K/E tokens each, as one ``bmm`` with no routing, no
+                 padding and no biases: what E experts cost on this machine before any routing
+                 (smaller matrices run less efficiently, and E times the weights must be read
+                 and their gradients written)
+``naive``        a ``ModuleList`` of experts and a Python loop with ``torch.where`` per expert
+                 (the authors' ``compute_moe``)
+``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included)
+``router step`` / ``competition step``: :class:`mixsim.nn.CompeteSMoE` with ``compete=False/True``
+
+The machine is shared, so timings are noisy: the median over interleaved rounds is reported with
+the spread (min-max) of the wall-clock ratio to the limit, and also ratios of the median process
+CPU time ("cpu"), which other users' load disturbs less (with one thread it is the cost of the
+call; with several it sums the threads).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mixsim.nn as mnn
+
+D_MODEL, D_HIDDEN, TOP_K = 256, 512, 2
+
+
+def ffn(d: int, h: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d))
+
+
+class NaiveMoE(nn.Module):
+    """The usual implementation: a list of expert modules and a loop with ``torch.where``."""
+
+    def __init__(self, d: int, h: int, E: int, K: int) -> None:
+        super().__init__()
+        self.K = K
+        self.gate = nn.Linear(d, E, bias=False)
+        self.experts = nn.ModuleList([ffn(d, h) for _ in range(E)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.gate(x)  # (T, E)
+        top, idx = logits.topk(self.K, dim=-1)  # (T, K)
+        w = torch.softmax(top, dim=-1)  # (T, K)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            tok, slot = torch.where(idx == i)
+            out.index_add_(0, tok, w[tok, slot, None] * expert(x[tok]))
+        return out
+
+
+def timed(fn: Callable[[], None], params: list[torch.Tensor]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    for p in params:
+        p.grad = None
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def variants(E: int, T: int, seed: int) -> dict[str, tuple[Callable[[], None], list[torch.Tensor]]]:
+    torch.manual_seed(seed)
+    x = torch.randn(T, D_MODEL)
+    g = torch.randn(T, D_MODEL)
+    out: dict[str, tuple[Callable[[], None], list[torch.Tensor]]] = {}
+
+    dense = ffn(D_MODEL, D_HIDDEN)
+    xk = torch.randn(T * TOP_K, D_MODEL)
+    gk = torch.randn(T * TOP_K, D_MODEL)
+    out["limit"] = (lambda: (dense(xk) * gk).sum().backward(), list(dense.parameters()))
+
+    C = T * TOP_K // E
+    w1 = (torch.randn(E, D_MODEL, D_HIDDEN) / D_MODEL**0.5).requires_grad_()
+    w2 = (torch.randn(E, D_HIDDEN, D_MODEL) / D_HIDDEN**0.5).requires_grad_()
+    xb, gb = xk[: E * C].view(E, C, D_MODEL), gk[: E * C].view(E, C, D_MODEL)
+    out["experts only"] = (lambda: (torch.bmm(F.gelu(torch.bmm(xb, w1)), w2) * gb).sum().backward(), [w1, w2])
+
+    naive = NaiveMoE(D_MODEL, D_HIDDEN, E, TOP_K)
+    out["naive"] = (lambda: (naive(x) * g).sum().backward(), list(naive.parameters()))
+
+    for backend in ("grouped", "loop", "padded"):
+        moe = mnn.MoE(D_MODEL, D_HIDDEN, E, TOP_K, dispatch=backend)
+        with torch.no_grad():
+            moe.gate.copy_(naive.gate.weight)
+
+        def step(moe: mnn.MoE = moe) -> None:
+            y, aux = moe(x)
+            ((y * g).sum() + aux.total()).backward()
+
+        out[f"moe[{backend}]"] = (step, list(moe.parameters()))
+
+    comp = mnn.CompeteSMoE(D_MODEL, D_HIDDEN, E, TOP_K)
+    for name, flag in (("router step", False), ("competition step", True)):
+        def cstep(flag: bool = flag) -> None:
+            y, aux = comp(x, compete=flag)
+            ((y * g).sum() + aux.total()).backward()
+
+        out[name] = (cstep, list(comp.parameters()))
+    return out
+
+
+def run_group(E: int, T: int, rounds: int, seed: int, names: list[str], threads: int | None) -> dict[str, list[tuple[float, float]]]:
+    """Time the variants ``names`` in interleaved rounds (runs in a fresh process, see :func:`run`)."""
+    if threads:
+        torch.set_num_threads(threads)
+    vs = variants(E, T, seed)
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    for name in names:  # warm-up
+        timed(*vs[name])
+    for _ in range(rounds):
+        for name in names:
+            times[name].append(timed(*vs[name]))
+    return times
+
+
+def run(E: int, T: int, rounds: int, seed: int, threads: int | None) -> dict[str, list[tuple[float, float]]]:
+    """All variants; the two CompeteSMoE steps in a separate fresh process, since the competition
+    step's large buffers change the allocator's state for whatever runs after it."""
+    main_names = ["limit", "experts only", "naive", "moe[grouped]", "moe[loop]", "moe[padded]"]
+    step_rounds = rounds if E <= 16 else max(3, rounds // 2)  # a competition step costs E/K router steps
+    ctx = multiprocessing.get_context("spawn")
+    times: dict[str, list[tuple[float, float]]] = {}
+    for names, n in ((main_names, rounds), (["router step", "competition step"], step_rounds)):
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            times.update(pool.submit(run_group, E, T, n, seed, names, threads).result())
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--experts", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # also set in each worker process
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.tokens}, K={TOP_K}, "
+          f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds\n")
+    header = (f"{'E':>3}  {'variant':<17}{'tokens/s':>10}  {'vs limit':>8}  {'(min-max)':>11}  {'vs naive':>8}"
+              f"  {'cpu: vs limit':>13}  {'vs naive':>8}")
+    print(header)
+    print("-" * len(header))
+    for E in args.experts:
+        times = run(E, args.tokens, args.rounds, args.seed, args.threads)
+        wall = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+        for name, ts in times.items():
+            ratios = [wall["limit"] / t for t, _ in ts]
+            print(f"{E:>3}  {name:<17}{args.tokens / wall[name]:>10.0f}  {wall['limit'] / wall[name]:>8.2f}  "
+                  f"{min(ratios):>5.2f}-{max(ratios):<5.2f}  {wall['naive'] / wall[name]:>8.2f}"
+                  f"  {cpu['limit'] / cpu[name]:>13.2f}  {cpu['naive'] / cpu[name]:>8.2f}")
+        print(f"{E:>3}  competition / router step = {wall['competition step'] / wall['router step']:.1f}x wall, "
+              f"{cpu['competition step'] / cpu['router step']:.1f}x cpu  (target <= (E/K)*1.2 = {E / TOP_K * 1.2:.1f}x)\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""mixsim.nn: a GPU-ready CompeteSMoE layer for PyTorch (THEORY.md section 6).
+
+Layers
+    :class:`MoE` (token choice, expert choice, USMoE or competition routing over stacked
+    feed-forward experts) and :class:`CompeteSMoE` (competition routing driven by a
+    :class:`CompetitionSchedule`). ``layer(x)`` returns ``(output, aux)``; ``aux.losses`` holds the
+    auxiliary losses by name (``balance``, ``z_loss``, ``distillation``, ``diversity``) and
+    :meth:`MoEAux.total` weighs them; ``aux`` also reports tokens per expert, dropped pairs and
+    unrouted tokens.
+Building blocks
+    The routers (``route_*``, pure functions returning token-expert pairs), the sorted dispatch
+    (:func:`run_experts`, :func:`run_all_experts`, :func:`combine`) and the losses.
+Experiment
+    :func:`run_nn_task` (one study task, the contract of ``mixsim.study``), :func:`run_experiment`
+    and :func:`plot_sample_efficiency`: held-out error against training-set size per router
+    (``studies/nn_sample_efficiency.toml``; ``python -m mixsim.nn`` runs it without the runner).
+
+Example
+-------
+>>> import torch, mixsim.nn as mnn
+>>> sched = mnn.CompetitionSchedule(warmup=100, rate=0.05, max_layers_per_step=2, seed=0)
+>>> layer = mnn.CompeteSMoE(256, 512, n_experts=8, top_k=2, schedule=sched)
+>>> y, aux = layer(torch.randn(4, 16, 256))
+>>> loss = y.square().mean() + aux.total()  # authors' weights; or aux.total({"balance": 0.01, ...})
+>>> loss.backward(); sched.step()
+
+Design
+------
+* Experts are stored stacked: ``w1 (E, d_model, d_hidden)``, ``w2 (E, d_hidden, d_out)`` and
+  biases. A router returns pairs ``(token, expert, weight)``; the dispatch sorts them by expert
+  (stable), gathers the tokens so each expert's are one contiguous slice, runs every expert on its
+  slice, and the combine sums the weighted outputs per token. No per-token Python loop and no
+  ``.item()`` on the default paths: a test runs forward and backward of every router on ``meta``
+  tensors, which fail on any host read of device data.
+* Running E experts on their slices without a host-device sync: a loop over experts needs the
+  slice sizes on the host (a sync on GPU); a padded ``bmm`` has static shapes only with a capacity
+  (dropless it needs the maximum count, a sync, and computes the padding); ``grouped_mm`` takes the
+  offsets as a device tensor. Backends ``grouped`` (default where supported: float32/bfloat16 on
+  CPU, bfloat16 on CUDA >= sm80, feature sizes multiples of 16 bytes), ``loop`` (every dtype;
+  the float64 fallback), ``padded`` (default with a capacity factor, and for expert choice, whose
+  slices all have exactly C tokens). On this 2-core CPU ``benchmarks/bench_layer.py`` measured
+  ``grouped`` and ``loop`` within noise of each other and ``padded`` clearly slower dropless.
+* A competition step runs every expert once on every token (sizes known on the host, so no
+  sync), computes the affinities ``mean softplus`` per expert while its output is in cache, and
+  reuses the outputs of the winners; the affinity's gradient is folded into the experts' backward.
+  The authors' code recomputes the winners' outputs; this layer does not.
+* Distillation target ``softmax(affinity)`` is detached; the router learns from the distillation
+  loss on competition steps and from the task loss through the weights on router steps.
+* The schedule is host data (a numpy Philox stream keyed by ``(seed, step)``): asking whether a
+  layer competes never touches the device.
+* Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
+  ``distill_alpha``, the diversity coefficient, the cap rule of the schedule.
+"""
+from ._dispatch import BACKENDS, ExpertWeights, combine, grouped_mm_supported, run_all_experts, run_experts
+from ._experiment import DEFAULT_OPTIONS, make_teacher, run_experiment, run_nn_task, train_regressor
+from ._figure import plot_sample_efficiency
+from ._layer import CompeteSMoE, MoE, MoEAux
+from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._routers import (ROUTERS, Routing, expert_capacity, route_competition, route_expert_choice,
+                       route_token_choice, route_usmoe, usmoe_scores)
+from ._schedule import CompetitionSchedule
+
+__all__ = [
+    "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule",
+    "ROUTERS", "Routing", "route_token_choice", "route_expert_choice", "route_usmoe", "route_competition",
+    "usmoe_scores", "expert_capacity",
+    "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
+    "DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss",
+    "DEFAULT_OPTIONS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "plot_sample_efficiency",
+]

@@ -1,0 +1,386 @@
+"""The MoE layer: stacked feed-forward experts, a linear router, four routing policies.
+
+``MoE(...)(x)`` returns ``(output, aux)``: ``aux.losses`` holds the auxiliary losses by name,
+unweighted, and ``aux`` the routing statistics, so the caller chooses the weights
+(:meth:`MoEAux.total` applies :data:`DEFAULT_AUX_WEIGHTS` or yours).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..gates import competition_logits
+from ._activations import ACTIVATIONS
+from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts, run_experts
+from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
+                       route_expert_choice, route_token_choice, route_usmoe)
+from ._schedule import CompetitionSchedule
+
+__all__ = ["MoE", "CompeteSMoE", "MoEAux"]
+
+LOSS_NAMES = ("balance", "z_loss", "distillation", "diversity")
+
+
+@dataclass(frozen=True, eq=False)
+class MoEAux:
+    """What a forward pass reports besides its output.
+
+    Attributes
+    ----------
+    losses : dict of str to scalar Tensor
+        ``balance``, ``z_loss``, ``distillation`` (0 except on competition steps) and
+        ``diversity``, unweighted, in float32 (float64 for float64 inputs).
+    tokens_per_expert : LongTensor of shape (E,)
+        Pairs each expert processed (after capacity drops).
+    dropped : LongTensor, scalar
+        Token-expert pairs dropped by the capacity limit.
+    unrouted : LongTensor, scalar
+        Tokens that no expert processed (expert choice, USMoE or drops can leave some out).
+    competition : bool
+        Whether this was a competition step.
+    """
+
+    losses: dict[str, torch.Tensor]
+    tokens_per_expert: torch.Tensor
+    dropped: torch.Tensor
+    unrouted: torch.Tensor
+    competition: bool = False
+
+    def total(self, weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Weighted sum of the losses; ``weights`` defaults to :data:`DEFAULT_AUX_WEIGHTS` (missing names weigh 0)."""
+        weights = DEFAULT_AUX_WEIGHTS if weights is None else weights
+        unknown = set(weights) - set(self.losses)
+        if unknown:
+            raise ValueError(f"weights: unknown loss names {sorted(unknown)}; expected some of {sorted(self.losses)}")
+        return sum((float(w) * self.losses[name] for name, w in weights.items()), torch.zeros((), device=self.dropped.device))
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return int(value)
+
+
+def _choice(value: object, name: str, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {options}; got {type(value).__name__}")
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {options}")
+    return value
+
+
+class MoE(nn.Module):
+    """Sparse mixture of feed-forward experts with a choice of router.
+
+    Parameters
+    ----------
+    d_model : int
+        Input features.
+    d_hidden : int
+        Hidden width of each expert.
+    n_experts : int
+        Number of experts E.
+    top_k : int
+        Experts per token K (1 <= K <= E); also sets the compute budget of expert choice and USMoE.
+    router : {"token_choice", "expert_choice", "usmoe", "competition"}, default "token_choice"
+        See :mod:`mixsim.nn._routers`. ``competition`` routes by the experts' own responses on
+        competition steps and by the learned router otherwise.
+    d_out : int, optional
+        Output features of each expert (default ``d_model``).
+    capacity_factor : float, optional
+        None (default): dropless. Otherwise each expert takes at most
+        ``ceil(capacity_factor * T * K / E)`` pairs and the rest are dropped (reported in ``aux``).
+        For expert choice it sets C (default 1.0 there: exactly T * K pairs when E divides T * K).
+    activation : {"gelu", "relu", "silu", "tanh"}, default "gelu"
+    bias : bool, default True
+        Biases in the experts (the router has none, as in the authors' code).
+    usmoe_alpha : float in [0, 1], default 0.5
+        USMoE: weight of the expert-choice normalisation in the unified score [C].
+    usmoe_weighting : {"token", "score"}, default "token"
+        USMoE combine weights (see :func:`mixsim.nn.route_usmoe`) [C].
+    distill_alpha : float, default 1.0
+        Competition: weight of the winners-only distillation term [C].
+    router_step_diversity : bool, default False
+        Also compute the diversity loss on router steps (competition steps always do, as in the
+        authors' code). Off by default: it reads every expert output once more and costs about
+        5 % of a CPU step at d_model = 256; when off, ``aux.losses["diversity"]`` is 0 there.
+    schedule : CompetitionSchedule, optional
+        Competition: when this layer competes during training. Without one, every training
+        forward competes (pure competition); in eval mode the learned router decides.
+    layer_id : int, optional
+        This layer's id in ``schedule`` (default: ``schedule.register()``).
+    dispatch : {"auto", "grouped", "loop", "padded"}, default "auto"
+        Dispatch backend (:mod:`mixsim.nn._dispatch`).
+    router_init_std : float, default 0.02
+        Standard deviation of the router weights at initialisation (authors: 0.02).
+    generator : torch.Generator, optional
+        Randomness of the initialisation (default: torch's global generator).
+    device, dtype : optional
+        Where and in what precision the parameters live.
+
+    Notes
+    -----
+    ``forward(x, compete=None)`` takes ``x`` of shape (..., d_model) and returns
+    ``(output (..., d_out), aux: MoEAux)``. Routing scores are computed in float32 at least.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        n_experts: int,
+        top_k: int,
+        router: str = "token_choice",
+        *,
+        d_out: int | None = None,
+        capacity_factor: float | None = None,
+        activation: str = "gelu",
+        bias: bool = True,
+        usmoe_alpha: float = 0.5,
+        usmoe_weighting: str = "token",
+        distill_alpha: float = 1.0,
+        router_step_diversity: bool = False,
+        schedule: CompetitionSchedule | None = None,
+        layer_id: int | None = None,
+        dispatch: str = "auto",
+        router_init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = _positive_int(d_model, "d_model")
+        self.d_hidden = _positive_int(d_hidden, "d_hidden")
+        self.n_experts = _positive_int(n_experts, "n_experts")
+        self.top_k = _positive_int(top_k, "top_k")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k must be <= n_experts={self.n_experts}; got {top_k}")
+        self.d_out = self.d_model if d_out is None else _positive_int(d_out, "d_out")
+        self.router = _choice(router, "router", ROUTERS)
+        self.activation = _choice(activation, "activation", tuple(ACTIVATIONS))
+        self.dispatch = _choice(dispatch, "dispatch", BACKENDS)
+        self.usmoe_weighting = _choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
+        if capacity_factor is not None:
+            if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, numbers.Real):
+                raise TypeError(f"capacity_factor must be a float or None; got {type(capacity_factor).__name__}")
+            if not capacity_factor > 0:
+                raise ValueError(f"capacity_factor must be > 0; got {capacity_factor}")
+        self.capacity_factor = None if capacity_factor is None else float(capacity_factor)
+        if not (isinstance(usmoe_alpha, numbers.Real) and 0.0 <= usmoe_alpha <= 1.0):
+            raise ValueError(f"usmoe_alpha must be a float in [0, 1]; got {usmoe_alpha!r}")
+        self.usmoe_alpha = float(usmoe_alpha)
+        if not (isinstance(distill_alpha, numbers.Real) and distill_alpha >= 0):
+            raise ValueError(f"distill_alpha must be a float >= 0; got {distill_alpha!r}")
+        self.distill_alpha = float(distill_alpha)
+        if not isinstance(router_step_diversity, bool):
+            raise TypeError(f"router_step_diversity must be a bool; got {type(router_step_diversity).__name__}")
+        self.router_step_diversity = router_step_diversity
+        if schedule is not None and not isinstance(schedule, CompetitionSchedule):
+            raise TypeError(f"schedule must be a CompetitionSchedule; got {type(schedule).__name__}")
+        if schedule is not None and self.router != "competition":
+            raise ValueError(f"schedule is only used by router='competition'; got router={self.router!r}")
+        self.schedule = schedule
+        if schedule is not None:
+            self.layer_id = schedule.register() if layer_id is None else int(layer_id)
+            if not 0 <= self.layer_id < schedule.n_layers:
+                raise ValueError(f"layer_id {layer_id} is not registered in the schedule (n_layers={schedule.n_layers})")
+        else:
+            self.layer_id = layer_id
+        if not (isinstance(router_init_std, numbers.Real) and router_init_std >= 0):
+            raise ValueError(f"router_init_std must be a float >= 0; got {router_init_std!r}")
+        self.router_init_std = float(router_init_std)
+
+        kw = {"device": device, "dtype": dtype}
+        E, d, h, o = self.n_experts, self.d_model, self.d_hidden, self.d_out
+        self.gate = nn.Parameter(torch.empty(E, d, **kw))  # router weights (E, d_model)
+        self.w1 = nn.Parameter(torch.empty(E, d, h, **kw))
+        self.w2 = nn.Parameter(torch.empty(E, h, o, **kw))
+        self.b1 = nn.Parameter(torch.empty(E, h, **kw)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(E, o, **kw)) if bias else None
+        self.reset_parameters(generator)
+
+    # -- parameters ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Experts like ``nn.Linear`` (uniform, bound 1/sqrt(fan_in)); router normal(0, router_init_std)."""
+        def uniform(t: torch.Tensor, fan_in: int) -> None:
+            bound = 1.0 / math.sqrt(fan_in)
+            t.copy_((torch.rand(t.shape, generator=generator) * 2 - 1) * bound)
+
+        self.gate.copy_(torch.randn(self.gate.shape, generator=generator) * self.router_init_std)
+        uniform(self.w1, self.d_model)
+        uniform(self.w2, self.d_hidden)
+        if self.b1 is not None:
+            uniform(self.b1, self.d_model)
+            uniform(self.b2, self.d_hidden)
+
+    def set_router(self, router: str) -> "MoE":
+        """Switch the routing policy in place (the parameters are the same for every router).
+
+        For instance a layer trained with token choice can route with ``"usmoe"`` at inference,
+        the training-free swap of USMoE. Switching to ``"competition"`` keeps no schedule, so every
+        training forward competes. Returns ``self``.
+        """
+        router = _choice(router, "router", ROUTERS)
+        if self.schedule is not None and router != "competition":
+            raise ValueError(f"this layer has a competition schedule; it cannot route with {router!r}")
+        self.router = router
+        return self
+
+    def expert_weights(self) -> ExpertWeights:
+        """The stacked expert parameters as an :class:`ExpertWeights`."""
+        return ExpertWeights(self.w1, self.b1, self.w2, self.b2, self.activation)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, n_experts={self.n_experts}, top_k={self.top_k}, "
+                f"router={self.router!r}, d_out={self.d_out}, capacity_factor={self.capacity_factor}, dispatch={self.dispatch!r}")
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _competes(self, compete: bool | None) -> bool:
+        if compete is not None:
+            if not isinstance(compete, bool):
+                raise TypeError(f"compete must be a bool or None; got {type(compete).__name__}")
+            if compete and self.router != "competition":
+                raise ValueError(f"compete=True needs router='competition'; this layer has router={self.router!r}")
+            return compete
+        if self.router != "competition" or not self.training:
+            return False
+        return True if self.schedule is None else self.schedule.competes(self.layer_id)
+
+    def _capacity(self, n_tokens: int) -> int | None:
+        if self.capacity_factor is None:
+            return None
+        return expert_capacity(n_tokens, self.n_experts, self.top_k, self.capacity_factor)
+
+    def _ec_capacity(self, n_tokens: int) -> int:
+        return expert_capacity(n_tokens, self.n_experts, self.top_k, self.capacity_factor or 1.0)
+
+    def _route(self, logits: torch.Tensor) -> Routing:
+        T = logits.shape[0]
+        if self.router == "expert_choice":
+            return route_expert_choice(logits, self._ec_capacity(T))
+        if self.router == "usmoe":
+            return route_usmoe(logits, min(T * self.top_k, T * self.n_experts), self.usmoe_alpha, self.usmoe_weighting)
+        return route_token_choice(logits, self.top_k)  # token choice; competition's router steps
+
+    def forward(self, x: torch.Tensor, compete: bool | None = None) -> tuple[torch.Tensor, MoEAux]:
+        """Route and run the experts.
+
+        Parameters
+        ----------
+        x : Tensor of shape (..., d_model)
+        compete : bool, optional
+            Force (True) or forbid (False) a competition step; None asks the schedule (training)
+            or uses the router (eval). Only for ``router="competition"``.
+
+        Returns
+        -------
+        output : Tensor of shape (..., d_out)
+        aux : MoEAux
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (..., d_model={self.d_model}); got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point; got {x.dtype}")
+        competing = self._competes(compete)
+        lead = x.shape[:-1]
+        xt = x.reshape(-1, self.d_model)  # (T, d_model)
+        score_dtype = torch.promote_types(x.dtype, torch.float32)  # route in float32 even for bf16 inputs
+        logits = xt.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E)
+        if competing:
+            out, aux = self._competition_step(xt, logits)
+        else:
+            out, aux = self._router_step(xt, logits)
+        return out.reshape(*lead, self.d_out), aux
+
+    def _router_step(self, xt: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+        T = xt.shape[0]
+        routing = self._route(logits)
+        # expert choice: every expert has exactly C pairs, so the padded bmm wastes nothing
+        capacity = self._ec_capacity(T) if self.router == "expert_choice" else self._capacity(T)
+        y, keep, counts = run_experts(xt, routing.token, routing.expert, self.expert_weights(), backend=self.dispatch,
+                                      capacity=capacity, sorted_by_expert=routing.sorted_by_expert)  # (P, d_out)
+        weight = routing.weight if keep is None else routing.weight * keep
+        out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
+        probs = torch.softmax(logits, dim=-1)  # (T, E)
+        losses = {
+            "balance": balance_loss(probs, counts),
+            "z_loss": z_loss(logits),
+            "distillation": logits.new_zeros(()),
+            "diversity": (diversity_loss(y, routing.token, T, routing.per_token, keep) if self.router_step_diversity
+                          else logits.new_zeros(())),
+        }
+        return out, self._aux(losses, routing, keep, T, counts, competition=False)
+
+    def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+        T, E, K = xt.shape[0], self.n_experts, self.top_k
+        y_all, mean_softplus = run_all_experts(xt, self.expert_weights())  # (E, T, d_out), (T, E); computed once
+        affinity = competition_logits(mean_softplus, None, phi="identity")  # (T, E), THEORY s_i
+        routing = route_competition(affinity, K)  # T*K token-major pairs
+        y = y_all.reshape(E * T, self.d_out).index_select(0, routing.expert * T + routing.token)  # (T*K, d_out), reused
+        counts = expert_counts(routing.expert, E)  # (E,)
+        keep = None
+        capacity = self._capacity(T)
+        if capacity is not None:
+            keep = keep_within_capacity(routing.expert, counts, capacity)  # (T*K,)
+            y = y * keep.unsqueeze(-1).to(y.dtype)
+        weight = routing.weight if keep is None else routing.weight * keep
+        out = combine(y, weight, routing.token, T, K)  # (T, d_out)
+        target = torch.softmax(affinity, dim=-1)  # (T, E)
+        losses = {
+            "balance": balance_loss(target, counts),  # on the competition policy, as the authors do
+            "z_loss": z_loss(logits),
+            "distillation": distillation_loss(torch.softmax(logits, dim=-1), target, routing.expert.view(T, K), self.distill_alpha),
+            "diversity": diversity_loss(y, routing.token, T, K, keep),
+        }
+        return out, self._aux(losses, routing, keep, T, counts, competition=True)
+
+    def _aux(self, losses: dict[str, torch.Tensor], routing: Routing, keep: torch.Tensor | None, T: int,
+             counts: torch.Tensor, competition: bool) -> MoEAux:
+        served = torch.zeros(T, dtype=torch.long, device=counts.device)
+        if keep is None:
+            per_expert = counts
+            served.index_add_(0, routing.token, torch.ones_like(routing.token))  # (T,) experts per token
+        else:
+            per_expert = torch.zeros_like(counts).index_add_(0, routing.expert, keep.long())  # (E,) after drops
+            served.index_add_(0, routing.token, keep.long())
+        return MoEAux(
+            losses=losses,
+            tokens_per_expert=per_expert,
+            dropped=counts.sum() - per_expert.sum(),
+            unrouted=(served == 0).sum(),
+            competition=competition,
+        )
+
+
+class CompeteSMoE(MoE):
+    """The CompeteSMoE layer: ``MoE(..., router="competition")`` driven by a competition schedule.
+
+    Parameters
+    ----------
+    d_model, d_hidden, n_experts, top_k : int
+        As in :class:`MoE`.
+    schedule : CompetitionSchedule, optional
+        Shared by all CompeteSMoE layers of a model; default: a new one-layer schedule with the
+        authors' rate, ``CompetitionSchedule(warmup=0, rate=0.05, seed=0)``. Call
+        ``schedule.step()`` once per optimiser step.
+    **kwargs
+        Any other :class:`MoE` argument (``router`` is fixed).
+    """
+
+    def __init__(self, d_model: int, d_hidden: int, n_experts: int, top_k: int, *,
+                 schedule: CompetitionSchedule | None = None, layer_id: int | None = None, **kwargs) -> None:
+        if "router" in kwargs:
+            raise TypeError("CompeteSMoE fixes router='competition'; use MoE for another router")
+        if schedule is None:
+            schedule = CompetitionSchedule(warmup=0, rate=0.05, seed=0)
+        super().__init__(d_model, d_hidden, n_experts, top_k, "competition", schedule=schedule, layer_id=layer_id, **kwargs)

@@ -1,0 +1,150 @@
+"""Which CompeteSMoE layers compete at which training step (THEORY.md section 6).
+
+The schedule is host-side data: a layer asks it for a Python ``bool``, so deciding to compete
+never reads a device tensor (the authors' code calls ``.item()`` on a GPU buffer every step).
+Each step's draw is a pure function of ``(seed, step)``, so the schedule is reproducible, does not
+depend on the order in which layers ask, and can be queried for any step at any time.
+
+Rule at step ``s`` with ``L`` registered layers:
+
+1. ``s < warmup``: no layer competes.
+2. Otherwise draw ``u_0 .. u_{L-1}`` iid uniform on [0, 1) from a Philox stream keyed by
+   ``(seed, s)``; layer ``l`` is a candidate when ``u_l < rate``.
+3. If more than ``max_layers_per_step`` layers are candidates, the ones with the smallest ``u``
+   compete (a uniformly random subset, since the ``u`` are iid). The authors instead shift excess
+   competitions to neighbouring steps; dropping them is simpler and stateless, and lowers the
+   realised rate only when ``rate * L`` approaches the cap [C].
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["CompetitionSchedule"]
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return int(value)
+
+
+class CompetitionSchedule:
+    """Seeded, stateless schedule of competition steps shared by the CompeteSMoE layers of a model.
+
+    Parameters
+    ----------
+    warmup : int or float, default 0
+        Steps without competition at the start. A float in [0, 1) is a fraction of
+        ``total_steps`` (the authors' convention), which must then be given.
+    rate : float, default 0.05
+        Probability that a layer competes at a step after warm-up (authors: 0.05 to 0.07).
+    max_layers_per_step : int or None, default None
+        At most this many layers compete at one step; None means no cap.
+    seed : int, default 0
+        Root seed; the draws of step ``s`` depend only on ``(seed, s)``.
+    total_steps : int, optional
+        Needed only when ``warmup`` is a fraction.
+
+    Attributes
+    ----------
+    n_layers : int
+        Number of layers registered so far (:meth:`register`).
+    current_step : int
+        The step that :meth:`competes` answers for; advance it with :meth:`step`.
+
+    Examples
+    --------
+    >>> sched = CompetitionSchedule(warmup=100, rate=0.05, max_layers_per_step=2, seed=0)
+    >>> layers = [CompeteSMoE(64, 128, 8, 2, schedule=sched) for _ in range(4)]  # doctest: +SKIP
+    >>> for batch in data:  # doctest: +SKIP
+    ...     loss = ...; loss.backward(); opt.step(); sched.step()
+    """
+
+    def __init__(
+        self,
+        warmup: int | float = 0,
+        rate: float = 0.05,
+        max_layers_per_step: int | None = None,
+        seed: int = 0,
+        *,
+        total_steps: int | None = None,
+    ) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+            raise TypeError(f"rate must be a float in [0, 1]; got {type(rate).__name__}")
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ValueError(f"rate must be in [0, 1]; got {rate}")
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real):
+            raise TypeError(f"warmup must be an int (steps) or a float fraction in [0, 1); got {type(warmup).__name__}")
+        if isinstance(warmup, numbers.Integral):
+            warmup_steps = _check_int(warmup, "warmup", 0)
+        else:
+            if not 0.0 <= float(warmup) < 1.0:
+                raise ValueError(f"warmup as a fraction must be in [0, 1); got {warmup}")
+            if total_steps is None:
+                raise ValueError("warmup is a fraction: pass total_steps too (or give warmup as an int number of steps)")
+            warmup_steps = int(float(warmup) * _check_int(total_steps, "total_steps", 1))
+        if max_layers_per_step is not None:
+            max_layers_per_step = _check_int(max_layers_per_step, "max_layers_per_step", 1)
+        self.warmup = warmup_steps
+        self.rate = float(rate)
+        self.max_layers_per_step = max_layers_per_step
+        self.seed = _check_int(seed, "seed", 0)
+        self.n_layers = 0
+        self.current_step = 0
+        self._cache: tuple[int, int, np.ndarray] | None = None  # (step, n_layers, mask)
+
+    def __repr__(self) -> str:
+        return (f"CompetitionSchedule(warmup={self.warmup}, rate={self.rate}, "
+                f"max_layers_per_step={self.max_layers_per_step}, seed={self.seed}, n_layers={self.n_layers})")
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def register(self) -> int:
+        """Add a layer; returns its id (0, 1, ...)."""
+        self.n_layers += 1
+        self._cache = None
+        return self.n_layers - 1
+
+    def step(self) -> None:
+        """Advance to the next training step (call once per optimiser step)."""
+        self.current_step += 1
+
+    def set_step(self, step: int) -> None:
+        """Jump to ``step`` (e.g. when resuming from a checkpoint)."""
+        self.current_step = _check_int(step, "step", 0)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def layers_at(self, step: int) -> np.ndarray:
+        """Boolean array of shape (n_layers,): which layers compete at ``step``."""
+        step = _check_int(step, "step", 0)
+        n = max(self.n_layers, 1)
+        if self._cache is not None and self._cache[:2] == (step, n):
+            return self._cache[2]
+        if step < self.warmup or self.rate == 0.0:
+            mask = np.zeros(n, dtype=bool)
+        else:
+            u = np.random.Generator(np.random.Philox(key=self.seed, counter=[0, 0, 0, step])).random(n)  # (n,)
+            mask = u < self.rate
+            cap = self.max_layers_per_step
+            if cap is not None and mask.sum() > cap:
+                keep = np.argsort(np.where(mask, u, np.inf), kind="stable")[:cap]
+                mask = np.zeros(n, dtype=bool)
+                mask[keep] = True
+        mask.setflags(write=False)
+        self._cache = (step, n, mask)
+        return mask
+
+    def competes(self, layer_id: int, step: int | None = None) -> bool:
+        """Whether layer ``layer_id`` competes at ``step`` (default: :attr:`current_step`)."""
+        layer_id = _check_int(layer_id, "layer_id", 0)
+        if layer_id >= max(self.n_layers, 1):
+            raise ValueError(f"layer_id {layer_id} is not registered (n_layers={self.n_layers}); call register() first")
+        return bool(self.layers_at(self.current_step if step is None else step)[layer_id])
+
+    def table(self, n_steps: int, start: int = 0) -> np.ndarray:
+        """Boolean array of shape (n_steps, n_layers): the schedule of steps ``start .. start + n_steps - 1``."""
+        n_steps = _check_int(n_steps, "n_steps", 0)
+        return np.stack([self.layers_at(s) for s in range(start, start + n_steps)]) if n_steps else np.zeros((0, max(self.n_layers, 1)), bool)
