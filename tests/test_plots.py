@@ -7,6 +7,7 @@ Each check compares what is drawn with an independent computation: the legend's 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import matplotlib
@@ -118,7 +119,33 @@ def test_theory_lines_where_theory_rate_has_one():
     exponent, tag = theory_rate("softmax", 3, 2, "expert_slope_multi_unweighted")
     # one dashed line: theory has nothing for the sigmoid gate
     np.testing.assert_allclose(dashed_slopes(ax), [exponent], rtol=1e-12)
-    assert f"softmax k=3 theory: $n^{{-1/4}}$ [{tag}]" in legend_texts(ax)
+    assert legend_texts(ax)[-1] == f"theory $n^{{-1/4}}$ [{tag}]"
+    (dashed,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert dashed.get_color() == "tab:blue"  # it stands for the softmax series alone: its colour
+
+
+def test_series_sharing_an_exponent_share_one_theory_line():
+    laws = {("softmax", 2, "D1"): -0.5, ("competition", 2, "D1"): -0.45, ("softmax", 3, "D1"): -0.3}
+    df = synthetic(laws)
+    ax = plot_error_vs_n(df, "D1", by=("gate", "fitted_k"), true_k=2)
+    tags = {gate: theory_rate(gate, 2, 2, "D1")[1] for gate in ("softmax", "competition")}
+    e3, tag3 = theory_rate("softmax", 3, 2, "D1")
+    assert e3 != -0.5
+    # one line for the two exact-fitted series (-1/2), one for the over-fitted one
+    np.testing.assert_allclose(sorted(dashed_slopes(ax)), sorted([-0.5, e3]), rtol=1e-12)
+    theory = [t for t in legend_texts(ax) if t.startswith("theory")]
+    assert theory == [f"theory $n^{{-1/2}}$ [{', '.join(sorted(tags.values()))}]",
+                      f"theory $n^{{{Fraction(e3).limit_denominator(24)}}}$ [{tag3}]"]
+    colours = {round(s, 9): ln.get_color() for s, ln in zip(dashed_slopes(ax), [
+        ln for ln in ax.get_lines() if ln.get_linestyle() == "--"])}
+    assert colours[-0.5] == "0.35" and colours[round(e3, 9)] == "tab:blue"  # shared by gates: grey
+    # the table holds the drawn line for each series: the two -1/2 series have the same ends
+    th = plotted_data(ax).query("kind == 'theory' and exponent == -0.5")
+    assert len(th) == 4 and th.groupby("n")["value"].nunique().eq(1).all()
+    # through the geometric mean of the two series' own lines (each through its fitted centre)
+    own = [error_vs_n_data(df, "D1", gates=g, fitted_k=2, true_k=2).query("kind == 'theory'") for g in tags]
+    log_c = np.mean([np.log(o["value"].iloc[0]) + 0.5 * np.log(o["n"].iloc[0]) for o in own])
+    np.testing.assert_allclose(np.log(th["value"]), log_c - 0.5 * np.log(th["n"].astype(float)), rtol=1e-12)
 
 
 def test_no_theory_line_without_true_k_or_when_turned_off():
@@ -201,8 +228,24 @@ def test_by_colours_series_and_keeps_them_apart():
     laws = {("softmax", 3, "D2"): -0.5, ("softmax", 4, "D2"): -0.5, ("competition", 3, "D2"): -0.5}
     ax = plot_error_vs_n(synthetic(laws), "D2", by="gate")
     solid = {ln.get_color() for ln in ax.get_lines() if ln.get_linestyle() == "-"}
-    assert len(solid) == 2  # one colour per gate; the two softmax k differ by marker
+    assert solid == {"tab:blue", "tab:orange"}  # one colour per gate; the two softmax k differ by marker
     assert sum("softmax k=4: slope" in t for t in legend_texts(ax)) == 1
+    markers = [ln.get_marker() for ln in ax.get_lines() if ln.get_marker() in ("o", "s", "^", "D", "v", "P")]
+    assert len(markers) == 3 and len(set(markers)) == 2  # k=3 and k=4 (the two k=3 series differ by colour)
+
+
+def test_gate_colours_are_fixed_and_labels_read_gate_then_k():
+    # competition alone is still orange, sigmoid green; labels put the gate first whatever the order of by
+    laws = {("competition", 3, "D2"): -0.5, ("sigmoid", 3, "D2"): -0.5}
+    ax = plot_error_vs_n(synthetic(laws), "D2", by=["fitted_k", "gate"])
+    assert [t.split(":")[0] for t in legend_texts(ax)] == ["competition k=3", "sigmoid k=3"]
+    assert {ln.get_color() for ln in ax.get_lines() if ln.get_linestyle() == "-"} == {"tab:orange", "tab:green"}
+    # the study joins a label only where gate and k do not tell series apart
+    df = pd.concat([synthetic({("softmax", 3, "D2"): -0.5}, study="auto"),
+                    synthetic({("softmax", 3, "D2"): -0.4}, study="fixed"),
+                    synthetic({("competition", 3, "D2"): -0.5}, study="auto")])
+    labels = [t.split(":")[0] for t in legend_texts(plot_error_vs_n(df, "D2", by=("gate", "fitted_k")))]
+    assert labels == ["softmax k=3, auto", "softmax k=3, fixed", "competition k=3"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +261,12 @@ def group_table(reps: int = 8) -> pd.DataFrame:
     return synthetic(laws, reps=reps)
 
 
+def slope_box(ax) -> list[str]:
+    """The lines of a group panel's slope box."""
+    (box,) = [t for t in ax.texts if t.get_gid() == "slopes"]
+    return box.get_text().split("\n")
+
+
 def test_plot_groups_one_panel_per_group_with_slopes():
     df = group_table()
     axes = plot_groups(df, true_k=2)
@@ -225,22 +274,63 @@ def test_plot_groups_one_panel_per_group_with_slopes():
     assert titles[0].startswith("weights") and titles[1].startswith("gate slopes") and titles[4].startswith("variances")
     for ax in axes[:5]:
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and ax.get_ylabel().startswith("unweighted")
-    # expert slopes, multi cells: the legend slope is fit_rate's on the multi-cell rows
+    # expert slopes, multi cells: the panel's box holds fit_rate's slope on the multi-cell rows, and theory's
     rows = series_rows(df, "competition", 3, "expert_slope_multi_unweighted")
     rate = fit_rate(rows["n"], rows["value"], n_boot=0)
-    assert f"competition k=3 (multi): slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]" in legend_texts(axes[2])
-    # competition has no gate slope: that panel holds softmax only
-    assert all(t.startswith("softmax") for t in legend_texts(axes[1]))
+    exponent, tag = theory_rate("competition", 3, 2, "expert_slope_multi_unweighted")
+    assert exponent == -0.25
+    assert (f"competition k=3: slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]; theory -1/4 [{tag}]"
+            in slope_box(axes[2]))
+    # competition has no gate slope: that panel holds softmax only, and says so
+    assert set(plotted_data(axes[1])["gate"]) == {"softmax"}
     np.testing.assert_allclose(sorted(dashed_slopes(axes[1])), [-1 / 8])
-    # one colour per gate across panels
+    # one colour per gate across panels: softmax blue, competition orange
     colours = [{ln.get_color() for ln in ax.get_lines() if ln.get_linestyle() == "-"} for ax in (axes[0], axes[1])]
-    assert colours[1] <= colours[0]
+    assert colours == [{"tab:blue", "tab:orange"}, {"tab:blue"}]
+
+
+def test_plot_groups_has_one_figure_legend_and_no_panel_legends():
+    df = group_table(reps=4)
+    axes = plot_groups(df, true_k=2)
+    fig = axes[0].figure
+    assert all(ax.get_legend() is None for ax in axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "softmax k=3 (multi)", "competition k=3 (multi)",
+        "theory's rate (dashed; exponent and [tag] in each panel's box)"]
+    # under the panels (placed by constrained layout): below every panel's tick labels and x label
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    top = legend.get_window_extent(renderer).y1
+    assert all(top < ax.get_tightbbox(renderer).y0 for ax in axes[:5])
+    assert legend.get_window_extent(renderer).x0 >= 0 and legend.get_window_extent(renderer).x1 <= fig.bbox.x1
+    # every group panel has its box: one line per series of the figure
+    for ax in axes[:5]:
+        lines = slope_box(ax)
+        assert len(lines) == 2 and lines[0].startswith("softmax k=3: ") and lines[1].startswith("competition k=3: ")
+    # and the box sits above the data: the y limit was raised past every point and bar
+    for ax in axes[:5]:
+        drawn = plotted_data(ax)
+        assert np.log(ax.get_ylim()[1]) > np.log(np.nanmax(drawn[["value", "high"]].to_numpy(float))) + 0.1
+    notes = axes[5].texts[0].get_text()
+    assert "[A] primary source" in notes and "[B] secondary sources" in notes and "[C] reconstruction" in notes
+    assert "[A/C]" in notes
+
+
+def test_plot_groups_names_a_gate_without_errors_of_a_group():
+    axes = plot_groups(group_table(reps=4), true_k=2)
+    box = slope_box(axes[1])
+    assert box[1] == "competition k=3: no gate slopes"
+    assert box[0].startswith("softmax k=3: slope ")
+    assert all("no " not in line for ax in (axes[0], *axes[2:5]) for line in slope_box(ax))
 
 
 def test_plot_groups_auto_cells_without_true_k_and_weighted():
     df = group_table(reps=4)
     axes = plot_groups(df, weighting="weighted", cells="auto")
-    assert "(multi)" in legend_texts(axes[0])[0] and axes[0].get_ylabel().startswith("weighted")
+    labels = [t.get_text() for t in axes[0].figure.legends[0].get_texts()]
+    assert labels == ["softmax k=3 (multi)", "competition k=3 (multi)"]  # no theory lines without the true k
+    assert axes[0].get_ylabel().startswith("weighted")
     assert set(plotted_data(axes[0].figure)["metric"]) == {f"{g}_multi_weighted" for g in GROUPS}
 
 
@@ -253,6 +343,8 @@ def test_local_slopes_are_differences_of_log_means():
     df = synthetic(EXACT)
     ax = plot_local_slopes(df, "D1", true_k=2)
     assert ax.get_xscale() == "log" and "local slope" in ax.get_ylabel()
+    assert ax.get_xlabel() == "sample size n (midpoint of neighbouring sizes)"
+    assert "geometric midpoint" in ax.get_legend().get_title().get_text()
     for gate in ("softmax", "competition"):
         rows = series_rows(df, gate, 2, "D1")
         means = rows.groupby("n")["value"].mean()
@@ -261,8 +353,73 @@ def test_local_slopes_are_differences_of_log_means():
         x, y = (np.asarray(v, dtype=float) for v in line.get_data())
         np.testing.assert_allclose(y, expected, rtol=1e-12)
         np.testing.assert_allclose(x, np.sqrt(np.array(SIZES[:-1]) * np.array(SIZES[1:])), rtol=1e-12)
-    flat = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-    assert len(flat) == 2 and all(np.allclose(ln.get_ydata(), -0.5) for ln in flat)
+    # both gates' theory says -1/2: one line for the two, with both tags
+    (flat,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    np.testing.assert_allclose(flat.get_ydata(), -0.5)
+    tags = sorted(theory_rate(gate, 2, 2, "D1")[1] for gate in ("softmax", "competition"))
+    assert flat.get_label() == f"theory $n^{{-1/2}}$ [{', '.join(tags)}]"
+    assert legend_texts(ax) == ["softmax k=2", "competition k=2", flat.get_label()]
+
+
+# ---------------------------------------------------------------------------------------------
+# ticks
+# ---------------------------------------------------------------------------------------------
+
+def drawn_labels(ticklabels) -> list[str]:
+    return [t.get_text() for t in ticklabels if t.get_text()]
+
+
+def test_a_narrow_y_range_gets_plain_labels():
+    # 2 n^-0.2 over 500..10000 spans 0.32..0.59: well under a decade
+    ax = plot_error_vs_n(synthetic({("softmax", 2, "D1"): -0.2}, reps=40), "D1")
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_ylim()
+    assert np.log10(hi / lo) < 1
+    labels = drawn_labels(ax.get_yticklabels())
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(labels) >= 2 and labels == [f"{t:g}" for t in ticks]  # "0.4", not "4x10^-1"
+    assert drawn_labels(ax.get_yticklabels(minor=True)) == []
+    # a wide range keeps powers of ten
+    ax = plot_error_vs_n(synthetic({("softmax", 2, "D1"): -1.5}), "D1")
+    ax.figure.canvas.draw()
+    assert all(t.startswith("$\\mathdefault{10^{") for t in drawn_labels(ax.get_yticklabels()))
+
+
+def test_few_sizes_get_a_tick_on_each_size():
+    ax = plot_error_vs_n(synthetic(EXACT), "D1")
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    np.testing.assert_allclose([t for t in ax.get_xticks() if lo <= t <= hi], SIZES)
+    assert drawn_labels(ax.get_xticklabels()) == ["500", "1,000", "2,000", "5,000", "10,000"]
+    assert drawn_labels(ax.get_xticklabels(minor=True)) == []
+    # the local slopes' axis marks the sizes too (the slopes sit between them)
+    local = plot_local_slopes(synthetic(EXACT), "D1")
+    local.figure.canvas.draw()
+    assert drawn_labels(local.get_xticklabels()) == ["500", "1,000", "2,000", "5,000", "10,000"]
+
+
+@pytest.mark.parametrize("width", [3.5, 7.0])
+def test_the_legend_sits_below_the_x_labels(width):
+    sizes = (1000, 1763, 3107, 5477, 9655, 17019, 30000)
+    fig, ax = plt.subplots(figsize=(width, 4.5), layout="constrained")
+    plot_error_vs_n(synthetic(EXACT, sizes=sizes, reps=4), "D1", true_k=2, ax=ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    rotated = {t.get_rotation() for t in ax.get_xticklabels() if t.get_text()}
+    assert rotated == ({35.0} if width < 5 else {0.0})  # crowded labels turn, others stay level
+    assert ax.get_legend().get_window_extent(renderer).y1 < ax.xaxis.get_tightbbox(renderer).y0
+
+
+def test_many_sizes_or_a_single_size_never_leave_one_labelled_tick():
+    many = tuple(int(v) for v in np.geomspace(1000, 30000, 12).round())
+    ax = plot_error_vs_n(synthetic({("softmax", 2, "D1"): -0.5}, sizes=many, reps=3), "D1")
+    ax.figure.canvas.draw()
+    labels = drawn_labels(ax.get_xticklabels())
+    assert labels == ["1,000", "2,000", "5,000", "10,000", "20,000"]  # round values between the sizes
+    ax = plot_error_vs_n(synthetic({("softmax", 2, "D1"): -0.5}, sizes=(1763,)), "D1")
+    ax.figure.canvas.draw()
+    labels = drawn_labels(ax.get_xticklabels())
+    assert "1,763" in labels and len(labels) >= 2
 
 
 # ---------------------------------------------------------------------------------------------
