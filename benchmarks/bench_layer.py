@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--threads N] [--tokens 4096]
+    python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--threads N] [--tokens 4096] [--malloc-tuned]
 
 Defaults follow issue 6: K = 2, d_model = 256, d_hidden = 512, 4096 tokens, E = 8 and 64.
 Variants, each timed as one forward + backward (gradients set to None before every call, as
@@ -18,6 +18,17 @@ Variants, each timed as one forward + backward (gradients set to None before eve
 ``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included)
 ``router step`` / ``competition step``: :class:`mixsim.nn.CompeteSMoE` with ``compete=False/True``
 
+Measured on the shared 2-core CPU this was written on (one thread; ``--malloc-tuned``; medians of
+9 rounds; the ratios moved by about +-0.05 between runs)::
+
+    E = 8:  naive 0.91-0.97 of the limit, moe[grouped] 0.90-0.93, moe[loop] 0.90-0.93
+    E = 64: naive 0.77-0.79, moe[grouped] and router step 0.81-0.85, experts only 0.90-0.95
+    competition step / router step: 3.8-4.2x at E = 8 (target <= 4.8x), 27-30x at E = 64 (<= 38.4x)
+
+With default malloc, E = 64 drops to 0.72-0.77 (naive unchanged): its 32 MiB weight gradients
+are above glibc's largest reused block, so every backward page-faults them in again (the naive
+module list has small per-expert gradients and escapes this).
+
 The machine is shared, so timings are noisy: the median over interleaved rounds is reported with
 the spread (min-max) of the wall-clock ratio to the limit, and also ratios of the median process
 CPU time ("cpu"), which other users' load disturbs less (with one thread it is the cost of the
@@ -28,7 +39,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import os
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -39,6 +52,7 @@ from torch import nn
 import mixsim.nn as mnn
 
 D_MODEL, D_HIDDEN, TOP_K = 256, 512, 2
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 
 
 def ffn(d: int, h: int) -> nn.Module:
@@ -147,13 +161,23 @@ def main() -> None:
     ap.add_argument("--experts", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine, 2 threads make every small op wait "
+                         "for a core another user holds, and the timings measure that contention, not the code)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc-tuned", action="store_true",
+                    help="rerun with glibc keeping freed memory (MALLOC_MMAP_THRESHOLD_/TRIM_THRESHOLD_ = 1 GiB/4 GiB) "
+                         "instead of unmapping it: E = 64 weight gradients are 32 MiB, above glibc's largest reused "
+                         "block, so every backward page-faults them in again; this applies to every variant alike")
     args = ap.parse_args()
+    if args.malloc_tuned and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        env = {**os.environ, **MALLOC_TUNED}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)  # also set in each worker process
+    malloc = "tuned" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.tokens}, K={TOP_K}, "
-          f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds\n")
+          f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds, {malloc} malloc\n")
     header = (f"{'E':>3}  {'variant':<17}{'tokens/s':>10}  {'vs limit':>8}  {'(min-max)':>11}  {'vs naive':>8}"
               f"  {'cpu: vs limit':>13}  {'vs naive':>8}")
     print(header)
