@@ -5,7 +5,8 @@ Run:  python benchmarks/bench_fit.py [--quick] [--threads N]
 Table 1: for k = 2, 3 (near-truth start on softmax_k2, EM engine, tol 1e-8, at most 100
 iterations) and n in {1e3, 1e4, 1e5}: seconds per fit when 40 data sets go through ``fit_batch`` at once vs one ``fit`` call each
 (the same 40 data sets and seeds), their ratio, and nanoseconds per data point per iteration of
-the batched EM engine (a fixed number of EM iterations, so the count is exact).
+the batched EM engine (a fixed number of EM iterations, so the count is exact), eager and with
+``compile=True`` (its one-off compilation time in its own column: a study pays it once per worker).
 Table 2: an over-fitted fit (k = 3 on softmax_k2, n = 1e4, tol 1e-10): plain EM against the
 accelerated engine (EM warm-up then Newton), time to reach plain EM's final log-likelihood.
 """
@@ -36,7 +37,8 @@ def clock(fn, repeat=1):
 
 def table_batched(sizes, B, loop_cap):
     truth = mixsim.preset("softmax_k2")
-    print(f"\n{'k':>2} {'n':>7} {'batched s/fit':>14} {'loop s/fit':>11} {'speed-up':>9} {'EM ns/pt-iter':>14} {'iters':>6}")
+    print(f"\n{'k':>2} {'n':>7} {'batched s/fit':>14} {'loop s/fit':>11} {'speed-up':>9} {'EM ns/pt-iter':>14} "
+          f"{'compiled ns/pt':>15} {'compile s':>9} {'iters':>6}")
     for k in (2, 3):
         for n in sizes:
             Xs, ys = data(truth, n, B)
@@ -54,8 +56,16 @@ def table_batched(sizes, B, loop_cap):
             t0, _ = clock(lambda: mixsim.fit_batch(Xs, ys, k, rng=seeds, **dict(fixed, max_iter=1)), repeat=2)
             t1, _ = clock(lambda: mixsim.fit_batch(Xs, ys, k, rng=seeds, **fixed), repeat=2)
             ns = (t1 - t0) / ((iters - 1) * B * n) * 1e9
+            # The same with the EM pass compiled (fit_batch(compile=True)); warm-up timed apart.
+            fixed_c = dict(fixed, compile=True)
+            t_warm, _ = clock(lambda: mixsim.fit_batch(Xs, ys, k, rng=seeds, **fixed_c))
+            t0c, _ = clock(lambda: mixsim.fit_batch(Xs, ys, k, rng=seeds, **dict(fixed_c, max_iter=1)), repeat=2)
+            t1c, _ = clock(lambda: mixsim.fit_batch(Xs, ys, k, rng=seeds, **fixed_c), repeat=2)
+            ns_c = (t1c - t0c) / ((iters - 1) * B * n) * 1e9
+            warm = max(0.0, t_warm - t1c)
             mean_iter = np.mean([r.n_iter for r in res])
-            print(f"{k:>2} {n:>7} {t_batch / B:>14.4f} {t_loop / m:>11.4f} {t_loop / m / (t_batch / B):>8.1f}x {ns:>14.1f} {mean_iter:>6.1f}")
+            print(f"{k:>2} {n:>7} {t_batch / B:>14.4f} {t_loop / m:>11.4f} {t_loop / m / (t_batch / B):>8.1f}x {ns:>14.1f} "
+                  f"{ns_c:>15.1f} {warm:>9.1f} {mean_iter:>6.1f}")
 
 
 def table_overfit(n=10_000, reps=3):

@@ -451,6 +451,49 @@ def _em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: 
     return ll.mean(-1), moments, grad, hess
 
 
+def _em_stats_fused(gw, gb, ew, eb, var, Psi, top_k: int | None):
+    """:func:`_em_stats` written as broadcast reductions, for ``torch.compile``.
+
+    Eagerly this would build (B, k, n, q, q) temporaries; compiled, inductor fuses the whole pass
+    (E-step and every M-step statistic) into loops over the data that keep nothing per sample.
+    Same outputs as :func:`_em_stats` (tested against it).
+    """
+    X, y = Psi[..., :-2], Psi[..., -1]
+    logits = (X.unsqueeze(1) * gw.unsqueeze(2)).sum(-1) + gb.unsqueeze(-1)  # (B, k, n)
+    if top_k is not None:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(top_k, dim=1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    log_gate = torch.log_softmax(logits, dim=1)
+    mean = (X.unsqueeze(1) * ew.unsqueeze(2)).sum(-1) + eb.unsqueeze(-1)
+    v = var.unsqueeze(-1)
+    terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(v) + (y.unsqueeze(1) - mean) ** 2 / v)
+    ll = torch.logsumexp(terms, dim=1)
+    r = torch.exp(terms - ll.unsqueeze(1))
+    moments = (r[:, :, :, None, None] * Psi[:, None, :, :, None] * Psi[:, None, :, None, :]).sum(2)
+    gate = torch.exp(log_gate)
+    Phi = Psi[..., :-1]
+    grad = ((r - gate)[:, :, :, None] * Phi[:, None]).sum(2).transpose(1, 2)  # (B, q, k)
+    m = gate.shape[1] - 1
+    eye = torch.eye(m, dtype=gate.dtype, device=gate.device)
+    w = gate[:, :-1, None, :] * (eye[None, :, :, None] - gate[:, None, :-1, :])  # (B, m, m, n)
+    hess = (w[..., None, None] * Phi[:, None, None, :, :, None] * Phi[:, None, None, :, None, :]).sum(3)
+    return ll.mean(-1), moments, grad, hess
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
+    """:func:`_em_stats_fused` through ``torch.compile`` (compiled once per process, any n)."""
+    if "em" not in _COMPILED:
+        _COMPILED["em"] = torch.compile(_em_stats_fused, dynamic=True)
+    f, moments, grad, hess = _COMPILED["em"](
+        p["gate_weight"], p["gate_bias"], p["expert_weight"], p["expert_bias"], p["variance"], Psi, layout.top_k
+    )
+    m = layout.k - 1
+    return f, moments, grad, {(j, l): hess[:, j, l] for j in range(m) for l in range(j, m)}
+
+
 def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
     """M-step from the statistics: new experts and variances, and the gate's Newton direction."""
     k, d = layout.k, layout.d
@@ -514,7 +557,7 @@ def _take(d: dict, idx: torch.Tensor) -> dict:
     return {name: v[idx] for name, v in d.items()}
 
 
-def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, state: dict) -> dict:
+def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, state: dict, stats_fn=None) -> dict:
     """EM on the data sets not yet done, for at most ``n_steps`` iterations; returns all params.
 
     Finished data sets are dropped from the working batch once half of it is done, carrying every
@@ -527,7 +570,8 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
     Xl, yl, fl = X[idx].transpose(1, 2).contiguous(), y[idx], floor[idx]  # Xl: (B, d, n)
     Psi = torch.cat([X[idx], torch.ones_like(yl).unsqueeze(-1), yl.unsqueeze(-1)], dim=-1)
     accepted = _take(p, idx)
-    f_acc, *stats = _em_stats(layout, accepted, Xl, Psi, yl)
+    stats_fn = stats_fn or _em_stats
+    f_acc, *stats = stats_fn(layout, accepted, Xl, Psi, yl)
     prop = _em_proposal(layout, accepted, *stats, fl)
     step = torch.ones_like(f_acc)
     state["f"][idx] = f_acc
@@ -544,7 +588,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
             accepted, prop = _take(accepted, keep), _take(prop, keep)
             f_acc, step, active = f_acc[keep], step[keep], active[keep]
         cand = _em_candidate(accepted, prop, step)
-        f_c, *stats_c = _em_stats(layout, cand, Xl, Psi, yl)
+        f_c, *stats_c = stats_fn(layout, cand, Xl, Psi, yl)
         ok = active & (f_c >= f_acc)
         conv = ok & (f_c - f_acc <= tol) & ((step == 1) | (step == 0))  # judge full steps only
         # A gate step of 0 is a pure EM step on experts and variances, which cannot lower the
@@ -732,6 +776,7 @@ def fit_batch(
     rng: Any = None,
     device: str | torch.device | None = None,
     warn: bool = True,
+    compile: bool = False,
 ) -> list[FitResult]:
     """Fit ``B`` data sets of the same size at once by maximum likelihood.
 
@@ -776,6 +821,11 @@ def fit_batch(
         Where to compute (default CPU); float64 throughout.
     warn : bool, default True
         Emit a :class:`ConvergenceWarning` when the best start of a data set did not converge.
+    compile : bool, default False
+        Run the EM pass through ``torch.compile`` (one fused loop over the data; about 2x faster
+        per EM iteration at large n, measured). The first calls in a process compile (10-35 s,
+        a few times: shapes are dynamic after the second n); a study amortises that over all
+        the fits of a worker. Needs a C++ compiler. Results equal the eager ones to ~1e-12.
 
     Returns
     -------
@@ -835,7 +885,8 @@ def fit_batch(
     rows = max(1, _BATCH_POINTS // n)
     parts = [
         _engine(layout, theta[i:i + rows], X[i:i + rows], y[i:i + rows], floor[i:i + rows],
-                tol=tol, max_iter=int(max_iter), method=method, em_ok=em_ok, em_warmup=em_warmup)
+                tol=tol, max_iter=int(max_iter), method=method, em_ok=em_ok, em_warmup=em_warmup,
+                compile_em=compile)
         for i in range(0, B * n_init, rows)
     ]
     out = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "trace"}
@@ -846,7 +897,7 @@ def fit_batch(
 _BATCH_POINTS = 2**18
 
 
-def _engine(layout: _Layout, theta, X, y, floor, *, tol, max_iter, method, em_ok, em_warmup) -> dict:
+def _engine(layout: _Layout, theta, X, y, floor, *, tol, max_iter, method, em_ok, em_warmup, compile_em=False) -> dict:
     """Run EM and/or Newton on a batch of rows; per-row outcome tensors and traces."""
     BR = theta.shape[0]
     dev, dt = theta.device, theta.dtype
@@ -865,7 +916,8 @@ def _engine(layout: _Layout, theta, X, y, floor, *, tol, max_iter, method, em_ok
     if em_ok and method in ("em", "auto"):
         steps = max_iter if method == "em" else min(em_warmup, max_iter)
         with torch.no_grad():
-            p = _run_em(layout, layout.unpack(theta), X, y, floor, tol, steps, state)
+            stats_fn = _compiled_em_stats if compile_em else _em_stats
+            p = _run_em(layout, layout.unpack(theta), X, y, floor, tol, steps, state, stats_fn)
         theta = layout.pack(p)
     if method in ("newton", "auto") or not em_ok:
         theta = _run_newton(layout, theta, X, y, torch.log(floor), tol, max_iter, state)

@@ -199,3 +199,19 @@ def test_mean_loglik_matches_model_log_likelihood():
     layout = _Layout("competition", None, "linear", "softplus", 2, 2)
     f = _mean_loglik(layout, _theta(layout, truth), torch.from_numpy(X)[None], torch.from_numpy(y)[None])
     assert float(f[0]) * 300 == pytest.approx(mixsim.log_likelihood(truth, X, y), rel=1e-13)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # emitted by torch's own compile stack (torch.jit)
+def test_compiled_em_pass_equals_eager():
+    # torch.compile of the fused EM pass (tens of seconds to compile): same fits to 1e-10.
+    truth = mixsim.preset("softmax_k2")
+    Xs, ys = _batch(truth, 3000, 3, 40)
+    kw = dict(init="near_truth", truth=truth, rng=[1, 2, 3], tol=1e-9, method="em", max_iter=200, warn=False)
+    for top_k in (None, 2):
+        eager = mixsim.fit_batch(Xs, ys, 3, top_k=top_k, **kw)
+        compiled = mixsim.fit_batch(Xs, ys, 3, top_k=top_k, compile=True, **kw)
+        for a, b in zip(eager, compiled):
+            assert a.n_iter == b.n_iter
+            np.testing.assert_allclose(a.params.expert_weight, b.params.expert_weight, rtol=1e-8, atol=1e-10)
+            assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-10)
