@@ -486,10 +486,16 @@ _COMPILED: dict = {}
 def _compiled_em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
     """:func:`_em_stats_fused` through ``torch.compile`` (compiled once per process, any n)."""
     if "em" not in _COMPILED:
-        _COMPILED["em"] = torch.compile(_em_stats_fused, dynamic=True)
-    f, moments, grad, hess = _COMPILED["em"](
-        p["gate_weight"], p["gate_bias"], p["expert_weight"], p["expert_bias"], p["variance"], Psi, layout.top_k
-    )
+        _COMPILED["em"] = torch.compile(_em_stats_fused)
+    args = (p["gate_weight"], p["gate_bias"], p["expert_weight"], p["expert_bias"], p["variance"], Psi)
+    # Batch size and n vary from call to call: dynamic. Experts and features stay static, so each
+    # k gets its own specialised kernel instead of a slow generic one.
+    for t in args:
+        torch._dynamo.mark_dynamic(t, 0)
+        for dim in range(1, t.dim()):
+            torch._dynamo.mark_static(t, dim)
+    torch._dynamo.mark_dynamic(Psi, 1)
+    f, moments, grad, hess = _COMPILED["em"](*args, layout.top_k)
     m = layout.k - 1
     return f, moments, grad, {(j, l): hess[:, j, l] for j in range(m) for l in range(j, m)}
 
