@@ -948,9 +948,8 @@ def _check_truth(truth: Any, layout: _Layout) -> None:
         )
     if truth.n_experts > layout.k:
         raise ValueError(f"near_truth needs n_experts >= truth.n_experts={truth.n_experts}; got {layout.k}")
-    if (truth.gate_bias is None) != (layout.gate != "sigmoid" and not layout.gate_bias and layout.gate == "competition"):
-        if layout.gate == "competition":
-            raise ValueError("truth and fit disagree on the competition intercepts: set gate_bias to match truth.gate_bias")
+    if layout.gate == "competition" and (truth.gate_bias is not None) != layout.gate_bias:
+        raise ValueError("truth and fit disagree on the competition intercepts: set gate_bias to match truth.gate_bias")
 
 
 def _results(layout: _Layout, out: dict, floor, B: int, n: int, n_init: int, seconds: float, method: str, warn: bool) -> list[FitResult]:

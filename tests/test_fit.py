@@ -215,3 +215,12 @@ def test_compiled_em_pass_equals_eager():
             assert a.n_iter == b.n_iter
             np.testing.assert_allclose(a.params.expert_weight, b.params.expert_weight, rtol=1e-8, atol=1e-10)
             assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-10)
+
+
+def test_competition_without_intercepts_needs_a_matching_truth():
+    truth = mixsim.preset("competition_k2")
+    X, y = mixsim.sample(truth, 500, rng=0)
+    with pytest.raises(ValueError, match="intercepts"):
+        mixsim.fit(X, y, 2, gate="competition", init="near_truth", truth=truth, gate_bias=False)
+    res = mixsim.fit(X, y, 2, gate="competition", init="near_truth", truth=truth.replace(gate_bias=None), gate_bias=False, rng=0)
+    assert res.converged and res.params.gate_bias is None
