@@ -12,13 +12,17 @@ accepted iterations is at most ``tol``, so ``tol`` means the same at every n):
     in closed form, the gate by one Newton (IRLS) step per iteration. The gate step is halved until
     the log-likelihood does not decrease, so the trace never decreases.
 ``newton``
-    Levenberg-Marquardt damped Newton on the observed log-likelihood with exact autograd
-    Hessians, for every gate and expert (the competition gate shares its parameters with the
-    experts, so it has no closed-form M-step). A step is accepted only if it does not decrease the
-    log-likelihood; otherwise the damping grows.
+    Levenberg-Marquardt damped Newton on the observed log-likelihood with exact Hessians
+    (closed-form per-sample derivatives, autograd for the sigmoid gate), for every gate and
+    expert (the competition gate shares its parameters with the experts, so it has no
+    closed-form M-step). A step is accepted only if it does not decrease the log-likelihood;
+    otherwise the damping grows.
 ``auto`` (default)
     ``em`` for up to ``em_warmup`` iterations where it applies, then ``newton``: plain EM crawls on
     over-fitted problems (thousands of iterations) where Newton needs tens.
+
+Rows are fitted in sub-batches of about 2**18 data points (cache-sized); ``compile=True`` fuses the
+EM pass with ``torch.compile``. Sections below: parameter layout, Newton, EM, starts, entry points.
 """
 from __future__ import annotations
 
