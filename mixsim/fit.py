@@ -432,10 +432,7 @@ def _em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: 
     """
     k = layout.k
     logits = p["gate_weight"] @ XT + p["gate_bias"].unsqueeze(-1)  # (B, k, n)
-    if layout.top_k is not None:
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(layout.top_k, dim=1).indices, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
-    log_gate = torch.log_softmax(logits, dim=1)
+    log_gate = masked_log_softmax(logits, layout.top_k, dim=1)
     mean = p["expert_weight"] @ XT + p["expert_bias"].unsqueeze(-1)  # (B, k, n)
     var = p["variance"].unsqueeze(-1)
     terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(var) + (y.unsqueeze(1) - mean) ** 2 / var)
@@ -464,10 +461,7 @@ def _em_stats_fused(gw, gb, ew, eb, var, Psi, top_k: int | None):
     """
     X, y = Psi[..., :-2], Psi[..., -1]
     logits = (X.unsqueeze(1) * gw.unsqueeze(2)).sum(-1) + gb.unsqueeze(-1)  # (B, k, n)
-    if top_k is not None:
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(top_k, dim=1).indices, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
-    log_gate = torch.log_softmax(logits, dim=1)
+    log_gate = masked_log_softmax(logits, top_k, dim=1)
     mean = (X.unsqueeze(1) * ew.unsqueeze(2)).sum(-1) + eb.unsqueeze(-1)
     v = var.unsqueeze(-1)
     terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(v) + (y.unsqueeze(1) - mean) ** 2 / v)

@@ -87,24 +87,24 @@ def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out if bias is None else out + bias.unsqueeze(-2)
 
 
-def top_k_mask(scores: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
-    """Boolean mask of the ``top_k`` largest scores along the last axis (exactly ``top_k`` per row).
+def top_k_mask(scores: torch.Tensor, top_k: int | None, dim: int = -1) -> torch.Tensor | None:
+    """Boolean mask of the ``top_k`` largest scores along ``dim`` (exactly ``top_k`` per row).
 
     Ties are broken by :func:`torch.topk`. Returns ``None`` when ``top_k`` is ``None`` or covers
     every expert, so that callers can skip masking and stay bit-identical to the dense gate.
     """
-    if top_k is None or top_k >= scores.shape[-1]:
+    if top_k is None or top_k >= scores.shape[dim]:
         return None
-    idx = scores.topk(top_k, dim=-1).indices
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+    idx = scores.topk(top_k, dim=dim).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(dim, idx, True)
 
 
-def masked_log_softmax(logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
-    """Log-softmax over the last axis restricted to the ``top_k`` largest logits (others -inf)."""
-    mask = top_k_mask(logits, top_k)
+def masked_log_softmax(logits: torch.Tensor, top_k: int | None = None, dim: int = -1) -> torch.Tensor:
+    """Log-softmax along ``dim`` restricted to the ``top_k`` largest logits (others -inf)."""
+    mask = top_k_mask(logits, top_k, dim)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(logits, dim=dim)
 
 
 def competition_logits(response: torch.Tensor, bias: torch.Tensor | None = None, phi: str = "softplus") -> torch.Tensor:
