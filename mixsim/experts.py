@@ -9,11 +9,17 @@ from typing import Callable
 
 import torch
 
-__all__ = ["EXPERTS", "check_expert", "expert_mean"]
+__all__ = ["EXPERTS", "EXPERT_DERIVATIVES", "check_expert", "expert_mean"]
 
 EXPERTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda t: t,
     "tanh": torch.tanh,
+}
+
+# (g(t), g'(t), g''(t)) for each expert transform g: the fitter's closed-form Newton steps use them.
+EXPERT_DERIVATIVES: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    "linear": lambda t: (t, torch.ones_like(t), torch.zeros_like(t)),
+    "tanh": lambda t: (lambda m: (m, 1 - m * m, -2 * m * (1 - m * m)))(torch.tanh(t)),
 }
 
 

@@ -35,8 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .experts import check_expert
-from .gates import canonical_gate, competition_logits, masked_log_softmax
+from .experts import EXPERT_DERIVATIVES, EXPERTS, check_expert
+from .gates import PHI_DERIVATIVES, canonical_gate, check_phi, competition_logits, masked_log_softmax
 from .model import MoEParams, as_rng, log_terms, log_terms_local
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
@@ -267,16 +267,6 @@ def _chunks(n: int, B: int, k: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-_DERIVS = {  # expert transform g: (g(t), g'(t), g''(t))
-    "linear": lambda t: (t, torch.ones_like(t), torch.zeros_like(t)),
-    "tanh": lambda t: (lambda m: (m, 1 - m * m, -2 * m * (1 - m * m)))(torch.tanh(t)),
-}
-_PHI_DERIVS = {  # competition transform phi: (phi'(m), phi''(m))
-    "softplus": lambda m: (lambda s: (s, s * (1 - s)))(torch.sigmoid(m)),
-    "identity": lambda m: (torch.ones_like(m), torch.zeros_like(m)),
-}
-
-
 def _local_terms(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Closed-form pieces of the per-sample Hessian in the locals (softmax and competition gates).
 
@@ -292,7 +282,7 @@ def _local_terms(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[tor
     parts = list(torch.split(U, k, dim=-1))
     comp = layout.gate == "competition"
     eta, lv = (parts[0], parts[1]) if comp else (parts[1], parts[2])
-    mu, d1, d2 = _DERIVS[layout.expert](eta)
+    mu, d1, d2 = EXPERT_DERIVATIVES[layout.expert](eta)
     if comp:
         scores = competition_logits(mu, None, layout.phi)
         if layout.gate_bias:
@@ -314,7 +304,7 @@ def _local_terms(layout: _Layout, U: torch.Tensor, y: torch.Tensor) -> tuple[tor
     if not comp:  # locals (s, eta, lv) = types 0, 1, 2
         bands = {(0, 0): ss, (0, 1): se, (0, 2): sv, (1, 1): ee, (1, 2): ev, (2, 2): vv}
         return torch.cat([r, rD, rV], -1), torch.cat([pi, torch.zeros_like(pi), torch.zeros_like(pi)], -1), bands
-    p1, p2 = _PHI_DERIVS[layout.phi](mu)
+    p1, p2 = PHI_DERIVATIVES[layout.phi](mu)
     kap, kap2 = p1 * d1, p2 * d1 * d1 + p1 * d2  # d s / d eta and d2 s / d eta2
     # locals (eta, lv[, c]) = types 0, 1[, 2]; s = kap * eta + c to first order.
     bands = {(0, 0): kap * kap * ss + 2 * kap * se + ee + (r - pi) * kap2, (0, 1): kap * sv + ev, (1, 1): vv}
@@ -710,7 +700,7 @@ def _init_auto(layout: _Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Gen
         W[j] = np.linalg.solve(A.T @ A + 1e-6 * np.eye(d + 1), A.T @ target[m])
         if m.all():
             W[j] += 0.1 * rng.standard_normal(d + 1) * np.abs(W[j]).max()
-        resid = y[m] - _EXPERT_NP[layout.expert](A @ W[j])
+        resid = y[m] - EXPERTS[layout.expert](torch.from_numpy(A @ W[j])).numpy()
         var[j] = max(resid.var(), 1e-3 * y.var())
     # Gate: nearly uniform, with small noise so that a top-K gate does not start on exact ties.
     out: dict[str, np.ndarray | None] = {"gate_weight": None, "gate_bias": None}
@@ -721,8 +711,6 @@ def _init_auto(layout: _Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Gen
     out.update(expert_weight=W[:, :d], expert_bias=W[:, d], variance=var)
     return out
 
-
-_EXPERT_NP = {"linear": lambda t: t, "tanh": np.tanh}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -843,8 +831,7 @@ def fit_batch(
     k = int(n_experts)
     gate, top_k = canonical_gate(gate, top_k, k)
     layout = _Layout(gate, top_k, check_expert(expert), phi, k, d, bool(gate_bias))
-    if phi not in ("softplus", "identity"):
-        raise ValueError(f"unknown phi {phi!r}; expected 'softplus' or 'identity'")
+    check_phi(phi)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     em_ok = gate == "softmax" and expert == "linear"

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 __all__ = [
     "GATES",
     "PHI",
+    "PHI_DERIVATIVES",
+    "check_phi",
     "canonical_gate",
     "linear_logits",
     "top_k_mask",
@@ -43,6 +45,18 @@ PHI: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": F.softplus,
     "identity": lambda t: t,
 }
+# (phi'(m), phi''(m)) for each competition transform: the fitter's closed-form Newton steps use them.
+PHI_DERIVATIVES: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "softplus": lambda m: (lambda s: (s, s * (1 - s)))(torch.sigmoid(m)),
+    "identity": lambda m: (torch.ones_like(m), torch.zeros_like(m)),
+}
+
+
+def check_phi(phi: str) -> str:
+    """Return ``phi`` if it names a known competition transform, else raise ValueError."""
+    if phi not in PHI:
+        raise ValueError(f"unknown phi {phi!r}; expected one of {tuple(PHI)}")
+    return phi
 
 
 def canonical_gate(gate: str, top_k: int | None, n_experts: int) -> tuple[str, int | None]:
@@ -113,9 +127,7 @@ def competition_logits(response: torch.Tensor, bias: torch.Tensor | None = None,
     ``response`` is the experts' own output ``h_i(x)`` (..., n, k); a network layer passes the mean
     of ``phi`` over output features instead and uses ``phi="identity"``.
     """
-    if phi not in PHI:
-        raise ValueError(f"unknown phi {phi!r}; expected one of {tuple(PHI)}")
-    scores = PHI[phi](response)
+    scores = PHI[check_phi(phi)](response)
     return scores if bias is None else scores + bias.unsqueeze(-2)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .experts import EXPERTS, check_expert, expert_mean
-from .gates import canonical_gate, competition_logits, linear_logits, log_gate_weights, normalise_scores
+from .gates import canonical_gate, check_phi, competition_logits, linear_logits, log_gate_weights, normalise_scores
 
 __all__ = [
     "MoEParams",
@@ -95,8 +95,7 @@ class MoEParams:
         if gate == "competition":
             if self.gate_weight is not None:
                 raise ValueError("the competition gate has no slope: gate_weight must be None")
-            if self.phi not in ("softplus", "identity"):
-                raise ValueError(f"unknown phi {self.phi!r}; expected 'softplus' or 'identity'")
+            check_phi(self.phi)
         else:
             if self.gate_weight is None or self.gate_bias is None:
                 raise ValueError(f"gate {gate!r} needs gate_weight (k, d) and gate_bias (k,)")
