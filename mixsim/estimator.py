@@ -5,12 +5,9 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from .experts import expert_mean
 from .fit import FitResult, NearTruthInit, fit
-from .gates import log_gate_weights
-from .model import MoEParams, check_data, log_density, sample
+from .model import MoEParams, check_data, gate_and_mean, log_density, sample
 
 __all__ = ["GaussianMoE"]
 
@@ -109,12 +106,7 @@ class GaussianMoE:
     def _parts(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         p = self._fitted()
         Xt, _ = check_data(X, np.zeros(np.shape(X)[0]), dim=p.dim)
-        t = p.tensors()
-        mean = expert_mean(p.expert, Xt, t["expert_weight"], t["expert_bias"])
-        log_gate = log_gate_weights(
-            p.gate, Xt, gate_weight=t["gate_weight"], gate_bias=t["gate_bias"], expert_mean=mean, top_k=p.top_k, phi=p.phi
-        )
-        return torch.exp(log_gate).numpy(), mean.numpy()
+        return gate_and_mean(p, Xt.numpy())
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Gate weights pi(x), array of shape (n_samples, n_experts); rows sum to 1."""

@@ -24,6 +24,7 @@ __all__ = [
     "log_likelihood",
     "sample",
     "sample_x",
+    "gate_and_mean",
     "preset",
     "list_presets",
     "as_rng",
@@ -301,19 +302,24 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
     """
     rng = as_rng(rng)
     X = sample_x(n, params.dim, x_dist, rng)
-    Xt = torch.from_numpy(X)
+    prob, mean = gate_and_mean(params, X)
+    cum = np.cumsum(prob, axis=1)
+    z = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
+    rows = np.arange(n)
+    y = mean[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
+    return X, y
+
+
+def gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gate weights pi(x) and expert means h(x), both arrays of shape (n, k), at inputs X (n, d)."""
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
     t = params.tensors()
     mean = expert_mean(params.expert, Xt, t["expert_weight"], t["expert_bias"])
     log_gate = log_gate_weights(
         params.gate, Xt, gate_weight=t["gate_weight"], gate_bias=t["gate_bias"],
         expert_mean=mean, top_k=params.top_k, phi=params.phi,
     )
-    prob = torch.exp(log_gate).numpy()
-    cum = np.cumsum(prob, axis=1)
-    z = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
-    rows = np.arange(n)
-    y = mean.numpy()[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
-    return X, y
+    return torch.exp(log_gate).numpy(), mean.numpy()
 
 
 # ---------------------------------------------------------------------------------------------
