@@ -37,7 +37,7 @@ import torch
 
 from .experts import EXPERT_DERIVATIVES, EXPERTS, check_expert
 from .gates import PHI_DERIVATIVES, canonical_gate, check_phi, competition_logits, masked_log_softmax
-from .model import MoEParams, as_rng, log_terms, log_terms_local
+from .model import MoEParams, as_rng, free_param_sizes, log_terms, log_terms_local
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
 
@@ -126,18 +126,15 @@ class _Layout:
 
     @property
     def gate_rows(self) -> int:  # free rows of the gate slope (softmax: last row fixed at 0)
-        return {"softmax": self.k - 1, "sigmoid": self.k, "competition": 0}[self.gate]
+        return self.sizes[0] // self.d
 
     @property
-    def bias_len(self) -> int:
-        if self.gate == "sigmoid":
-            return self.k
-        return self.k - 1 if self.gate_bias else 0  # softmax, competition: shift-invariant
+    def bias_len(self) -> int:  # free intercepts (shift-invariant gates: last one fixed at 0)
+        return self.sizes[1]
 
     @property
     def sizes(self) -> list[int]:
-        k, d = self.k, self.d
-        return [self.gate_rows * d, self.bias_len, k * d, k, k]
+        return list(free_param_sizes(self.gate, self.k, self.d, self.gate_bias).values())
 
     @property
     def n_params(self) -> int:
@@ -834,6 +831,8 @@ def fit_batch(
     check_phi(phi)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if not gate_bias and gate != "competition":
+        raise ValueError(f"gate_bias=False (a gate without intercepts) is for the competition gate only; got gate={gate!r}")
     em_ok = gate == "softmax" and expert == "linear"
     if method == "em" and not em_ok:
         raise ValueError(f"method='em' needs gate='softmax' and expert='linear'; got gate={gate!r}, expert={expert!r}; use 'newton'")

@@ -17,6 +17,7 @@ from .gates import canonical_gate, check_phi, competition_logits, linear_logits,
 
 __all__ = [
     "MoEParams",
+    "free_param_sizes",
     "X_DISTS",
     "log_terms",
     "log_terms_local",
@@ -42,6 +43,18 @@ def _array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"{name} must be finite; got {arr}")
     arr.setflags(write=False)
     return arr
+
+
+def free_param_sizes(gate: str, k: int, d: int, gate_bias: bool = True) -> dict[str, int]:
+    """Number of free (identifiable) parameters in each field of a k-expert model.
+
+    Softmax-type gates are identified up to a common shift, so the softmax gate loses one row of
+    slopes and one intercept and the competition gate one intercept (the last expert's are 0).
+    ``gate_bias=False`` is a competition gate without intercepts.
+    """
+    rows = {"softmax": k - 1, "sigmoid": k, "competition": 0}[gate]
+    bias = k if gate == "sigmoid" else (k - 1 if gate_bias else 0)
+    return {"gate_weight": rows * d, "gate_bias": bias, "expert_weight": k * d, "expert_bias": k, "variance": k}
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,13 +130,7 @@ class MoEParams:
     @property
     def n_free_params(self) -> int:
         """Identifiable parameter count (softmax-type gates lose one row to the common shift)."""
-        k, d = self.n_experts, self.dim
-        n = k * (d + 2)  # expert slopes, intercepts, variances
-        if self.gate_weight is not None:
-            n += (k - 1) * (d + 1) if self.gate == "softmax" else k * (d + 1)
-        elif self.gate_bias is not None:
-            n += k - 1
-        return n
+        return sum(free_param_sizes(self.gate, self.n_experts, self.dim, self.gate_bias is not None).values())
 
     def tensors(self, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> dict[str, torch.Tensor | None]:
         """The numeric fields as torch tensors (None stays None)."""
@@ -182,7 +189,7 @@ def log_terms(
     expert_pre = linear_logits(x, expert_weight, expert_bias)  # (..., n, k)
     gate_pre = None if gate_weight is None else linear_logits(x, gate_weight, gate_bias)
     log_var = torch.log(variance).unsqueeze(-2)  # (..., 1, k)
-    comp_bias = gate_bias.unsqueeze(-2) if (gate_weight is None and gate_bias is not None) else None
+    comp_bias = gate_bias.unsqueeze(-2) if (gate == "competition" and gate_bias is not None) else None
     return log_terms_local(gate, expert, y, gate_pre, expert_pre, log_var, comp_bias, top_k=top_k, phi=phi)
 
 

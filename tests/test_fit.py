@@ -164,7 +164,7 @@ def test_collapsed_variance_is_floored_and_flagged():
     (dict(gate="softmax", top_k=5), "top_k"), (dict(method="lbfgs"), "method"), (dict(init="random"), "init"),
     (dict(init="near_truth"), "truth"), (dict(tol=0.0), "tol"), (dict(max_iter=0), "max_iter"),
     (dict(n_init=0), "n_init"), (dict(gate="competition", method="em"), "em"),
-    (dict(init="near_truth", truth="softmax_k2"), "truth"),
+    (dict(init="near_truth", truth="softmax_k2"), "truth"), (dict(gate_bias=False), "gate_bias"),
 ])
 def test_bad_arguments_are_refused(kwargs, word):
     truth = mixsim.preset("softmax_k2")
