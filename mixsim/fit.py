@@ -37,7 +37,7 @@ import torch
 
 from .experts import EXPERT_DERIVATIVES, EXPERTS, check_expert
 from .gates import PHI_DERIVATIVES, canonical_gate, check_phi, competition_logits, masked_log_softmax
-from .model import MoEParams, as_rng, free_param_sizes, log_terms, log_terms_local
+from .model import MoEParams, as_rng, check_data, free_param_sizes, log_terms, log_terms_local
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
 
@@ -983,12 +983,8 @@ def fit(
     ``X`` has shape (n, d) (or (n,) for d = 1), ``y`` shape (n,). ``rng`` seeds this data set's
     starts exactly as ``fit_batch(..., rng=[rng])`` would, so both give the same numbers.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
-        raise ValueError(f"X must have shape (n_samples, n_features) and y (n_samples,); got {X.shape} and {y.shape}")
+    Xt, yt = check_data(X, y)
+    X, y = Xt.numpy(), yt.numpy()
     if rng is None:
         rng = np.random.SeedSequence().entropy
     return fit_batch(X[None], y[None], n_experts, rng=[rng], **kwargs)[0]

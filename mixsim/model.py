@@ -250,7 +250,7 @@ def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> 
     if y.ndim != 1:
         raise ValueError(f"y must have shape (n_samples,); got shape {y.shape}")
     if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X and y must have the same number of samples; got {X.shape[0]} and {y.shape[0]}")
+        raise ValueError(f"X and y must have the same number of samples; got shapes {X.shape} and {y.shape}")
     if dim is not None and X.shape[1] != dim:
         raise ValueError(f"X must have {dim} features (the model's dim); got {X.shape[1]}")
     if X.shape[0] < min_samples:
