@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .experts import EXPERT_DERIVATIVES, EXPERTS, check_expert
-from .gates import PHI_DERIVATIVES, canonical_gate, check_phi, competition_logits, masked_log_softmax
+from .gates import PHI_DERIVATIVES, canonical_gate, check_phi, competition_logits, masked_log_softmax, top_k_mask
 from .model import MoEParams, as_rng, check_data, free_param_sizes, log_terms, log_terms_local
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
@@ -408,85 +408,171 @@ def _lm_solve(g: torch.Tensor, H: torch.Tensor, lam: torch.Tensor) -> tuple[torc
 # EM for softmax / top-K gates with linear experts
 # ---------------------------------------------------------------------------------------------
 
-def _em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
+def _product_pairs(d: int) -> list[tuple[int, int]]:
+    """The distinct products Psi_a Psi_b (a <= b) of Psi = [x (d), 1, y]; those within phi = [x, 1] first."""
+    q = d + 1
+    return [(a, b) for a in range(q) for b in range(a, q)] + [(a, q) for a in range(q + 1)]
+
+
+@dataclass(frozen=True)
+class _EMData:
+    """What every EM pass reads, built once per fit.
+
+    ``PhiT`` holds the features phi = [x, 1] transposed (B, q, n); ``prods`` the distinct
+    products Psi_a Psi_b of Psi = [x, 1, y] (B, U, n), in :func:`_product_pairs` order. A pass
+    then gets every sufficient statistic from one matrix product of its per-sample weights
+    against ``prods``.
+    """
+    PhiT: torch.Tensor
+    y: torch.Tensor
+    prods: torch.Tensor
+
+    @staticmethod
+    def of(X: torch.Tensor, y: torch.Tensor) -> "_EMData":
+        Psi = torch.cat([X.transpose(1, 2), torch.ones_like(y).unsqueeze(1), y.unsqueeze(1)], dim=1)  # (B, Q, n)
+        a, b = zip(*_product_pairs(X.shape[-1]))
+        return _EMData(Psi[:, :-1].contiguous(), y, (Psi[:, list(a)] * Psi[:, list(b)]).contiguous())
+
+    def take(self, idx: torch.Tensor) -> "_EMData":
+        return _EMData(self.PhiT[idx], self.y[idx], self.prods[idx])
+
+
+@dataclass(frozen=True)
+class _EMIndex:
+    """Where each statistic sits among the reduced products (columns) and weights (rows)."""
+    full: torch.Tensor  # (Q*Q,) column of Psi_a Psi_b
+    phi: torch.Tensor  # (q,) column of phi_a * 1
+    phiphi: torch.Tensor  # (q*q,) column of phi_a phi_b
+    pair: torch.Tensor  # (m*m,) row, among the gate products, of g_j g_l
+    pair_j: torch.Tensor  # (m(m+1)/2,) the distinct pairs j <= l < m
+    pair_l: torch.Tensor
+
+    @staticmethod
+    def of(k: int, d: int, device: torch.device) -> "_EMIndex":
+        q, Q, m = d + 1, d + 2, k - 1
+        col = {}
+        for i, (a, b) in enumerate(_product_pairs(d)):
+            col[(a, b)] = col[(b, a)] = i
+        pairs = [(j, l) for j in range(m) for l in range(j, m)]
+        row = {}
+        for i, (j, l) in enumerate(pairs):
+            row[(j, l)] = row[(l, j)] = i
+        t = lambda v: torch.tensor(v, dtype=torch.long, device=device).reshape(-1)  # noqa: E731
+        return _EMIndex(
+            full=t([col[(a, b)] for a in range(Q) for b in range(Q)]),
+            phi=t([col[(a, d)] for a in range(q)]),
+            phiphi=t([col[(a, b)] for a in range(q) for b in range(q)]),
+            pair=t([row[(j, l)] for j in range(m) for l in range(m)]),
+            pair_j=t([j for j, _ in pairs]),
+            pair_l=t([l for _, l in pairs]),
+        )
+
+
+def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     """One pass over the data: per-sample log-likelihood and every statistic the M-step needs.
 
-    Works expert-major, on (B, k, n) tensors: reductions over the few experts are then
-    elementwise over contiguous rows (several times faster than reducing a last axis of size k).
-    ``XT`` is X transposed (B, d, n); ``Psi`` is [X, 1, y] (B, n, d + 2). Returns f (B,), expert
-    moments (B, k, d+2, d+2), gate gradient (B, d+1, k) and gate Hessian blocks
-    {(j, l): (B, d+1, d+1)}.
+    Works expert-major, on (B, k, n) tensors: reductions over the few experts are elementwise
+    over contiguous rows. Gate logits and expert means come from one matrix product; the
+    responsibilities r_j, gate weights g_j (j < m = k - 1) and products g_j g_l are written as
+    rows of one weight matrix, and products of it against ``data.prods`` reduce them all. The
+    large temporaries are few and overwritten in place: at batch sizes of 1e5 points and more,
+    every fresh allocation is a fresh mmap and its page faults cost more than the arithmetic.
+    Returns f (B,), expert moments (B, k, Q, Q) of Psi = [x, 1, y], the gradient (B, m*q) of
+    sum_i sum_j r_ij log g_ij in the free gate rows and its negative Hessian (B, m*q, m*q).
     """
-    k = layout.k
-    logits = p["gate_weight"] @ XT + p["gate_bias"].unsqueeze(-1)  # (B, k, n)
-    log_gate = masked_log_softmax(logits, layout.top_k, dim=1)
-    mean = p["expert_weight"] @ XT + p["expert_bias"].unsqueeze(-1)  # (B, k, n)
+    k, m, d = layout.k, layout.k - 1, layout.d
+    q, Q = d + 1, d + 2
+    B, n = data.y.shape
+    coef = torch.cat([
+        torch.cat([p["gate_weight"], p["gate_bias"].unsqueeze(-1)], -1),
+        torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], -1),
+    ], 1)  # (B, 2k, q)
+    lin = coef @ data.PhiT  # (B, 2k, n): gate logits, expert means
+    logits, mean = lin[:, :k], lin[:, k:]
+    mask = top_k_mask(logits, layout.top_k, dim=1)
+    if mask is not None:
+        logits.masked_fill_(~mask, float("-inf"))
+    logits.sub_(logits.amax(1, keepdim=True))  # z = logits - max
+    W = lin.new_empty(B, k + m + ix.pair_j.numel(), n)  # weight rows: r, g_j (j < m), g_j g_l
+    e = torch.exp(logits)
+    sg = e.sum(1, keepdim=True)
+    torch.div(e[:, :m], sg, out=W[:, k:k + m])
+    torch.mul(W[:, k + ix.pair_j], W[:, k + ix.pair_l], out=W[:, k + m:])
+    # log(g_j N_j) up to log(sg), common to all j: z_j - log(2 pi v_j) / 2 - (y - mu_j)^2 / (2 v_j)
     var = p["variance"].unsqueeze(-1)
-    terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(var) + (y.unsqueeze(1) - mean) ** 2 / var)
-    ll = torch.logsumexp(terms, dim=1)  # (B, n)
-    r = torch.exp(terms - ll.unsqueeze(1))  # responsibilities (B, k, n)
-    PsiT = Psi.transpose(1, 2)
-    moments = torch.stack([(PsiT * r[:, j:j + 1]) @ Psi for j in range(k)], dim=1)  # (B, k, q, q)
-    Phi = Psi[..., :-1]  # (B, n, d+1)
-    PhiT = PsiT[:, :-1]
-    gate = torch.exp(log_gate)
-    grad = ((r - gate) @ Phi).transpose(1, 2)  # (B, d+1, k)
-    hess = {}
-    for j in range(k - 1):
-        for l in range(j, k - 1):
-            w = gate[:, j] * ((1.0 if j == l else 0.0) - gate[:, l])  # (B, n)
-            hess[(j, l)] = (PhiT * w.unsqueeze(1)) @ Phi
+    torch.sub(data.y.unsqueeze(1), mean, out=e)
+    e.mul_(e)
+    torch.addcmul(logits, e, -0.5 / var, out=e)
+    e.sub_(0.5 * torch.log(2 * math.pi * var))
+    top = e.amax(1, keepdim=True)
+    e.sub_(top).exp_()
+    s = e.sum(1, keepdim=True)
+    torch.div(e, s, out=W[:, :k])
+    ll = top.add_(s.div_(sg).log_()).squeeze(1)
+    # Moments of r against every product; of the gate terms against the products within phi.
+    moments = (W[:, :k] @ data.prods.transpose(1, 2))[:, :, ix.full].reshape(B, k, Q, Q)
+    S = W[:, k:] @ data.prods[:, :q * (q + 1) // 2].transpose(1, 2)  # (B, m + P, q(q+1)/2)
+    grad = (moments[:, :m, d, :q] - S[:, :m, ix.phi]).reshape(B, m * q)
+    G = S[:, :m, ix.phiphi].reshape(B, m, 1, q, q)
+    GG = S[:, m:][:, ix.pair][:, :, ix.phiphi].reshape(B, m, m, q, q)
+    eye = torch.eye(m, dtype=S.dtype, device=S.device).reshape(1, m, m, 1, 1)
+    hess = (eye * G - GG).transpose(2, 3).reshape(B, m * q, m * q)
     return ll.mean(-1), moments, grad, hess
 
 
-def _em_stats_fused(gw, gb, ew, eb, var, Psi, top_k: int | None):
+def _em_stats_fused(gw, gb, ew, eb, var, PhiT, y, top_k: int | None):
     """:func:`_em_stats` written as broadcast reductions, for ``torch.compile``.
 
-    Eagerly this would build (B, k, n, q, q) temporaries; compiled, inductor fuses the whole pass
+    Eagerly this would build (B, k, Q, Q, n) temporaries; compiled, inductor fuses the whole pass
     (E-step and every M-step statistic) into loops over the data that keep nothing per sample.
-    Same outputs as :func:`_em_stats` (tested against it).
+    Same outputs as :func:`_em_stats` (tested against it), the gate ones unflattened.
     """
-    X, y = Psi[..., :-2], Psi[..., -1]
-    logits = (X.unsqueeze(1) * gw.unsqueeze(2)).sum(-1) + gb.unsqueeze(-1)  # (B, k, n)
+    X = PhiT[:, :-1]  # (B, d, n)
+    Psi = torch.cat([PhiT, y.unsqueeze(1)], 1)  # (B, Q, n)
+    logits = (gw.unsqueeze(-1) * X.unsqueeze(1)).sum(2) + gb.unsqueeze(-1)  # (B, k, n)
     log_gate = masked_log_softmax(logits, top_k, dim=1)
-    mean = (X.unsqueeze(1) * ew.unsqueeze(2)).sum(-1) + eb.unsqueeze(-1)
+    mean = (ew.unsqueeze(-1) * X.unsqueeze(1)).sum(2) + eb.unsqueeze(-1)
     v = var.unsqueeze(-1)
     terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(v) + (y.unsqueeze(1) - mean) ** 2 / v)
     ll = torch.logsumexp(terms, dim=1)
     r = torch.exp(terms - ll.unsqueeze(1))
-    moments = (r[:, :, :, None, None] * Psi[:, None, :, :, None] * Psi[:, None, :, None, :]).sum(2)
+    moments = (r[:, :, None, None, :] * Psi[:, None, :, None, :] * Psi[:, None, None, :, :]).sum(-1)
     gate = torch.exp(log_gate)
-    Phi = Psi[..., :-1]
-    grad = ((r - gate)[:, :, :, None] * Phi[:, None]).sum(2).transpose(1, 2)  # (B, q, k)
     m = gate.shape[1] - 1
+    grad = ((r - gate)[:, :m, None, :] * PhiT[:, None]).sum(-1)  # (B, m, q)
     eye = torch.eye(m, dtype=gate.dtype, device=gate.device)
-    w = gate[:, :-1, None, :] * (eye[None, :, :, None] - gate[:, None, :-1, :])  # (B, m, m, n)
-    hess = (w[..., None, None] * Phi[:, None, None, :, :, None] * Phi[:, None, None, :, None, :]).sum(3)
+    w = gate[:, :m, None, :] * (eye[None, :, :, None] - gate[:, None, :m, :])  # (B, m, m, n)
+    hess = (w[:, :, :, None, None, :] * PhiT[:, None, None, :, None, :] * PhiT[:, None, None, None, :, :]).sum(-1)
     return ll.mean(-1), moments, grad, hess
 
 
 _COMPILED: dict = {}
 
 
-def _compiled_em_stats(layout: _Layout, p: dict, XT: torch.Tensor, Psi: torch.Tensor, y: torch.Tensor):
+def _compiled_em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     """:func:`_em_stats_fused` through ``torch.compile`` (compiled once per process, any n)."""
     if "em" not in _COMPILED:
         _COMPILED["em"] = torch.compile(_em_stats_fused)
-    args = (p["gate_weight"], p["gate_bias"], p["expert_weight"], p["expert_bias"], p["variance"], Psi)
+    args = (p["gate_weight"], p["gate_bias"], p["expert_weight"], p["expert_bias"], p["variance"], data.PhiT, data.y)
     # Batch size and n vary from call to call: dynamic. Experts and features stay static, so each
     # k gets its own specialised kernel instead of a slow generic one.
     for t in args:
         torch._dynamo.mark_dynamic(t, 0)
         for dim in range(1, t.dim()):
             torch._dynamo.mark_static(t, dim)
-    torch._dynamo.mark_dynamic(Psi, 1)
+    torch._dynamo.mark_dynamic(data.PhiT, 2)
+    torch._dynamo.mark_dynamic(data.y, 1)
     f, moments, grad, hess = _COMPILED["em"](*args, layout.top_k)
-    m = layout.k - 1
-    return f, moments, grad, {(j, l): hess[:, j, l] for j in range(m) for l in range(j, m)}
+    B, m, q = grad.shape
+    return f, moments, grad.reshape(B, m * q), hess.transpose(2, 3).reshape(B, m * q, m * q)
 
 
 def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
-    """M-step from the statistics: new experts and variances, and the gate's Newton direction."""
+    """M-step from the statistics: new experts and variances, and the gate's Newton direction.
+
+    The statistics ride along (keys ``moments`` and ``gate_grad``): the gradient of the observed
+    log-likelihood at ``p`` follows from them (:func:`_em_gradient`).
+    """
     k, d = layout.k, layout.d
     q = d + 1
     S = moments[:, :, :q, :q]  # (B, k, q, q)
@@ -497,31 +583,43 @@ def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Ten
     w = torch.linalg.solve(S + ridge[..., None, None] * torch.eye(q, dtype=S.dtype, device=S.device), t)
     rss = (u - 2 * (w * t).sum(-1) + (w.unsqueeze(-2) @ S @ w.unsqueeze(-1)).squeeze((-1, -2))).clamp_min(0.0)
     # An expert that holds (almost) no data keeps its parameters: its M-step is undetermined.
-    alive = mass > 1e-8 * moments[:, :, d, d].sum(-1, keepdim=True)
+    alive = mass > 1e-8 * mass.sum(-1, keepdim=True)
     previous = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)
     w = torch.where(alive.unsqueeze(-1), w, previous)
     var = torch.where(alive, rss / mass.clamp_min(1e-300), p["variance"])
     var = torch.maximum(var, floor[:, None])
     # Gate: Newton direction of sum_i sum_j r_ij log pi_j on the free rows (0 .. k-2).
-    B = grad.shape[0]
-    m = k - 1
-    direction = torch.zeros(B, k, q, dtype=grad.dtype, device=grad.device)
+    B, m = grad.shape[0], k - 1
+    direction = grad.new_zeros(B, k, q)
     if m > 0:
-        Hm = torch.zeros(B, m * q, m * q, dtype=grad.dtype, device=grad.device)
-        for (j, l), blk in hess.items():
-            Hm[:, j * q:(j + 1) * q, l * q:(l + 1) * q] = blk
-            Hm[:, l * q:(l + 1) * q, j * q:(j + 1) * q] = blk.transpose(1, 2)
-        g = grad[:, :, :m].transpose(1, 2).reshape(B, m * q)
-        scale = torch.diagonal(Hm, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)
-        Hm = Hm + (1e-10 * scale)[:, None, None] * torch.eye(m * q, dtype=Hm.dtype, device=Hm.device)
-        direction[:, :m] = torch.linalg.solve(Hm, g).reshape(B, m, q)
+        scale = torch.diagonal(hess, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)
+        H = hess + (1e-10 * scale)[:, None, None] * torch.eye(m * q, dtype=hess.dtype, device=hess.device)
+        direction[:, :m] = torch.linalg.solve(H, grad).reshape(B, m, q)
     return {
         "expert_weight": w[..., :d],
         "expert_bias": w[..., d],
         "variance": var,
         "gate_dir_w": direction[..., :d],
         "gate_dir_b": direction[..., d],
+        "moments": moments,
+        "gate_grad": grad,
     }
+
+
+def _em_gradient(layout: _Layout, p: dict, moments: torch.Tensor, gate_grad: torch.Tensor) -> torch.Tensor:
+    """Gradient (B, P) of the per-sample observed log-likelihood at ``p``, in the layout's order,
+    from the EM statistics at ``p`` (Fisher's identity: the gradient of the EM objective)."""
+    B, d = moments.shape[0], layout.d
+    q = d + 1
+    S, t, u, mass = moments[:, :, :q, :q], moments[:, :, :q, q], moments[:, :, q, q], moments[:, :, d, d]
+    w = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)  # (B, k, q)
+    Sw = (S @ w.unsqueeze(-1)).squeeze(-1)
+    var = p["variance"]
+    g_expert = (t - Sw) / var.unsqueeze(-1)
+    g_logvar = 0.5 * ((u - 2 * (w * t).sum(-1) + (w * Sw).sum(-1)) / var - mass)
+    g_gate = gate_grad.reshape(B, -1, q)
+    g = torch.cat([g_gate[..., :d].reshape(B, -1), g_gate[..., d], g_expert[..., :d].reshape(B, -1), g_expert[..., d], g_logvar], 1)
+    return g / mass.sum(-1, keepdim=True)
 
 
 def _em_candidate(accepted: dict, prop: dict, step: torch.Tensor) -> dict:
@@ -552,34 +650,42 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
     """EM on the data sets not yet done, for at most ``n_steps`` iterations; returns all params.
 
     Finished data sets are dropped from the working batch once half of it is done, carrying every
-    per-data-set quantity along, so a data set follows the same path whatever its batch.
+    per-data-set quantity along, so a data set follows the same path whatever its batch. Sets
+    ``state["f"]`` and ``state["grad"]`` of the rows it ran; starts the trace if it is empty.
     """
     out = {name: v.clone() for name, v in p.items()}
     idx = torch.nonzero(~state["done"]).squeeze(1)
     if idx.numel() == 0 or n_steps <= 0:
         return out
-    Xl, yl, fl = X[idx].transpose(1, 2).contiguous(), y[idx], floor[idx]  # Xl: (B, d, n)
-    Psi = torch.cat([X[idx], torch.ones_like(yl).unsqueeze(-1), yl.unsqueeze(-1)], dim=-1)
+    data, fl = _EMData.of(X[idx], y[idx]), floor[idx]
+    ix = _EMIndex.of(layout.k, layout.d, X.device)
     accepted = _take(p, idx)
     stats_fn = stats_fn or _em_stats
-    f_acc, *stats = stats_fn(layout, accepted, Xl, Psi, yl)
+    f_acc, *stats = stats_fn(layout, accepted, data, ix)
     prop = _em_proposal(layout, accepted, *stats, fl)
     step = torch.ones_like(f_acc)
     state["f"][idx] = f_acc
+    if not state["trace"]:
+        _record(state, idx, torch.ones_like(f_acc, dtype=torch.bool))
+
+    def store(rows, acc, pr):
+        for name in out:
+            out[name][rows] = acc[name]
+        state["grad"][rows] = _em_gradient(layout, acc, pr["moments"], pr["gate_grad"])
+
     for _ in range(n_steps):
         active = ~state["done"][idx]
         n_active = int(active.sum())
         if n_active == 0:
             break
         if n_active <= idx.numel() // 2:  # compact the working batch
-            for name in out:
-                out[name][idx] = accepted[name]
+            store(idx, accepted, prop)
             keep = torch.nonzero(active).squeeze(1)
-            idx, Xl, yl, fl, Psi = idx[keep], Xl[keep], yl[keep], fl[keep], Psi[keep]
+            idx, data, fl = idx[keep], data.take(keep), fl[keep]
             accepted, prop = _take(accepted, keep), _take(prop, keep)
             f_acc, step, active = f_acc[keep], step[keep], active[keep]
         cand = _em_candidate(accepted, prop, step)
-        f_c, *stats_c = stats_fn(layout, cand, Xl, Psi, yl)
+        f_c, *stats_c = stats_fn(layout, cand, data, ix)
         ok = active & (f_c >= f_acc)
         conv = ok & (f_c - f_acc <= tol) & ((step == 1) | (step == 0))  # judge full steps only
         # A gate step of 0 is a pure EM step on experts and variances, which cannot lower the
@@ -595,8 +701,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
         _record(state, idx, ok)
         state["converged"][idx] |= conv | stuck
         state["done"][idx] |= conv | stuck | (state["n_iter"][idx] >= state["max_iter"])
-    for name in out:
-        out[name][idx] = accepted[name]
+    store(idx, accepted, prop)
     return out
 
 
@@ -608,10 +713,19 @@ def _record(state: dict, idx: torch.Tensor, ok: torch.Tensor) -> None:
 
 
 def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: float, n_steps: int, state: dict) -> torch.Tensor:
-    """Levenberg-Marquardt iterations on the data sets not yet done; returns theta."""
+    """Levenberg-Marquardt iterations on the data sets not yet done; returns theta.
+
+    Sets ``state["f"]`` and ``state["grad"]`` of the rows it ran; starts the trace if it is empty.
+    """
     k = layout.k
     lam = torch.full_like(state["f"], 1e-3)
-    state["f"] = _mean_loglik(layout, theta, X, y).detach()
+    ran = torch.nonzero(~state["done"]).squeeze(1)
+    if ran.numel() == 0:
+        return theta
+    with torch.no_grad():
+        state["f"][ran] = _mean_loglik(layout, theta[ran], X[ran], y[ran])
+    if not state["trace"]:
+        _record(state, ran, torch.ones_like(ran, dtype=torch.bool))
     for _ in range(n_steps):
         idx = torch.nonzero(~state["done"]).squeeze(1)
         if idx.numel() == 0:
@@ -644,6 +758,7 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
         state["converged"][idx] |= conv | flat
         state["stalled"][idx] |= stalled & ~flat
         state["done"][idx] |= conv | stalled | (state["n_iter"][idx] >= state["max_iter"])
+    state["grad"][ran] = _gradient(layout, theta[ran], X[ran], y[ran])
     return theta
 
 
@@ -897,12 +1012,10 @@ def _engine(layout: _Layout, theta, X, y, floor, *, tol, max_iter, method, em_ok
         "stalled": torch.zeros(BR, dtype=torch.bool, device=dev),
         "n_iter": torch.zeros(BR, dtype=torch.long, device=dev),
         "f": torch.zeros(BR, dtype=dt, device=dev),
+        "grad": torch.zeros_like(theta),
         "trace": [],
         "max_iter": max_iter,
     }
-    with torch.no_grad():
-        state["f"] = _mean_loglik(layout, theta, X, y)
-    state["trace"].append((state["f"].clone(), torch.ones(BR, dtype=torch.bool, device=dev)))
     if em_ok and method in ("em", "auto"):
         steps = max_iter if method == "em" else min(em_warmup, max_iter)
         with torch.no_grad():
@@ -911,13 +1024,11 @@ def _engine(layout: _Layout, theta, X, y, floor, *, tol, max_iter, method, em_ok
         theta = layout.pack(p)
     if method in ("newton", "auto") or not em_ok:
         theta = _run_newton(layout, theta, X, y, torch.log(floor), tol, max_iter, state)
-    with torch.no_grad():
-        f = _mean_loglik(layout, theta, X, y)
     values = torch.stack([v for v, _ in state["trace"]], 1).cpu().numpy()
     flags = torch.stack([m for _, m in state["trace"]], 1).cpu().numpy()
     return {
-        "theta": theta.detach(), "f": f, "converged": state["converged"], "stalled": state["stalled"],
-        "n_iter": state["n_iter"], "grad_norm": _gradient(layout, theta, X, y).norm(dim=1),
+        "theta": theta.detach(), "f": state["f"], "converged": state["converged"], "stalled": state["stalled"],
+        "n_iter": state["n_iter"], "grad_norm": state["grad"].norm(dim=1),
         "trace": [values[r][flags[r]] for r in range(BR)],
     }
 

@@ -224,3 +224,68 @@ def test_competition_without_intercepts_needs_a_matching_truth():
         mixsim.fit(X, y, 2, gate="competition", init="near_truth", truth=truth, gate_bias=False)
     res = mixsim.fit(X, y, 2, gate="competition", init="near_truth", truth=truth.replace(gate_bias=None), gate_bias=False, rng=0)
     assert res.converged and res.params.gate_bias is None
+
+
+def _random_softmax_params(B, k, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    gw = r(B, k, d)
+    gw[:, -1] = 0.0
+    gb = r(B, k)
+    gb[:, -1] = 0.0
+    return {"gate_weight": gw, "gate_bias": gb, "expert_weight": r(B, k, d), "expert_bias": r(B, k),
+            "variance": 0.3 + torch.rand(B, k, generator=g, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("k, d, top_k", [(1, 1, None), (2, 1, None), (3, 1, None), (3, 2, 2), (4, 2, None)])
+def test_em_statistics_equal_a_per_sample_loop(k, d, top_k):
+    # Every EM statistic against a plain numpy loop over samples and experts (1e-10 relative).
+    B, n = 2, 40
+    p = _random_softmax_params(B, k, d, seed=k + d)
+    rng = np.random.default_rng(0)
+    X, y = rng.uniform(-1, 1, (B, n, d)), rng.normal(size=(B, n))
+    layout = _Layout("softmax", top_k, "linear", "softplus", k, d)
+    data = FIT._EMData.of(torch.from_numpy(X), torch.from_numpy(y))
+    f, moments, grad, hess = FIT._em_stats(layout, p, data, FIT._EMIndex.of(k, d, torch.device("cpu")))
+    q, m = d + 1, k - 1
+    P = {name: v.numpy() for name, v in p.items()}
+    for b in range(B):
+        ll, M = 0.0, np.zeros((k, d + 2, d + 2))
+        g_ref, H_ref = np.zeros((m, q)), np.zeros((m, q, m, q))
+        for i in range(n):
+            phi = np.append(X[b, i], 1.0)
+            psi = np.append(phi, y[b, i])
+            logits = P["gate_weight"][b] @ X[b, i] + P["gate_bias"][b]
+            keep = np.argsort(-logits)[: top_k or k]
+            gate = np.zeros(k)
+            gate[keep] = np.exp(logits[keep] - logits[keep].max()) / np.exp(logits[keep] - logits[keep].max()).sum()
+            mu = P["expert_weight"][b] @ X[b, i] + P["expert_bias"][b]
+            v = P["variance"][b]
+            dens = gate * np.exp(-0.5 * (y[b, i] - mu) ** 2 / v) / np.sqrt(2 * np.pi * v)
+            ll += np.log(dens.sum())
+            r = dens / dens.sum()
+            for j in range(k):
+                M[j] += r[j] * np.outer(psi, psi)
+            for j in range(m):
+                g_ref[j] += (r[j] - gate[j]) * phi
+                for l in range(m):
+                    H_ref[j, :, l] += gate[j] * ((j == l) - gate[l]) * np.outer(phi, phi)
+        np.testing.assert_allclose(float(f[b]), ll / n, rtol=1e-12)
+        np.testing.assert_allclose(moments[b].numpy(), M, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grad[b].numpy(), g_ref.reshape(-1), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(hess[b].numpy(), H_ref.reshape(m * q, m * q), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, d, top_k", [(2, 1, None), (3, 1, None), (3, 2, 2)])
+def test_em_gradient_equals_autograd(k, d, top_k):
+    # The gradient reported after EM comes from the EM statistics (Fisher's identity); it must be
+    # the observed log-likelihood's gradient, here by autograd through the parameters (1e-10).
+    B, n = 3, 200
+    p = _random_softmax_params(B, k, d, seed=10 + k)
+    rng = np.random.default_rng(1)
+    X, y = torch.from_numpy(rng.uniform(-1, 1, (B, n, d))), torch.from_numpy(rng.normal(size=(B, n)))
+    layout = _Layout("softmax", top_k, "linear", "softplus", k, d)
+    _, moments, grad, _ = FIT._em_stats(layout, p, FIT._EMData.of(X, y), FIT._EMIndex.of(k, d, torch.device("cpu")))
+    ours = FIT._em_gradient(layout, p, moments, grad)
+    ref = FIT._gradient(layout, layout.pack(p), X, y)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
