@@ -229,8 +229,9 @@ class _Layout:
         terms = log_terms_local(self.gate, self.expert, y, gate_pre, expert_pre, log_var, comp_bias, top_k=self.top_k, phi=self.phi)
         return torch.logsumexp(terms, dim=-1)
 
-    def to_params(self, p: dict[str, torch.Tensor | None], b: int) -> MoEParams:
-        get = lambda name: None if p[name] is None else p[name][b].detach().cpu().numpy().copy()  # noqa: E731
+    def to_params(self, p: dict[str, np.ndarray | None], b: int) -> MoEParams:
+        """Row ``b`` of parameter arrays (numpy, leading dimension B) as MoEParams (copies)."""
+        get = lambda name: None if p[name] is None else p[name][b]  # noqa: E731
         return MoEParams(
             gate=self.gate, top_k=self.top_k, gate_weight=get("gate_weight"), gate_bias=get("gate_bias"),
             expert=self.expert, expert_weight=get("expert_weight"), expert_bias=get("expert_bias"),
@@ -430,8 +431,11 @@ class _EMData:
     @staticmethod
     def of(X: torch.Tensor, y: torch.Tensor) -> "_EMData":
         Psi = torch.cat([X.transpose(1, 2), torch.ones_like(y).unsqueeze(1), y.unsqueeze(1)], dim=1)  # (B, Q, n)
-        a, b = zip(*_product_pairs(X.shape[-1]))
-        return _EMData(Psi[:, :-1].contiguous(), y, (Psi[:, list(a)] * Psi[:, list(b)]).contiguous())
+        pairs = _product_pairs(X.shape[-1])
+        prods = Psi.new_empty(Psi.shape[0], len(pairs), Psi.shape[2])
+        for i, (a, b) in enumerate(pairs):
+            torch.mul(Psi[:, a], Psi[:, b], out=prods[:, i])
+        return _EMData(Psi[:, :-1].contiguous(), y, prods)
 
     def take(self, idx: torch.Tensor) -> "_EMData":
         return _EMData(self.PhiT[idx], self.y[idx], self.prods[idx])
@@ -1048,22 +1052,23 @@ def _check_truth(truth: Any, layout: _Layout) -> None:
 
 
 def _results(layout: _Layout, out: dict, floor, B: int, n: int, n_init: int, seconds: float, method: str, warn: bool) -> list[FitResult]:
-    p = layout.unpack(out["theta"])
-    f = out["f"]
+    p = {name: None if v is None else v.detach().cpu().numpy() for name, v in layout.unpack(out["theta"]).items()}
+    f, floor = out["f"].cpu().numpy(), floor.cpu().numpy()
+    conv_all, stalled, n_iter, grad_norm = (out[key].cpu().numpy() for key in ("converged", "stalled", "n_iter", "grad_norm"))
     floored = (p["variance"] <= floor[:, None] * (1 + 1e-9)).any(1)
     results = []
     for b in range(B):
         rows = list(range(b * n_init, (b + 1) * n_init))
         best = max(rows, key=lambda r: float(f[r]))
-        conv = bool(out["converged"][best])
-        status = "converged" if conv else ("stalled" if bool(out["stalled"][best]) else "max_iter")
+        conv = bool(conv_all[best])
+        status = "converged" if conv else ("stalled" if bool(stalled[best]) else "max_iter")
         res = FitResult(
             params=layout.to_params(p, best),
             log_likelihood=float(f[best]) * n,
             converged=conv,
-            n_iter=int(out["n_iter"][best]),
+            n_iter=int(n_iter[best]),
             trace=out["trace"][best],
-            grad_norm=float(out["grad_norm"][best]),
+            grad_norm=float(grad_norm[best]),
             status=status,
             variance_floor=float(floor[best]),
             variance_floored=bool(floored[best]),
