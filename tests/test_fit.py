@@ -48,7 +48,7 @@ def test_agrees_with_scipy_optimizer(name):
 
     def negll(theta):
         p = layout.unpack(torch.from_numpy(theta)[None])
-        params = layout.to_params(p, 0)
+        params = layout.to_params({name: None if v is None else v.numpy() for name, v in p.items()}, 0)
         return -_np_log_density(params, X, y).mean()
 
     opt = minimize(negll, theta0, method="L-BFGS-B", options=dict(ftol=1e-15, gtol=1e-10, maxiter=5000))
