@@ -409,6 +409,11 @@ def _lm_solve(g: torch.Tensor, H: torch.Tensor, lam: torch.Tensor) -> tuple[torc
 # EM for softmax / top-K gates with linear experts
 # ---------------------------------------------------------------------------------------------
 
+# Arguments of exp() are floored at -700 (exp(-700) ~ 1e-304, an absolute error no sum of
+# weights notices): below, exp() underflows through denormals, about 20x slower.
+_EXP_FLOOR = -700.0
+
+
 def _product_pairs(d: int) -> list[tuple[int, int]]:
     """The distinct products Psi_a Psi_b (a <= b) of Psi = [x (d), 1, y]; those within phi = [x, 1] first."""
     q = d + 1
@@ -427,6 +432,16 @@ class _EMData:
     PhiT: torch.Tensor
     y: torch.Tensor
     prods: torch.Tensor
+    scratch: dict = field(default_factory=dict)
+
+    def buffer(self, name: str, rows: int) -> torch.Tensor:
+        """A (B, rows, n) scratch tensor kept across passes: every fresh allocation of this size
+        is a fresh mmap whose page faults cost more than the arithmetic done in it."""
+        B, n = self.y.shape
+        buf = self.scratch.get(name)
+        if buf is None or buf.shape[0] < B or buf.shape[1] != rows:
+            buf = self.scratch[name] = self.y.new_empty(B, rows, n)
+        return buf[:B]
 
     @staticmethod
     def of(X: torch.Tensor, y: torch.Tensor) -> "_EMData":
@@ -438,7 +453,7 @@ class _EMData:
         return _EMData(Psi[:, :-1].contiguous(), y, prods)
 
     def take(self, idx: torch.Tensor) -> "_EMData":
-        return _EMData(self.PhiT[idx], self.y[idx], self.prods[idx])
+        return _EMData(self.PhiT[idx], self.y[idx], self.prods[idx], self.scratch)
 
 
 @dataclass(frozen=True)
@@ -448,8 +463,7 @@ class _EMIndex:
     phi: torch.Tensor  # (q,) column of phi_a * 1
     phiphi: torch.Tensor  # (q*q,) column of phi_a phi_b
     pair: torch.Tensor  # (m*m,) row, among the gate products, of g_j g_l
-    pair_j: torch.Tensor  # (m(m+1)/2,) the distinct pairs j <= l < m
-    pair_l: torch.Tensor
+    pairs: tuple[tuple[int, int], ...]  # the distinct pairs j <= l < m, in row order
 
     @staticmethod
     def of(k: int, d: int, device: torch.device) -> "_EMIndex":
@@ -467,8 +481,7 @@ class _EMIndex:
             phi=t([col[(a, d)] for a in range(q)]),
             phiphi=t([col[(a, b)] for a in range(q) for b in range(q)]),
             pair=t([row[(j, l)] for j in range(m) for l in range(m)]),
-            pair_j=t([j for j, _ in pairs]),
-            pair_l=t([l for _, l in pairs]),
+            pairs=tuple(pairs),
         )
 
 
@@ -491,28 +504,32 @@ def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
         torch.cat([p["gate_weight"], p["gate_bias"].unsqueeze(-1)], -1),
         torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], -1),
     ], 1)  # (B, 2k, q)
-    lin = coef @ data.PhiT  # (B, 2k, n): gate logits, expert means
+    lin = torch.bmm(coef, data.PhiT, out=data.buffer("lin", 2 * k))  # gate logits, expert means
     logits, mean = lin[:, :k], lin[:, k:]
     mask = top_k_mask(logits, layout.top_k, dim=1)
     if mask is not None:
         logits.masked_fill_(~mask, float("-inf"))
-    logits.sub_(logits.amax(1, keepdim=True))  # z = logits - max
-    W = lin.new_empty(B, k + m + ix.pair_j.numel(), n)  # weight rows: r, g_j (j < m), g_j g_l
-    e = torch.exp(logits)
-    sg = e.sum(1, keepdim=True)
+    top, s, sg = data.buffer("top", 1), data.buffer("s", 1), data.buffer("sg", 1)
+    e = data.buffer("e", k)
+    W = data.buffer("W", k + m + len(ix.pairs))  # weight rows: r, g_j (j < m), g_j g_l
+    torch.amax(logits, 1, keepdim=True, out=top)
+    logits.sub_(top)  # z = logits - max
+    torch.clamp(logits, min=_EXP_FLOOR, out=e).exp_()
+    torch.sum(e, 1, keepdim=True, out=sg)
     torch.div(e[:, :m], sg, out=W[:, k:k + m])
-    torch.mul(W[:, k + ix.pair_j], W[:, k + ix.pair_l], out=W[:, k + m:])
-    # log(g_j N_j) up to log(sg), common to all j: z_j - log(2 pi v_j) / 2 - (y - mu_j)^2 / (2 v_j)
+    for i, (j, l) in enumerate(ix.pairs):
+        torch.mul(W[:, k + j], W[:, k + l], out=W[:, k + m + i])
+    # log(g_j N_j) + log(sg): z_j - log(2 pi v_j) / 2 - (y - mu_j)^2 / (2 v_j)
     var = p["variance"].unsqueeze(-1)
     torch.sub(data.y.unsqueeze(1), mean, out=e)
     e.mul_(e)
     torch.addcmul(logits, e, -0.5 / var, out=e)
     e.sub_(0.5 * torch.log(2 * math.pi * var))
-    top = e.amax(1, keepdim=True)
-    e.sub_(top).exp_()
-    s = e.sum(1, keepdim=True)
+    torch.amax(e, 1, keepdim=True, out=top)
+    e.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
+    torch.sum(e, 1, keepdim=True, out=s)
     torch.div(e, s, out=W[:, :k])
-    ll = top.add_(s.div_(sg).log_()).squeeze(1)
+    f = s.div_(sg).log_().add_(top).mean((1, 2))  # per-sample log-likelihood, averaged
     # Moments of r against every product; of the gate terms against the products within phi.
     moments = (W[:, :k] @ data.prods.transpose(1, 2))[:, :, ix.full].reshape(B, k, Q, Q)
     S = W[:, k:] @ data.prods[:, :q * (q + 1) // 2].transpose(1, 2)  # (B, m + P, q(q+1)/2)
@@ -521,7 +538,7 @@ def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     GG = S[:, m:][:, ix.pair][:, :, ix.phiphi].reshape(B, m, m, q, q)
     eye = torch.eye(m, dtype=S.dtype, device=S.device).reshape(1, m, m, 1, 1)
     hess = (eye * G - GG).transpose(2, 3).reshape(B, m * q, m * q)
-    return ll.mean(-1), moments, grad, hess
+    return f, moments, grad, hess
 
 
 def _em_stats_fused(gw, gb, ew, eb, var, PhiT, y, top_k: int | None):
