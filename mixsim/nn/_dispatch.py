@@ -30,10 +30,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ._activations import ACTIVATIONS
-from ._kernels import CompeteFFN, LoopFFN
+from ._kernels import GROUPED_MM, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
 
 __all__ = [
     "BACKENDS",
@@ -44,14 +43,12 @@ __all__ = [
     "expert_counts",
     "keep_within_capacity",
     "run_experts",
+    "run_and_combine",
     "run_all_experts",
     "combine",
 ]
 
 BACKENDS = ("auto", "grouped", "loop", "padded")
-
-_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
-
 
 class ExpertWeights(NamedTuple):
     """Stacked expert parameters: ``y = act(x @ w1[e] + b1[e]) @ w2[e] + b2[e]``.
@@ -77,7 +74,7 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[i
     ``grouped_mm`` needs row strides that are multiples of 16 bytes, so every size in ``dims``
     (d_model, d_hidden, d_out) must be a multiple of ``16 / itemsize`` (4 in float32, 8 in bfloat16).
     """
-    if _GROUPED_MM is None:
+    if GROUPED_MM is None:
         return False
     if dtype.is_floating_point and any(n * dtype.itemsize % 16 for n in dims):
         return False
@@ -135,14 +132,10 @@ def keep_within_capacity(expert: torch.Tensor, counts: torch.Tensor, capacity: i
 # the three backends: xs (P, d) sorted by expert -> ys (P, d_out)
 # ---------------------------------------------------------------------------------------------
 
-def _bias(b: torch.Tensor | None, expert_sorted: torch.Tensor) -> torch.Tensor | float:
-    return 0.0 if b is None else b.index_select(0, expert_sorted)  # (P, n)
-
-
-def _ffn_grouped(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Tensor, ew: ExpertWeights) -> torch.Tensor:
+def _ffn_grouped(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Tensor, ew: ExpertWeights,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
     offs = counts.cumsum(0).to(torch.int32)  # (E,), stays on device
-    h = ACTIVATIONS[ew.activation](_GROUPED_MM(xs, ew.w1, offs=offs) + _bias(ew.b1, expert_sorted))  # (P, d_hidden)
-    return _GROUPED_MM(h, ew.w2, offs=offs) + _bias(ew.b2, expert_sorted)  # (P, d_out)
+    return GroupedFFN.apply(xs, expert_sorted, offs, weight, ew.activation, ew.w1, ew.b1, ew.w2, ew.b2)  # (P, d_out)
 
 
 def _ffn_loop(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Tensor, ew: ExpertWeights) -> torch.Tensor:
@@ -171,6 +164,55 @@ def _ffn_padded(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Ten
 # ---------------------------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------------------------
+
+class _Sorted(NamedTuple):
+    """Pairs grouped by expert: ``perm`` (P,) or None maps sorted position -> pair index."""
+
+    token: torch.Tensor  # (P,)
+    expert: torch.Tensor  # (P,)
+    perm: torch.Tensor | None
+    counts: torch.Tensor  # (E,) pairs per expert before dropping
+    keep: torch.Tensor | None  # (P,) within capacity, in sorted order; None when dropless
+
+
+def _sort_pairs(token: torch.Tensor, expert: torch.Tensor, n_experts: int, capacity: int | None,
+                sorted_by_expert: bool) -> _Sorted:
+    if sorted_by_expert:
+        perm, expert_sorted, token_sorted = None, expert, token
+    else:
+        expert_sorted, perm = torch.sort(expert, stable=True)  # (P,), (P,): the one sort
+        token_sorted = token.index_select(0, perm)  # (P,)
+    counts = expert_counts(expert_sorted, n_experts)  # (E,)
+    keep = None if capacity is None else _positions(expert_sorted, counts) < capacity  # (P,)
+    return _Sorted(token_sorted, expert_sorted, perm, counts, keep)
+
+
+def _run_sorted(x: torch.Tensor, s: _Sorted, ew: ExpertWeights, backend: str, capacity: int | None,
+                weight: torch.Tensor | None = None, zero_dropped: bool = True) -> torch.Tensor:
+    """The experts on the sorted pairs: (P, d_out) in sorted order, times ``weight`` (sorted) if given.
+
+    Dropped pairs get 0 when ``zero_dropped`` (always from ``padded``); a caller that weighs them
+    by 0 later passes False and saves a pass.
+    """
+    xs = x.index_select(0, s.token)  # (P, d_model)
+    if s.keep is not None and weight is not None:
+        weight = weight * s.keep
+    if backend == "grouped":
+        ys = _ffn_grouped(xs, s.expert, s.counts, ew, weight)
+    else:
+        ys = _ffn_loop(xs, s.expert, s.counts, ew) if backend == "loop" else _ffn_padded(xs, s.expert, s.counts, ew, capacity)
+        if weight is not None:
+            ys = ys * weight.to(ys.dtype).unsqueeze(-1)
+    if zero_dropped and s.keep is not None and weight is None and backend != "padded":
+        ys = ys * s.keep.unsqueeze(-1).to(ys.dtype)
+    return ys
+
+
+def _unsort_keep(s: _Sorted) -> torch.Tensor | None:
+    if s.keep is None or s.perm is None:
+        return s.keep
+    return torch.empty_like(s.keep).scatter_(0, s.perm, s.keep)  # (P,), pair order
+
 
 def run_experts(
     x: torch.Tensor,
@@ -204,33 +246,75 @@ def run_experts(
         Pairs within capacity (None when dropless).
     counts : LongTensor of shape (E,)
         Pairs routed to each expert before dropping.
+
+    See Also
+    --------
+    run_and_combine : the same followed by the weighted sum per token, with fewer passes.
     """
-    E = ew.w1.shape[0]
     dims = (ew.w1.shape[1], ew.w1.shape[2], ew.w2.shape[2])
     backend = resolve_backend(backend, x.device, x.dtype, capacity, dims)
-    if sorted_by_expert:
-        perm, expert_sorted = None, expert
-    else:
-        expert_sorted, perm = torch.sort(expert, stable=True)  # (P,), (P,)
-    counts = expert_counts(expert_sorted, E)  # (E,)
-    token_sorted = token if perm is None else token.index_select(0, perm)  # (P,)
-    xs = x.index_select(0, token_sorted)  # (P, d_model)
-    keep_sorted = None
-    if capacity is not None:
-        keep_sorted = _positions(expert_sorted, counts) < capacity  # (P,)
-    if backend == "grouped":
-        ys = _ffn_grouped(xs, expert_sorted, counts, ew)
-    elif backend == "loop":
-        ys = _ffn_loop(xs, expert_sorted, counts, ew)
-    else:
-        ys = _ffn_padded(xs, expert_sorted, counts, ew, capacity)
-    if keep_sorted is not None and backend != "padded":  # padded already returns 0 there
-        ys = ys * keep_sorted.unsqueeze(-1).to(ys.dtype)
-    if perm is None:
-        return ys, keep_sorted, counts
-    inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))  # (P,)
-    keep = None if keep_sorted is None else keep_sorted.index_select(0, inv)
-    return ys.index_select(0, inv), keep, counts  # back to pair order
+    s = _sort_pairs(token, expert, ew.w1.shape[0], capacity, sorted_by_expert)
+    ys = _run_sorted(x, s, ew, backend, capacity)  # (P, d_out), sorted
+    if s.perm is None:
+        return ys, s.keep, s.counts
+    y = ys.new_empty(ys.shape).index_copy_(0, s.perm, ys)  # back to pair order; its gradient is a gather
+    return y, _unsort_keep(s), s.counts
+
+
+def run_and_combine(
+    x: torch.Tensor,
+    token: torch.Tensor,
+    expert: torch.Tensor,
+    weight: torch.Tensor,
+    ew: ExpertWeights,
+    *,
+    per_token: int | None = None,
+    backend: str = "auto",
+    capacity: int | None = None,
+    sorted_by_expert: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``combine(*run_experts(...)[:1], weight, ...)`` with fewer passes over the pairs: (T, d_out).
+
+    Token-major pairs (``per_token = K``) are combined by one ``embedding_bag``: each token gathers
+    its K outputs from the rows sorted by expert, weighs and sums them, so the outputs are never
+    copied back to pair order, and the backward is gathers only (:class:`SortedCombine`; no
+    atomics, so deterministic on every device). Other pairs are weighted inside the ``grouped`` kernel while still sorted and
+    scatter-added to their tokens.
+
+    Parameters
+    ----------
+    x : Tensor of shape (T, d_model)
+    token, expert : LongTensor of shape (P,)
+    weight : Tensor of shape (P,)
+        Combine weight of each pair.
+    ew : ExpertWeights
+    per_token, backend, capacity, sorted_by_expert
+        As in :func:`combine` and :func:`run_experts`.
+
+    Returns
+    -------
+    out : Tensor of shape (T, d_out)
+    keep : BoolTensor of shape (P,) or None
+        Pairs within capacity, in pair order (None when dropless).
+    counts : LongTensor of shape (E,)
+        Pairs routed to each expert before dropping.
+    """
+    dims = (ew.w1.shape[1], ew.w1.shape[2], ew.w2.shape[2])
+    backend = resolve_backend(backend, x.device, x.dtype, capacity, dims)
+    s = _sort_pairs(token, expert, ew.w1.shape[0], capacity, sorted_by_expert)
+    keep = _unsort_keep(s)
+    T = x.shape[0]
+    if per_token is not None:
+        ys = _run_sorted(x, s, ew, backend, capacity, zero_dropped=False)  # (P, d_out), sorted
+        w = weight if keep is None else weight * keep  # (P,), pair order; dropped pairs weigh 0
+        rows = torch.arange(ys.shape[0], device=ys.device)
+        if s.perm is not None:
+            rows = torch.empty_like(rows).scatter_(0, s.perm, rows)  # (P,), sorted row of each pair
+        out = SortedCombine.apply(ys, rows.view(T, per_token), s.token, w.to(ys.dtype).view(T, per_token))  # (T, d_out)
+        return out, keep, s.counts
+    w = weight if s.perm is None else weight.index_select(0, s.perm)  # (P,), sorted
+    yw = _run_sorted(x, s, ew, backend, capacity, w)  # (P, d_out), weighted, sorted
+    return yw.new_zeros(T, yw.shape[-1]).index_add_(0, s.token, yw), keep, s.counts
 
 
 def run_all_experts(x: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,17 @@
-"""Hand-written autograd functions for stacked experts whose slice sizes are known on the host.
+"""Hand-written autograd functions for stacked experts.
 
-Both loop over experts with one matrix product per expert and per weight, writing into
-preallocated outputs (``out=``); their backward passes are written out so that no full-size
-gradient is zero-filled, added or copied more than once. Neither is twice differentiable.
+Their backward passes are written out so that no full-size gradient is zero-filled, added or
+copied more than once. None is twice differentiable.
 
+``GroupedFFN``
+    Experts on contiguous slices of a sorted input whose ends are device-side offsets (the
+    ``grouped`` dispatch backend): one ``grouped_mm`` per product, no host sync. Biases are
+    added in place, and optional per-pair combine weights are applied to the output here, so the
+    weighting and its gradient cost one pass each instead of autograd's separate products.
+
+``SortedCombine``
+    The weighted sum of each token's K expert outputs, read from rows sorted by expert: one
+    ``embedding_bag`` forward; a backward of gathers only (the rows are a permutation).
 ``LoopFFN``
     Experts on contiguous slices of a sorted input (the ``loop`` dispatch backend), or with
     ``shared=True`` every expert on the whole input.
@@ -13,9 +21,10 @@ gradient is zero-filled, added or copied more than once. Neither is twice differ
     output is hot in cache. Its backward folds the affinity's gradient ``g_s / d_out * sigmoid(y)``
     into the experts' backward, instead of three extra passes over the (E, T, d_out) outputs.
 
-Sizes come from the host (a list), so these loops never synchronise with a device; the ``loop``
-backend gets them from ``counts.tolist()``, which does, while a competition step knows them
-(every expert takes all T tokens).
+The other two loop over experts with one matrix product per expert and per weight, writing into
+preallocated outputs (``out=``). Their sizes come from the host (a list), so these loops never
+synchronise with a device; the ``loop`` backend gets them from ``counts.tolist()``, which does,
+while a competition step knows them (every expert takes all T tokens).
 """
 from __future__ import annotations
 
@@ -24,7 +33,9 @@ import torch.nn.functional as F
 
 from ._activations import ACTIVATIONS, act_backward
 
-__all__ = ["LoopFFN", "CompeteFFN"]
+__all__ = ["GROUPED_MM", "GroupedFFN", "SortedCombine", "LoopFFN", "CompeteFFN"]
+
+GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)  # None before torch 2.8
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
@@ -37,6 +48,83 @@ def _segment_sum(t: torch.Tensor, sizes: list[int], E: int) -> torch.Tensor:
     for e, part in enumerate(t.split(sizes)):
         torch.sum(part, dim=0, out=out[e])
     return out
+
+
+class GroupedFFN(torch.autograd.Function):
+    """``y[slice_e] = act(x_e @ w1[e] + b1[e]) @ w2[e] + b2[e]``, times ``weight`` per row if given.
+
+    Inputs: xs (P, d) sorted by expert, expert_sorted (P,) the expert of each row, offs (E,) int32
+    end of each expert's slice (``cumsum`` of the counts, on device), weight (P,) or None, act (a
+    key of ACTIVATIONS), w1 (E, d, h), b1 (E, h) or None, w2 (E, h, o), b2 (E, o) or None.
+    Output: (P, o). The biases are gathered per row (``index_select``: no sizes needed on the host)
+    and their gradients are scatter-adds over the rows.
+    """
+
+    @staticmethod
+    def forward(ctx, xs, expert_sorted, offs, weight, act, w1, b1, w2, b2):
+        pre = GROUPED_MM(xs, w1, offs=offs)  # (P, h)
+        if b1 is not None:
+            pre.add_(b1.index_select(0, expert_sorted))
+        post = ACTIVATIONS[act](pre)  # (P, h)
+        y = GROUPED_MM(post, w2, offs=offs)  # (P, o)
+        if b2 is not None:
+            y.add_(b2.index_select(0, expert_sorted))
+        ctx.act, ctx.bias = act, (b1 is not None, b2 is not None)
+        ctx.save_for_backward(xs, expert_sorted, offs, weight, pre, post, None if weight is None else y, w1, w2)
+        return y if weight is None else y * weight.to(y.dtype).unsqueeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # g (P, o)
+        xs, expert_sorted, offs, weight, pre, post, y, w1, w2 = ctx.saved_tensors
+        E = w1.shape[0]
+        g_weight = None
+        if weight is not None:
+            if ctx.needs_input_grad[3]:
+                g_weight = torch.linalg.vecdot(g, y).to(weight.dtype)  # (P,)
+            g = g * weight.to(g.dtype).unsqueeze(-1)  # (P, o), gradient of the unweighted output
+        g = g.contiguous()
+        g_post = GROUPED_MM(g, w2.transpose(-2, -1), offs=offs)  # (P, h)
+        g_w2 = GROUPED_MM(post.t(), g, offs=offs)  # (E, h, o)
+        g_pre = act_backward(ctx.act, g_post, pre, post)  # (P, h)
+        del g_post
+        g_w1 = GROUPED_MM(xs.t(), g_pre, offs=offs)  # (E, d, h)
+        g_xs = GROUPED_MM(g_pre, w1.transpose(-2, -1), offs=offs) if ctx.needs_input_grad[0] else None  # (P, d)
+        g_b1 = g_pre.new_zeros(E, g_pre.shape[1]).index_add_(0, expert_sorted, g_pre) if ctx.bias[0] else None
+        g_b2 = g.new_zeros(E, g.shape[1]).index_add_(0, expert_sorted, g) if ctx.bias[1] else None
+        return g_xs, None, None, g_weight, None, g_w1, g_b1, g_w2, g_b2
+
+
+class SortedCombine(torch.autograd.Function):
+    """``out[t] = sum_k weight[t, k] * ys[rows[t, k]]``.
+
+    Inputs: ys (P, o) expert outputs sorted by expert, rows (T, K) the row of ``ys`` of each
+    token-major pair (a permutation of ``range(P)``), token_sorted (P,) the token of each row of
+    ``ys``, weight (T, K) in the dtype of ``ys``. Output: (T, o).
+
+    ``embedding_bag``'s own backward sorts the rows and scatter-adds; since every row belongs to
+    exactly one pair, the gradients are gathers: ``g_ys[r] = w * g[token_sorted[r]]`` and
+    ``g_w[t, k] = g[t] . ys[rows[t, k]]``.
+    """
+
+    @staticmethod
+    def forward(ctx, ys, rows, token_sorted, weight):
+        ctx.save_for_backward(ys, rows, token_sorted, weight)
+        return F.embedding_bag(rows, ys, per_sample_weights=weight, mode="sum")  # (T, o)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # g (T, o)
+        ys, rows, token_sorted, weight = ctx.saved_tensors
+        g_rows = g.index_select(0, token_sorted)  # (P, o), sorted like ys
+        g_w = None
+        if ctx.needs_input_grad[3]:
+            g_w = torch.linalg.vecdot(g_rows, ys).index_select(0, rows.reshape(-1)).view(weight.shape)  # (T, K)
+        g_ys = None
+        if ctx.needs_input_grad[0]:
+            w_sorted = torch.empty_like(weight.reshape(-1)).scatter_(0, rows.reshape(-1), weight.reshape(-1))  # (P,)
+            g_ys = g_rows.mul_(w_sorted.unsqueeze(-1))
+        return g_ys, None, None, g_w
 
 
 class LoopFFN(torch.autograd.Function):

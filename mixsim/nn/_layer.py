@@ -15,7 +15,8 @@ from torch import nn
 
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS
-from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts, run_experts
+from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
+                        run_and_combine, run_experts)
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
@@ -307,17 +308,22 @@ class MoE(nn.Module):
         routing = self._route(logits)
         # expert choice: every expert has exactly C pairs, so the padded bmm wastes nothing
         capacity = self._ec_capacity(T) if self.router == "expert_choice" else self._capacity(T)
-        y, keep, counts = run_experts(xt, routing.token, routing.expert, self.expert_weights(), backend=self.dispatch,
-                                      capacity=capacity, sorted_by_expert=routing.sorted_by_expert)  # (P, d_out)
-        weight = routing.weight if keep is None else routing.weight * keep
-        out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
-        probs = torch.softmax(logits, dim=-1)  # (T, E)
+        kw = {"backend": self.dispatch, "capacity": capacity, "sorted_by_expert": routing.sorted_by_expert}
+        if self.router_step_diversity:  # the diversity loss needs the unweighted outputs of the pairs
+            y, keep, counts = run_experts(xt, routing.token, routing.expert, self.expert_weights(), **kw)  # (P, d_out)
+            weight = routing.weight if keep is None else routing.weight * keep
+            out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
+            diversity = diversity_loss(y, routing.token, T, routing.per_token, keep)
+        else:
+            out, keep, counts = run_and_combine(xt, routing.token, routing.expert, routing.weight, self.expert_weights(),
+                                                per_token=routing.per_token, **kw)  # (T, d_out)
+            diversity = logits.new_zeros(())
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
         losses = {
-            "balance": balance_loss(probs, counts),
-            "z_loss": z_loss(logits),
+            "balance": balance_loss(torch.exp(logits - lse), counts),  # softmax of the logits
+            "z_loss": z_loss(logits, lse=lse),
             "distillation": logits.new_zeros(()),
-            "diversity": (diversity_loss(y, routing.token, T, routing.per_token, keep) if self.router_step_diversity
-                          else logits.new_zeros(())),
+            "diversity": diversity,
         }
         return out, self._aux(losses, routing, keep, T, counts, competition=False)
 
@@ -346,6 +352,8 @@ class MoE(nn.Module):
 
     def _aux(self, losses: dict[str, torch.Tensor], routing: Routing, keep: torch.Tensor | None, T: int,
              counts: torch.Tensor, competition: bool) -> MoEAux:
+        if keep is None and routing.per_token is not None:  # dropless, K pairs on every token
+            return MoEAux(losses, counts, counts.new_zeros(()), counts.new_zeros(()), competition)
         served = torch.zeros(T, dtype=torch.long, device=counts.device)
         if keep is None:
             per_expert = counts

@@ -35,9 +35,14 @@ def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return E * (f * probs.mean(0)).sum()
 
 
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Router z-loss ``mean_t logsumexp(logits_t)^2``: logits (T, E) -> scalar."""
-    return torch.logsumexp(logits, dim=-1).square().mean()
+def z_loss(logits: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
+    """Router z-loss ``mean_t logsumexp(logits_t)^2``: logits (T, E) -> scalar.
+
+    ``lse`` of shape (T,) or (T, 1), optional: ``logsumexp(logits, -1)`` if the caller already has it.
+    """
+    if lse is None:
+        lse = torch.logsumexp(logits, dim=-1)
+    return lse.square().mean()
 
 
 def distillation_loss(router_probs: torch.Tensor, target_probs: torch.Tensor, winners: torch.Tensor,

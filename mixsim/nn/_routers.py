@@ -11,7 +11,8 @@ router              selection                                             pairs
 ``competition``     each token: top-K of the experts' affinities          exactly T * K
 ==================  ====================================================  =========================
 
-Weights: token choice uses the softmax over the K selected logits (:func:`mixsim.gates.masked_log_softmax`);
+Weights: token choice uses the softmax over the K selected logits (what :func:`mixsim.gates.masked_log_softmax`
+gives on them, computed on the (T, K) winners only);
 competition the winners' affinities divided by their sum (:func:`mixsim.gates.top_k_normalise`);
 expert choice the softmax-over-experts probabilities of the chosen pairs (Zhou et al. 2022);
 USMoE either the token-choice probabilities renormalised over each token's selected experts
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gates import masked_log_softmax, masked_normalise, top_k_normalise
+from ..gates import masked_normalise, top_k_normalise
 
 __all__ = [
     "ROUTERS",
@@ -86,9 +87,8 @@ def route_token_choice(logits: torch.Tensor, top_k: int) -> Routing:
     -------
     Routing with T * K token-major pairs.
     """
-    log_w = masked_log_softmax(logits, top_k)  # (T, E), -inf off the top-K
-    log_w, expert = log_w.topk(top_k, dim=-1)  # (T, K)
-    return _token_major(expert, log_w.exp())
+    top, expert = logits.topk(top_k, dim=-1)  # (T, K): one top-K, no (T, E) mask
+    return _token_major(expert, torch.softmax(top, dim=-1))  # = masked_log_softmax(logits, top_k).exp() on the winners
 
 
 def route_competition(affinity: torch.Tensor, top_k: int) -> Routing:
