@@ -25,6 +25,12 @@ Measured on the shared 2-core CPU this was written on (one thread; ``--malloc-tu
     E = 64: naive 0.77-0.79, moe[grouped] and router step 0.81-0.85, experts only 0.90-0.95
     competition step / router step: 3.8-4.2x at E = 8 (target <= 4.8x), 27-30x at E = 64 (<= 38.4x)
 
+After the token-choice dispatch was trimmed (one top-K; biases in place in ``GroupedFFN``; the
+combine by ``SortedCombine``), two runs while another user loaded the second core: E = 64
+moe[grouped] 0.78 and 0.87 of the limit (1.22x and 1.30x the naive loop; before, in the same
+conditions, 0.72-0.78 and 1.03-1.15x); E = 8 0.84-0.94. Outside the expert products a step now
+spends about 14 ms of ~180 (the router product, top-K, bias gathers, sort and combine).
+
 With default malloc, E = 64 drops to 0.72-0.77 (naive unchanged): its 32 MiB weight gradients
 are above glibc's largest reused block, so every backward page-faults them in again (the naive
 module list has small per-expert gradients and escapes this).

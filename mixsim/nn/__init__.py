@@ -40,7 +40,8 @@ Design
   the float64 fallback), ``padded`` (default with a capacity factor, and for expert choice, whose
   slices all have exactly C tokens). On this 2-core CPU ``benchmarks/bench_layer.py`` measured
   ``grouped`` and ``loop`` within noise of each other (0.90-0.93 of a dense block of the same
-  FLOPs at E = 8, 0.81-0.85 at E = 64, where E separate 128-row products already cost 0.90-0.95)
+  FLOPs at E = 8; at E = 64, where E separate 128-row products already cost 0.90-0.95, 0.81-0.85
+  before the token-choice path was trimmed and 0.78-0.87 after, on a busier machine)
   and ``padded`` clearly slower dropless (0.64-0.81): the padding it computes outweighs bmm.
 * A competition step runs every expert once on every token (sizes known on the host, so no
   sync), computes the affinities ``mean softplus`` per expert while its output is in cache, and
