@@ -544,26 +544,26 @@ def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
 def _em_stats_fused(gw, gb, ew, eb, var, PhiT, y, top_k: int | None):
     """:func:`_em_stats` written as broadcast reductions, for ``torch.compile``.
 
-    Eagerly this would build (B, k, Q, Q, n) temporaries; compiled, inductor fuses the whole pass
+    Eagerly this would build (B, k, n, Q, Q) temporaries; compiled, inductor fuses the whole pass
     (E-step and every M-step statistic) into loops over the data that keep nothing per sample.
     Same outputs as :func:`_em_stats` (tested against it), the gate ones unflattened.
     """
-    X = PhiT[:, :-1]  # (B, d, n)
-    Psi = torch.cat([PhiT, y.unsqueeze(1)], 1)  # (B, Q, n)
-    logits = (gw.unsqueeze(-1) * X.unsqueeze(1)).sum(2) + gb.unsqueeze(-1)  # (B, k, n)
+    Psi = torch.cat([PhiT, y.unsqueeze(1)], 1).transpose(1, 2)  # (B, n, Q)
+    X, Phi = Psi[..., :-2], Psi[..., :-1]
+    logits = (X.unsqueeze(1) * gw.unsqueeze(2)).sum(-1) + gb.unsqueeze(-1)  # (B, k, n)
     log_gate = masked_log_softmax(logits, top_k, dim=1)
-    mean = (ew.unsqueeze(-1) * X.unsqueeze(1)).sum(2) + eb.unsqueeze(-1)
+    mean = (X.unsqueeze(1) * ew.unsqueeze(2)).sum(-1) + eb.unsqueeze(-1)
     v = var.unsqueeze(-1)
     terms = log_gate - 0.5 * (math.log(2 * math.pi) + torch.log(v) + (y.unsqueeze(1) - mean) ** 2 / v)
     ll = torch.logsumexp(terms, dim=1)
     r = torch.exp(terms - ll.unsqueeze(1))
-    moments = (r[:, :, None, None, :] * Psi[:, None, :, None, :] * Psi[:, None, None, :, :]).sum(-1)
+    moments = (r[:, :, :, None, None] * Psi[:, None, :, :, None] * Psi[:, None, :, None, :]).sum(2)
     gate = torch.exp(log_gate)
     m = gate.shape[1] - 1
-    grad = ((r - gate)[:, :m, None, :] * PhiT[:, None]).sum(-1)  # (B, m, q)
+    grad = ((r - gate)[:, :m, :, None] * Phi[:, None]).sum(2)  # (B, m, q)
     eye = torch.eye(m, dtype=gate.dtype, device=gate.device)
     w = gate[:, :m, None, :] * (eye[None, :, :, None] - gate[:, None, :m, :])  # (B, m, m, n)
-    hess = (w[:, :, :, None, None, :] * PhiT[:, None, None, :, None, :] * PhiT[:, None, None, None, :, :]).sum(-1)
+    hess = (w[..., None, None] * Phi[:, None, None, :, :, None] * Phi[:, None, None, :, None, :]).sum(3)
     return ll.mean(-1), moments, grad, hess
 
 
