@@ -1,5 +1,4 @@
 """Fitting: recovery, agreement with scipy, batching, determinism, monotonicity, errors, warnings."""
-import sys
 import warnings
 
 import numpy as np
@@ -9,10 +8,11 @@ from scipy.optimize import minimize
 
 import mixsim
 from mixsim import ConvergenceWarning
-from mixsim.fit import _grad_hess, _grad_hess_autograd, _Layout, _mean_loglik
+from mixsim._em import _em_gradient, _em_stats, _EMData, _EMIndex
+from mixsim._layout import _Layout, _mean_loglik
+from mixsim._newton import _grad_hess, _grad_hess_autograd, _gradient
 from tests.test_model import _np_log_density
 
-FIT = sys.modules["mixsim.fit"]
 
 
 def _theta(layout, params):
@@ -245,8 +245,8 @@ def test_em_statistics_equal_a_per_sample_loop(k, d, top_k):
     rng = np.random.default_rng(0)
     X, y = rng.uniform(-1, 1, (B, n, d)), rng.normal(size=(B, n))
     layout = _Layout("softmax", top_k, "linear", "softplus", k, d)
-    data = FIT._EMData.of(torch.from_numpy(X), torch.from_numpy(y))
-    f, moments, grad, hess = FIT._em_stats(layout, p, data, FIT._EMIndex.of(k, d, torch.device("cpu")))
+    data = _EMData.of(torch.from_numpy(X), torch.from_numpy(y))
+    f, moments, grad, hess = _em_stats(layout, p, data, _EMIndex.of(k, d, torch.device("cpu")))
     q, m = d + 1, k - 1
     P = {name: v.numpy() for name, v in p.items()}
     for b in range(B):
@@ -285,7 +285,7 @@ def test_em_gradient_equals_autograd(k, d, top_k):
     rng = np.random.default_rng(1)
     X, y = torch.from_numpy(rng.uniform(-1, 1, (B, n, d))), torch.from_numpy(rng.normal(size=(B, n)))
     layout = _Layout("softmax", top_k, "linear", "softplus", k, d)
-    _, moments, grad, _ = FIT._em_stats(layout, p, FIT._EMData.of(X, y), FIT._EMIndex.of(k, d, torch.device("cpu")))
-    ours = FIT._em_gradient(layout, p, moments, grad)
-    ref = FIT._gradient(layout, layout.pack(p), X, y)
+    _, moments, grad, _ = _em_stats(layout, p, _EMData.of(X, y), _EMIndex.of(k, d, torch.device("cpu")))
+    ours = _em_gradient(layout, p, moments, grad)
+    ref = _gradient(layout, layout.pack(p), X, y)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
