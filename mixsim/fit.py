@@ -191,10 +191,12 @@ def fit_batch(
     warn : bool, default True
         Emit a :class:`ConvergenceWarning` when the best start of a data set did not converge.
     compile : bool, default False
-        Run the EM pass through ``torch.compile`` (one fused loop over the data; about 2x faster
-        per EM iteration at large n, measured). The first calls in a process compile (10-35 s,
-        a few times: shapes are dynamic after the second n); a study amortises that over all
-        the fits of a worker. Needs a C++ compiler. Results equal the eager ones to ~1e-12.
+        Run the EM pass through ``torch.compile`` (one fused loop over the data). On the 2-core
+        CPU mixsim was developed on it now runs about as fast as the eager pass (within ~15% at
+        n = 1e5, k = 3; ``benchmarks/bench_fit.py`` measures both), so it only pays where
+        memory is slow next to arithmetic. The first calls in a process compile (10-35 s, a few
+        times: shapes are dynamic after the second n); a study amortises that over all the fits
+        of a worker. Needs a C++ compiler. Results equal the eager ones to ~1e-10.
 
     Returns
     -------
