@@ -32,13 +32,12 @@ def _product_pairs(d: int) -> list[tuple[int, int]]:
 class _EMData:
     """What every EM pass reads, built once per fit.
 
-    ``PhiT`` holds the features phi = [x, 1] transposed (B, q, n); ``prods`` the distinct
-    products Psi_a Psi_b of Psi = [x, 1, y] (B, U, n), in :func:`_product_pairs` order. A pass
-    then gets every sufficient statistic from one matrix product of its per-sample weights
-    against ``prods``.
+    ``Psi`` holds [x, 1, y] transposed (B, Q, n); ``prods`` the distinct products Psi_a Psi_b
+    (B, U, n), in :func:`_product_pairs` order. A pass gets its linear predictors from one
+    matrix product of coefficients with ``Psi``, and every sufficient statistic from matrix
+    products of its per-sample weights with ``prods``.
     """
-    PhiT: torch.Tensor
-    y: torch.Tensor
+    Psi: torch.Tensor
     prods: torch.Tensor
     rows: torch.Tensor | None = None  # Psi (B, n, Q), row-major: the compiled pass reads this
     scratch: dict = field(default_factory=dict)
@@ -46,10 +45,10 @@ class _EMData:
     def buffer(self, name: str, rows: int) -> torch.Tensor:
         """A (B, rows, n) scratch tensor kept across passes: every fresh allocation of this size
         is a fresh mmap whose page faults cost more than the arithmetic done in it."""
-        B, n = self.y.shape
+        B, _, n = self.Psi.shape
         buf = self.scratch.get(name)
         if buf is None or buf.shape[0] < B or buf.shape[1] != rows:
-            buf = self.scratch[name] = self.y.new_empty(B, rows, n)
+            buf = self.scratch[name] = self.Psi.new_empty(B, rows, n)
         return buf[:B]
 
     @staticmethod
@@ -59,11 +58,11 @@ class _EMData:
         prods = Psi.new_empty(Psi.shape[0], len(pairs), Psi.shape[2])
         for i, (a, b) in enumerate(pairs):
             torch.mul(Psi[:, a], Psi[:, b], out=prods[:, i])
-        return _EMData(Psi[:, :-1].contiguous(), y, prods, Psi.transpose(1, 2).contiguous() if rows else None)
+        return _EMData(Psi, prods, Psi.transpose(1, 2).contiguous() if rows else None)
 
     def take(self, idx: torch.Tensor) -> "_EMData":
         rows = None if self.rows is None else self.rows[idx]
-        return _EMData(self.PhiT[idx], self.y[idx], self.prods[idx], rows, self.scratch)
+        return _EMData(self.Psi[idx], self.prods[idx], rows, self.scratch)
 
 
 @dataclass(frozen=True)
@@ -109,13 +108,16 @@ def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     """
     k, m, d = layout.k, layout.k - 1, layout.d
     q, Q = d + 1, d + 2
-    B, n = data.y.shape
+    B, _, n = data.Psi.shape
+    # Coefficients on Psi = [x, 1, y]: the gate logits, and u_j = (y - mu_j) / sqrt(2 v_j).
+    var = p["variance"].unsqueeze(-1)
+    zero, one = var.new_zeros(B, k, 1), var.new_ones(B, k, 1)
     coef = torch.cat([
-        torch.cat([p["gate_weight"], p["gate_bias"].unsqueeze(-1)], -1),
-        torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], -1),
-    ], 1)  # (B, 2k, q)
-    lin = torch.bmm(coef, data.PhiT, out=data.buffer("lin", 2 * k))  # gate logits, expert means
-    logits, mean = lin[:, :k], lin[:, k:]
+        torch.cat([p["gate_weight"], p["gate_bias"].unsqueeze(-1), zero], -1),
+        torch.cat([-p["expert_weight"], -p["expert_bias"].unsqueeze(-1), one], -1) * torch.rsqrt(2 * var),
+    ], 1)  # (B, 2k, Q)
+    lin = torch.bmm(coef, data.Psi, out=data.buffer("lin", 2 * k))
+    logits, u = lin[:, :k], lin[:, k:]
     mask = top_k_mask(logits, layout.top_k, dim=1)
     if mask is not None:
         logits.masked_fill_(~mask, float("-inf"))
@@ -129,11 +131,8 @@ def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     torch.div(e[:, :m], sg, out=W[:, k:k + m])
     for i, (j, l) in enumerate(ix.pairs):
         torch.mul(W[:, k + j], W[:, k + l], out=W[:, k + m + i])
-    # log(g_j N_j) + log(sg): z_j - log(2 pi v_j) / 2 - (y - mu_j)^2 / (2 v_j)
-    var = p["variance"].unsqueeze(-1)
-    torch.sub(data.y.unsqueeze(1), mean, out=e)
-    e.mul_(e)
-    torch.addcmul(logits, e, -0.5 / var, out=e)
+    # log(g_j N_j) + log(sg) = z_j - u_j^2 - log(2 pi v_j) / 2
+    torch.addcmul(logits, u, u, value=-1.0, out=e)
     e.sub_(0.5 * torch.log(2 * math.pi * var))
     torch.amax(e, 1, keepdim=True, out=top)
     e.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
