@@ -15,8 +15,6 @@ import torch
 from ._layout import _Layout, _record
 from .gates import masked_log_softmax, top_k_mask
 
-
-
 # Arguments of exp() are floored at -700 (exp(-700) ~ 1e-304, an absolute error no sum of
 # weights notices): below, exp() underflows through denormals, about 20x slower.
 _EXP_FLOOR = -700.0
@@ -197,6 +195,19 @@ def _compiled_em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
     return f, moments, grad.reshape(B, m * q), hess.transpose(2, 3).reshape(B, m * q, m * q)
 
 
+def _moment_blocks(moments: torch.Tensor, d: int):
+    """Blocks of the expert moments of Psi = [x, 1, y]: S = sum r phi phi^T (B, k, q, q),
+    t = sum r y phi (B, k, q), u = sum r y^2 (B, k) and the mass sum r (B, k)."""
+    q = d + 1
+    return moments[:, :, :q, :q], moments[:, :, :q, q], moments[:, :, q, q], moments[:, :, d, d]
+
+
+def _rss(S: torch.Tensor, t: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted residual sum of squares sum_i r_ij (y_i - w_j . phi_i)^2 (B, k), and S w (B, k, q)."""
+    Sw = (S @ w.unsqueeze(-1)).squeeze(-1)
+    return u - 2 * (w * t).sum(-1) + (w * Sw).sum(-1), Sw
+
+
 def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
     """M-step from the statistics: new experts and variances, and the gate's Newton direction.
 
@@ -205,13 +216,10 @@ def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Ten
     """
     k, d = layout.k, layout.d
     q = d + 1
-    S = moments[:, :, :q, :q]  # (B, k, q, q)
-    t = moments[:, :, :q, q]  # (B, k, q)
-    u = moments[:, :, q, q]  # (B, k)
-    mass = moments[:, :, d, d]  # sum of responsibilities (B, k)
+    S, t, u, mass = _moment_blocks(moments, d)
     ridge = (1e-10 * torch.diagonal(S, dim1=2, dim2=3).sum(-1)).clamp_min(1e-12)
     w = torch.linalg.solve(S + ridge[..., None, None] * torch.eye(q, dtype=S.dtype, device=S.device), t)
-    rss = (u - 2 * (w * t).sum(-1) + (w.unsqueeze(-2) @ S @ w.unsqueeze(-1)).squeeze((-1, -2))).clamp_min(0.0)
+    rss = _rss(S, t, u, w)[0].clamp_min(0.0)
     # An expert that holds (almost) no data keeps its parameters: its M-step is undetermined.
     alive = mass > 1e-8 * mass.sum(-1, keepdim=True)
     previous = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)
@@ -241,12 +249,12 @@ def _em_gradient(layout: _Layout, p: dict, moments: torch.Tensor, gate_grad: tor
     from the EM statistics at ``p`` (Fisher's identity: the gradient of the EM objective)."""
     B, d = moments.shape[0], layout.d
     q = d + 1
-    S, t, u, mass = moments[:, :, :q, :q], moments[:, :, :q, q], moments[:, :, q, q], moments[:, :, d, d]
+    S, t, u, mass = _moment_blocks(moments, d)
     w = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)  # (B, k, q)
-    Sw = (S @ w.unsqueeze(-1)).squeeze(-1)
+    rss, Sw = _rss(S, t, u, w)
     var = p["variance"]
     g_expert = (t - Sw) / var.unsqueeze(-1)
-    g_logvar = 0.5 * ((u - 2 * (w * t).sum(-1) + (w * Sw).sum(-1)) / var - mass)
+    g_logvar = 0.5 * (rss / var - mass)
     g_gate = gate_grad.reshape(B, -1, q)
     g = torch.cat([g_gate[..., :d].reshape(B, -1), g_gate[..., d], g_expert[..., :d].reshape(B, -1), g_expert[..., d], g_logvar], 1)
     return g / mass.sum(-1, keepdim=True)
