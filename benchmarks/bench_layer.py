@@ -13,6 +13,10 @@ Variants, each timed as one forward + backward (gradients set to None before eve
                  padding and no biases: what E experts cost on this machine before any routing
                  (smaller matrices run less efficiently, and E times the weights must be read
                  and their gradients written)
+``floor``        what every token-choice layer must do and nothing else: the router product (and its
+                 backward), one top-K with its softmax, and the E feed-forward blocks with biases on
+                 T*K/E pre-arranged tokens each (``baddbmm``/``bmm``); no sort, gather, combine or aux
+                 losses. No dispatch can beat it, so it bounds what fraction of the limit is reachable
 ``naive``        a ``ModuleList`` of experts and a Python loop with ``torch.where`` per expert
                  (the authors' ``compute_moe``)
 ``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included)
@@ -111,6 +115,19 @@ def variants(E: int, T: int, seed: int) -> dict[str, tuple[Callable[[], None], l
     xb, gb = xk[: E * C].view(E, C, D_MODEL), gk[: E * C].view(E, C, D_MODEL)
     out["experts only"] = (lambda: (torch.bmm(F.gelu(torch.bmm(xb, w1)), w2) * gb).sum().backward(), [w1, w2])
 
+    router = nn.Linear(D_MODEL, E, bias=False)
+    b1 = torch.zeros(E, 1, D_HIDDEN, requires_grad=True)
+    b2 = torch.zeros(E, 1, D_MODEL, requires_grad=True)
+    gw = torch.randn(T, TOP_K)
+
+    def floor() -> None:
+        top, _ = router(x).topk(TOP_K, dim=-1)  # (T, K): the selection
+        w = torch.softmax(top, dim=-1)  # (T, K): combine weights, so the router gets a gradient
+        y = torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, xb, w1)), w2)  # (E, C, d)
+        ((y * gb).sum() + (w * gw).sum()).backward()
+
+    out["floor"] = (floor, [w1, w2, b1, b2, *router.parameters()])
+
     naive = NaiveMoE(D_MODEL, D_HIDDEN, E, TOP_K)
     out["naive"] = (lambda: (naive(x) * g).sum().backward(), list(naive.parameters()))
 
@@ -149,17 +166,41 @@ def run_group(E: int, T: int, rounds: int, seed: int, names: list[str], threads:
     return times
 
 
-def run(E: int, T: int, rounds: int, seed: int, threads: int | None) -> dict[str, list[tuple[float, float]]]:
-    """All variants; the two CompeteSMoE steps in a separate fresh process, since the competition
-    step's large buffers change the allocator's state for whatever runs after it."""
-    main_names = ["limit", "experts only", "naive", "moe[grouped]", "moe[loop]", "moe[padded]"]
+REFERENCES = ["limit", "naive"]  # timed in every process, so every ratio is taken within one process
+
+
+def run(E: int, T: int, rounds: int, seed: int, threads: int | None) -> list[dict[str, list[tuple[float, float]]]]:
+    """All variants, in two fresh processes (the two CompeteSMoE steps apart, since the competition
+    step's large buffers change the allocator's state for whatever runs after it); each process
+    also times the references, and a variant is compared with the references of its own process."""
+    main_names = [*REFERENCES, "experts only", "floor", "moe[grouped]", "moe[loop]", "moe[padded]"]
+    step_names = [*REFERENCES, "router step", "competition step"]
     step_rounds = rounds if E <= 16 else max(3, rounds // 2)  # a competition step costs E/K router steps
     ctx = multiprocessing.get_context("spawn")
-    times: dict[str, list[tuple[float, float]]] = {}
-    for names, n in ((main_names, rounds), (["router step", "competition step"], step_rounds)):
+    groups = []
+    for names, n in ((main_names, rounds), (step_names, step_rounds)):
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            times.update(pool.submit(run_group, E, T, n, seed, names, threads).result())
-    return times
+            groups.append(pool.submit(run_group, E, T, n, seed, names, threads).result())
+    return groups
+
+
+def summarise(groups: list[dict[str, list[tuple[float, float]]]], T: int) -> dict[str, dict[str, float]]:
+    """Per variant: tokens/s and median-time ratios to its own process's limit and naive loop (wall
+    and cpu), the spread of the per-round wall ratios to the limit, and the competition/router ratio."""
+    out: dict[str, dict[str, float]] = {}
+    for times in groups:
+        wall = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+        for name, ts in times.items():
+            if name in out:  # a reference already summarised in the first process
+                continue
+            rounds = [lim / t for (lim, _), (t, _) in zip(times["limit"], ts)]  # same round, same conditions
+            out[name] = {"tokens/s": T / wall[name], "limit": wall["limit"] / wall[name], "naive": wall["naive"] / wall[name],
+                         "lo": min(rounds), "hi": max(rounds),
+                         "cpu limit": cpu["limit"] / cpu[name], "cpu naive": cpu["naive"] / cpu[name]}
+        if "competition step" in times:
+            out["competition step"]["vs router"] = wall["competition step"] / wall["router step"]
+    return out
 
 
 def main() -> None:
@@ -167,6 +208,10 @@ def main() -> None:
     ap.add_argument("--experts", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the whole measurement this many times, each in fresh processes, and report the median "
+                         "over runs with the min-max over runs (the ratios move by several per cent from one process "
+                         "to the next, more than from round to round)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared 2-core machine, 2 threads make every small op wait "
                          "for a core another user holds, and the timings measure that contention, not the code)")
@@ -176,29 +221,35 @@ def main() -> None:
                          "instead of unmapping it: E = 64 weight gradients are 32 MiB, above glibc's largest reused "
                          "block, so every backward page-faults them in again; this applies to every variant alike")
     args = ap.parse_args()
+    if args.repeats < 1 or args.rounds < 1:
+        ap.error("--repeats and --rounds must be >= 1")
     if args.malloc_tuned and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         env = {**os.environ, **MALLOC_TUNED}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)  # also set in each worker process
     malloc = "tuned" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"
+    spread = "min-max over runs" if args.repeats > 1 else "min-max over rounds"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.tokens}, K={TOP_K}, "
-          f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds, {malloc} malloc\n")
-    header = (f"{'E':>3}  {'variant':<17}{'tokens/s':>10}  {'vs limit':>8}  {'(min-max)':>11}  {'vs naive':>8}"
+          f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds, "
+          f"{args.repeats} run(s), {malloc} malloc\n")
+    header = (f"{'E':>3}  {'variant':<17}{'tokens/s':>10}  {'vs limit':>8}  {'(' + spread + ')':>22}  {'vs naive':>8}"
               f"  {'cpu: vs limit':>13}  {'vs naive':>8}")
     print(header)
     print("-" * len(header))
     for E in args.experts:
-        times = run(E, args.tokens, args.rounds, args.seed, args.threads)
-        wall = {k: statistics.median(t for t, _ in v) for k, v in times.items()}
-        cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
-        for name, ts in times.items():
-            ratios = [wall["limit"] / t for t, _ in ts]
-            print(f"{E:>3}  {name:<17}{args.tokens / wall[name]:>10.0f}  {wall['limit'] / wall[name]:>8.2f}  "
-                  f"{min(ratios):>5.2f}-{max(ratios):<5.2f}  {wall['naive'] / wall[name]:>8.2f}"
-                  f"  {cpu['limit'] / cpu[name]:>13.2f}  {cpu['naive'] / cpu[name]:>8.2f}")
-        print(f"{E:>3}  competition / router step = {wall['competition step'] / wall['router step']:.1f}x wall, "
-              f"{cpu['competition step'] / cpu['router step']:.1f}x cpu  (target <= (E/K)*1.2 = {E / TOP_K * 1.2:.1f}x)\n")
+        runs = [summarise(run(E, args.tokens, args.rounds, args.seed + r, args.threads), args.tokens)
+                for r in range(args.repeats)]
+        for name in runs[0]:
+            med = {key: statistics.median(s[name][key] for s in runs) for key in runs[0][name]}
+            lo, hi = ((min(s[name]["limit"] for s in runs), max(s[name]["limit"] for s in runs)) if args.repeats > 1
+                      else (med["lo"], med["hi"]))
+            print(f"{E:>3}  {name:<17}{med['tokens/s']:>10.0f}  {med['limit']:>8.2f}  {f'{lo:.2f}-{hi:.2f}':>22}  "
+                  f"{med['naive']:>8.2f}  {med['cpu limit']:>13.2f}  {med['cpu naive']:>8.2f}")
+        comp = [s["competition step"]["vs router"] for s in runs]
+        print(f"{E:>3}  competition / router step = {statistics.median(comp):.1f}x wall"
+              + (f" ({min(comp):.1f}-{max(comp):.1f})" if args.repeats > 1 else "")
+              + f"  (target <= (E/K)*1.2 = {E / TOP_K * 1.2:.1f}x)\n")
 
 
 if __name__ == "__main__":

@@ -255,3 +255,22 @@ def test_grouped_backend_with_capacity_matches_loop(router):
         res[b] = [out] + grads(layer, xb, out, g)
     for a, b in zip(res["grouped"], res["loop"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_add_per_slice_equals_gather():
+    # GroupedFFN adds the biases per slice when the sizes are on the host (CPU) and by one gather
+    # otherwise (an accelerator); both must equal b[expert_sorted] added row by row, empty slices included.
+    from mixsim.nn._kernels import _add_bias, _host_sizes
+
+    gen = torch.Generator().manual_seed(3)
+    sizes = [2, 0, 3, 1]
+    expert_sorted = torch.arange(4).repeat_interleave(torch.tensor(sizes))
+    offs = torch.tensor(sizes).cumsum(0).to(torch.int32)
+    assert _host_sizes(offs) == sizes
+    assert _host_sizes(torch.empty(4, dtype=torch.int32, device="meta")) is None
+    t, b = torch.randn(6, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    expected = t + torch.stack([b[int(e)] for e in expert_sorted])
+    for host in (sizes, None):
+        got = t.clone()
+        _add_bias(got, b, expert_sorted, host)
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)

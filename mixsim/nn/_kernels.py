@@ -50,6 +50,24 @@ def _segment_sum(t: torch.Tensor, sizes: list[int], E: int) -> torch.Tensor:
     return out
 
 
+def _host_sizes(offs: torch.Tensor) -> list[int] | None:
+    """Slice sizes on the host where reading them costs no synchronisation (CPU), else None."""
+    if offs.device.type != "cpu":
+        return None
+    return torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
+
+
+def _add_bias(t: torch.Tensor, b: torch.Tensor, expert_sorted: torch.Tensor, sizes: list[int] | None) -> None:
+    """``t[p] += b[expert_sorted[p]]`` in place: one broadcast add per slice when the sizes are on
+    the host (no (P, n) gathered copy), else one gather."""
+    if sizes is None:
+        t.add_(b.index_select(0, expert_sorted))
+        return
+    for e, part in enumerate(t.split(sizes)):
+        if part.shape[0]:
+            part.add_(b[e])
+
+
 class GroupedFFN(torch.autograd.Function):
     """``y[slice_e] = act(x_e @ w1[e] + b1[e]) @ w2[e] + b2[e]``, times ``weight`` per row if given.
 
@@ -62,13 +80,14 @@ class GroupedFFN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, expert_sorted, offs, weight, act, w1, b1, w2, b2):
+        sizes = _host_sizes(offs)
         pre = GROUPED_MM(xs, w1, offs=offs)  # (P, h)
         if b1 is not None:
-            pre.add_(b1.index_select(0, expert_sorted))
+            _add_bias(pre, b1, expert_sorted, sizes)
         post = ACTIVATIONS[act](pre)  # (P, h)
         y = GROUPED_MM(post, w2, offs=offs)  # (P, o)
         if b2 is not None:
-            y.add_(b2.index_select(0, expert_sorted))
+            _add_bias(y, b2, expert_sorted, sizes)
         ctx.act, ctx.bias = act, (b1 is not None, b2 is not None)
         ctx.save_for_backward(xs, expert_sorted, offs, weight, pre, post, None if weight is None else y, w1, w2)
         return y if weight is None else y * weight.to(y.dtype).unsqueeze(-1)
