@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--threads N] [--tokens 4096] [--malloc-tuned]
+    python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--repeats 1] [--threads N] [--tokens 4096] [--malloc-tuned]
 
 Defaults follow issue 6: K = 2, d_model = 256, d_hidden = 512, 4096 tokens, E = 8 and 64.
 Variants, each timed as one forward + backward (gradients set to None before every call, as
@@ -16,31 +16,33 @@ Variants, each timed as one forward + backward (gradients set to None before eve
 ``floor``        what every token-choice layer must do and nothing else: the router product (and its
                  backward), one top-K with its softmax, and the E feed-forward blocks with biases on
                  T*K/E pre-arranged tokens each (``baddbmm``/``bmm``); no sort, gather, combine or aux
-                 losses. No dispatch can beat it, so it bounds what fraction of the limit is reachable
+                 losses. A real dispatch does all of this and more, so it bounds the reachable fraction of the limit
 ``naive``        a ``ModuleList`` of experts and a Python loop with ``torch.where`` per expert
                  (the authors' ``compute_moe``)
 ``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included)
 ``router step`` / ``competition step``: :class:`mixsim.nn.CompeteSMoE` with ``compete=False/True``
 
-Measured on the shared 2-core CPU this was written on (one thread; ``--malloc-tuned``; medians of
-9 rounds; the ratios moved by about +-0.05 between runs)::
+Measured on the shared 2-core CPU this was written on (one thread, ``--malloc-tuned``, 7 rounds,
+``--repeats 5``: medians over the five runs, min-max over runs in brackets; two such sessions)::
 
-    E = 8:  naive 0.91-0.97 of the limit, moe[grouped] 0.90-0.93, moe[loop] 0.90-0.93
-    E = 64: naive 0.77-0.79, moe[grouped] and router step 0.81-0.85, experts only 0.90-0.95
-    competition step / router step: 3.8-4.2x at E = 8 (target <= 4.8x), 27-30x at E = 64 (<= 38.4x)
+    E = 8:  limit 1.00, floor 0.99-1.00, naive 0.90-0.93, moe[grouped] 0.90-0.96, router step 0.92-0.97
+    E = 64: limit 1.00, experts only 0.91-0.95, floor 0.87-0.91 (0.85-0.92),
+            naive 0.67-0.69, moe[grouped] 0.81-0.83 (0.78-0.88), i.e. 1.16-1.21x the naive loop
+    competition step / router step: 4.3-4.4x at E = 8 (target <= 4.8x), 28.8-29.1x at E = 64 (<= 38.4x)
 
-After the token-choice dispatch was trimmed (one top-K; biases in place in ``GroupedFFN``; the
-combine by ``SortedCombine``), two runs while another user loaded the second core: E = 64
-moe[grouped] 0.78 and 0.87 of the limit (1.22x and 1.30x the naive loop; before, in the same
-conditions, 0.72-0.78 and 1.03-1.15x); E = 8 0.84-0.94. Outside the expert products a step now
-spends about 14 ms of ~180 (the router product, top-K, bias gathers, sort and combine).
+So at E = 64 the layer runs at about 0.93 of the floor. Beyond the floor, a step pays (one
+process, 25 interleaved rounds, fastest round, limit 141 ms): variable-size grouped products with
+per-slice biases instead of one ``baddbmm`` +3.5 ms; the sort, the gather of the routed tokens
+and the weighted combine (forward and backward) +4.5 ms; the balance and z-losses +2.5 ms.
 
-With default malloc, E = 64 drops to 0.72-0.77 (naive unchanged): its 32 MiB weight gradients
-are above glibc's largest reused block, so every backward page-faults them in again (the naive
-module list has small per-expert gradients and escapes this).
+The ratios move by several per cent from one process to the next (more than between the rounds
+of one process), hence ``--repeats``. With default malloc, E = 64 drops by a further 0.05-0.1:
+its 32 MiB weight gradients are above glibc's largest reused block, so every backward
+page-faults them in again (the naive module list has small per-expert gradients and escapes this).
 
 The machine is shared, so timings are noisy: the median over interleaved rounds is reported with
-the spread (min-max) of the wall-clock ratio to the limit, and also ratios of the median process
+the spread (min-max) of the wall-clock ratio to the limit over the rounds of one run, or over the
+runs with ``--repeats``, and also ratios of the median process
 CPU time ("cpu"), which other users' load disturbs less (with one thread it is the cost of the
 call; with several it sums the threads).
 """
