@@ -1,5 +1,4 @@
 """Gate functions: normalisation, top-K, dense equivalence, errors."""
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
