@@ -30,10 +30,9 @@ Measured on the shared 2-core CPU this was written on (one thread, ``--malloc-tu
             naive 0.67-0.69, moe[grouped] 0.81-0.83 (0.78-0.88), i.e. 1.16-1.21x the naive loop
     competition step / router step: 4.3-4.4x at E = 8 (target <= 4.8x), 28.8-29.1x at E = 64 (<= 38.4x)
 
-So at E = 64 the layer runs at about 0.93 of the floor. Beyond the floor, a step pays (one
-process, 25 interleaved rounds, fastest round, limit 141 ms): variable-size grouped products with
-per-slice biases instead of one ``baddbmm`` +3.5 ms; the sort, the gather of the routed tokens
-and the weighted combine (forward and backward) +4.5 ms; the balance and z-losses +2.5 ms.
+So at E = 64 the layer runs at about 0.93 of the floor. ``bench_layer_steps.py`` builds up from
+the floor to the layer one piece at a time to show where the difference goes (grouped products
+with per-slice biases; the sort, gather and weighted combine; the balance and z-losses).
 
 The ratios move by several per cent from one process to the next (more than between the rounds
 of one process), hence ``--repeats``. With default malloc, E = 64 drops by a further 0.05-0.1:
