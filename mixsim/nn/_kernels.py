@@ -64,8 +64,7 @@ def _add_bias(t: torch.Tensor, b: torch.Tensor, expert_sorted: torch.Tensor, siz
         t.add_(b.index_select(0, expert_sorted))
         return
     for e, part in enumerate(t.split(sizes)):
-        if part.shape[0]:
-            part.add_(b[e])
+        part.add_(b[e])
 
 
 class GroupedFFN(torch.autograd.Function):
@@ -74,13 +73,14 @@ class GroupedFFN(torch.autograd.Function):
     Inputs: xs (P, d) sorted by expert, expert_sorted (P,) the expert of each row, offs (E,) int32
     end of each expert's slice (``cumsum`` of the counts, on device), weight (P,) or None, act (a
     key of ACTIVATIONS), w1 (E, d, h), b1 (E, h) or None, w2 (E, h, o), b2 (E, o) or None.
-    Output: (P, o). The biases are gathered per row (``index_select``: no sizes needed on the host)
-    and their gradients are scatter-adds over the rows.
+    Output: (P, o). The biases are added slice by slice on CPU, where the sizes can be read from
+    ``offs`` at no cost, and gathered per row elsewhere (``index_select``: no sizes needed on the
+    host, so no sync); their gradients are scatter-adds over the rows.
     """
 
     @staticmethod
     def forward(ctx, xs, expert_sorted, offs, weight, act, w1, b1, w2, b2):
-        sizes = _host_sizes(offs)
+        sizes = None if b1 is None and b2 is None else _host_sizes(offs)
         pre = GROUPED_MM(xs, w1, offs=offs)  # (P, h)
         if b1 is not None:
             _add_bias(pre, b1, expert_sorted, sizes)
