@@ -33,14 +33,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from bench_layer import D_HIDDEN, D_MODEL, TOP_K, ffn, floor_step  # this folder is on sys.path when run as a script
 
 import mixsim.nn as mnn
 from mixsim.nn._dispatch import run_and_combine
 from mixsim.nn._kernels import GroupedFFN
-
-D_MODEL, D_HIDDEN, TOP_K = 256, 512, 2
 
 
 def main() -> None:
@@ -59,7 +56,7 @@ def main() -> None:
     x, g = torch.randn(T, d), torch.randn(T, d)
     xk, gk = torch.randn(P, d), torch.randn(P, d)
     gw = torch.randn(T, K)
-    dense = nn.Sequential(nn.Linear(d, D_HIDDEN), nn.GELU(), nn.Linear(D_HIDDEN, d))
+    dense = ffn(d, D_HIDDEN)
     moe = mnn.MoE(d, D_HIDDEN, E, K, dispatch="grouped")
     w1, b1, w2, b2, gate = moe.w1, moe.b1, moe.w2, moe.b2, moe.gate
     xb, gb = xk.view(E, C, d), gk.view(E, C, d)
@@ -71,8 +68,7 @@ def main() -> None:
         return torch.softmax(top, dim=-1)
 
     def floor() -> None:
-        y = torch.baddbmm(b2.unsqueeze(1), F.gelu(torch.baddbmm(b1.unsqueeze(1), xb, w1)), w2)  # (E, C, d)
-        ((y * gb).sum() + (router_weights() * gw).sum()).backward()
+        floor_step(x, gate, xb, gb, gw, w1, b1, w2, b2)
 
     def grouped() -> None:
         y = GroupedFFN.apply(xk, equal, offs, None, "gelu", w1, b1, w2, b2)  # (P, d)
