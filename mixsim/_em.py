@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._layout import _Layout, _record
+from ._newton import _grad_hess, stationarity
 from .gates import masked_log_softmax, top_k_mask
 
 # Arguments of exp() are floored at -700 (exp(-700) ~ 1e-304, an absolute error no sum of
@@ -284,12 +285,21 @@ def _take(d: dict, idx: torch.Tensor) -> dict:
     return {name: v[idx] for name, v in d.items()}
 
 
-def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, state: dict, stats_fn=None) -> dict:
+def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, gtol: float, n_steps: int, state: dict,
+            stats_fn=None, certify: bool = False) -> dict:
     """EM on the data sets not yet done, for at most ``n_steps`` iterations; returns all params.
+
+    A data set leaves EM when an accepted full iteration changes its per-sample log-likelihood by
+    at most ``tol`` or when even a pure EM step (gate step 0) is refused. EM never declares
+    convergence by itself: with ``certify=False`` (``method="auto"``) every data set leaves
+    undone, for Newton to take over and certify; with ``certify=True`` (``method="em"``) a data
+    set whose small change comes with a Newton decrement <= ``gtol`` is converged, one whose step
+    was refused is left for Newton, and the others go on with EM.
 
     Finished data sets are dropped from the working batch once half of it is done, carrying every
     per-data-set quantity along, so a data set follows the same path whatever its batch. Sets
-    ``state["f"]`` and ``state["grad"]`` of the rows it ran; starts the trace if it is empty.
+    ``state["f"]``, ``state["grad"]`` and ``state["last_change"]`` of the rows it ran; starts the
+    trace if it is empty.
     """
     out = {name: v.clone() for name, v in p.items()}
     idx = torch.nonzero(~state["done"]).squeeze(1)
@@ -302,6 +312,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
     f_acc, *stats = stats_fn(layout, accepted, data, ix)
     prop = _em_proposal(layout, accepted, *stats, fl)
     step = torch.ones_like(f_acc)
+    left = torch.zeros_like(f_acc, dtype=torch.bool)  # left EM for Newton
     state["f"][idx] = f_acc
     if not state["trace"]:
         _record(state, idx, torch.ones_like(f_acc, dtype=torch.bool))
@@ -312,7 +323,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
         state["grad"][rows] = _em_gradient(layout, acc, pr["moments"], pr["gate_grad"])
 
     for _ in range(n_steps):
-        active = ~state["done"][idx]
+        active = ~state["done"][idx] & ~left
         n_active = int(active.sum())
         if n_active == 0:
             break
@@ -321,14 +332,15 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
             keep = torch.nonzero(active).squeeze(1)
             idx, data, fl = idx[keep], data.take(keep), fl[keep]
             accepted, prop = _take(accepted, keep), _take(prop, keep)
-            f_acc, step, active = f_acc[keep], step[keep], active[keep]
+            f_acc, step, left, active = f_acc[keep], step[keep], left[keep], active[keep]
         cand = _em_candidate(accepted, prop, step)
         f_c, *stats_c = stats_fn(layout, cand, data, ix)
         ok = active & (f_c >= f_acc)
-        conv = ok & (f_c - f_acc <= tol) & ((step == 1) | (step == 0))  # judge full steps only
+        small = ok & (f_c - f_acc <= tol) & ((step == 1) | (step == 0))  # judge full steps only
         # A gate step of 0 is a pure EM step on experts and variances, which cannot lower the
-        # likelihood; if even that is refused we are at machine precision: converged.
+        # likelihood in exact arithmetic; if even that is refused, EM can go no further here.
         stuck = active & ~ok & (step == 0) & torch.isfinite(f_acc)
+        state["last_change"][idx] = torch.where(ok, f_c - f_acc, state["last_change"][idx])
         prop = _select(ok, _em_proposal(layout, cand, *stats_c, fl), prop)
         accepted = _select(ok, cand, accepted)
         f_acc = torch.where(ok, f_c, f_acc)
@@ -337,7 +349,19 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, n_steps: int, sta
         state["n_iter"][idx] += active.long()
         state["f"][idx] = f_acc
         _record(state, idx, ok)
-        state["converged"][idx] |= conv | stuck
-        state["done"][idx] |= conv | stuck | (state["n_iter"][idx] >= state["max_iter"])
+        if certify and bool(small.any()):
+            rows = torch.nonzero(small).squeeze(1)
+            theta = layout.pack(_take(accepted, rows))
+            g, H = _grad_hess(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1])
+            dec = stationarity(g, H, theta, torch.log(fl[rows]), layout.k)
+            state["grad"][idx[rows]], state["stationarity"][idx[rows]] = g, dec
+            conv = torch.zeros_like(small)
+            conv[rows] = dec <= gtol
+            state["converged"][idx] |= conv
+            state["done"][idx] |= conv
+            left |= stuck
+        else:
+            left |= small | stuck
+        state["done"][idx] |= state["n_iter"][idx] >= state["max_iter"]
     store(idx, accepted, prop)
     return out

@@ -161,10 +161,56 @@ def _lm_solve(g: torch.Tensor, H: torch.Tensor, lam: torch.Tensor) -> tuple[torc
     return torch.where(ok[:, None], delta, torch.zeros_like(delta)), ok
 
 
-def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: float, n_steps: int, state: dict) -> torch.Tensor:
+def newton_decrement(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Per-sample Newton decrement ``g^T (-H)^+ g / 2`` of each row, shape (B,).
+
+    ``g`` (B, P) and ``H`` (B, P, P) are the gradient and Hessian of the per-sample
+    log-likelihood. The decrement is the gain a full Newton step predicts, in nats per sample: it
+    does not depend on the units or the parametrisation (any invertible linear change of the
+    parameters leaves it unchanged), so one tolerance means the same for every model and n.
+    Computed in the metric of the Hessian's diagonal: ``-H`` scaled to unit diagonal is
+    eigendecomposed, and directions of curvature below ``1e-12`` (flat: an atom whose mass has
+    vanished, an over-fitted model's degenerate directions; or of negative curvature: not a
+    maximum) count with curvature ``1e-12``, so a gradient along them is never read as small.
+    """
+    A = -H
+    scale = torch.diagonal(A, dim1=1, dim2=2).abs()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).rsqrt()  # (B, P)
+    As = A * scale.unsqueeze(-1) * scale.unsqueeze(-2)
+    lam, U = torch.linalg.eigh(0.5 * (As + As.transpose(1, 2)))
+    c = (U.transpose(1, 2) @ (g * scale).unsqueeze(-1)).squeeze(-1)  # (B, P)
+    return 0.5 * (c * c / lam.clamp_min(_FLAT)).sum(-1)
+
+
+def _free_of_floor(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floor: torch.Tensor, k: int):
+    """Gradient and Hessian restricted to the parameters free to move: a log-variance held at
+    the variance floor whose gradient pushes it below the floor is fixed (its gradient entry is
+    zeroed and its Hessian row and column decoupled), as the KKT conditions of the bound ask."""
+    held = torch.zeros_like(g, dtype=torch.bool)
+    held[:, -k:] = (theta[:, -k:] <= log_floor[:, None] + 1e-9) & (g[:, -k:] < 0)
+    free = (~held).to(g.dtype)
+    eye = torch.eye(g.shape[1], dtype=g.dtype, device=g.device)
+    H = H * (free.unsqueeze(-1) * free.unsqueeze(-2)) + torch.diag_embed(torch.diagonal(H, dim1=1, dim2=2)) * (1 - free).unsqueeze(-1) * eye
+    return g * free, H
+
+
+def stationarity(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
+    """Newton decrement per sample (:func:`newton_decrement`) of the problem with variance floor."""
+    return newton_decrement(*_free_of_floor(g, H, theta, log_floor, k))
+
+
+_FLAT = 1e-12  # curvature (in the unit-diagonal metric) below which a direction counts as flat
+
+
+def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: float, gtol: float, n_steps: int, state: dict) -> torch.Tensor:
     """Levenberg-Marquardt iterations on the data sets not yet done; returns theta.
 
-    Sets ``state["f"]`` and ``state["grad"]`` of the rows it ran; starts the trace if it is empty.
+    A row converges when it is stationary (Newton decrement per sample <= ``gtol``, measured at
+    the point returned) and its last accepted iteration changed the per-sample log-likelihood by
+    at most ``tol``. A row for which no improving step exists even under heavy damping is
+    ``stalled`` unless it is already stationary. Sets ``state["f"]``, ``state["grad"]`` and
+    ``state["stationarity"]`` of the rows it ran, all at the final theta; starts the trace if it
+    is empty.
     """
     k = layout.k
     lam = torch.full_like(state["f"], 1e-3)
@@ -175,13 +221,23 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
         state["f"][ran] = _mean_loglik(layout, theta[ran], X[ran], y[ran])
     if not state["trace"]:
         _record(state, ran, torch.ones_like(ran, dtype=torch.bool))
-    for _ in range(n_steps):
+    for _ in range(n_steps + 1):
         idx = torch.nonzero(~state["done"]).squeeze(1)
         if idx.numel() == 0:
             break
         Xa, ya, th, fa, la = X[idx], y[idx], theta[idx], state["f"][idx], lam[idx]
         g, H = _grad_hess(layout, th, Xa, ya)
-        pending = torch.ones_like(fa, dtype=torch.bool)
+        dec = stationarity(g, H, th, log_floor[idx], k)
+        state["grad"][idx], state["stationarity"][idx] = g, dec
+        stationary = dec <= gtol
+        conv = stationary & (state["last_change"][idx] <= tol)
+        out_of_steps = state["n_iter"][idx] >= state["max_iter"]
+        state["converged"][idx] |= conv
+        stop = conv | out_of_steps
+        state["done"][idx] |= stop
+        if bool(stop.all()):
+            break
+        pending = ~stop
         new_th, new_f = th.clone(), fa.clone()
         for _try in range(16):
             delta, pd = _lm_solve(g, H, la)
@@ -195,17 +251,18 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
             pending &= ~ok
             if not bool(pending.any()):
                 break
-        accepted = ~pending
-        conv = accepted & (new_f - fa <= tol)
-        stalled = pending  # no improving step even under heavy damping
-        flat = stalled & (g.norm(dim=1) <= 1e-8)  # at a stationary point already
+        ran_step = ~stop
+        accepted = ran_step & ~pending
+        refused = ran_step & pending  # no improving step even under heavy damping
         theta = theta.index_copy(0, idx, new_th)
         lam = lam.index_copy(0, idx, la)
         state["f"] = state["f"].index_copy(0, idx, new_f)
-        state["n_iter"][idx] += 1
+        state["last_change"][idx] = torch.where(accepted, new_f - fa, state["last_change"][idx])
+        state["n_iter"][idx] += ran_step.long()
         _record(state, idx, accepted)
-        state["converged"][idx] |= conv | flat
-        state["stalled"][idx] |= stalled & ~flat
-        state["done"][idx] |= conv | stalled | (state["n_iter"][idx] >= state["max_iter"])
-    state["grad"][ran] = _gradient(layout, theta[ran], X[ran], y[ran])
+        # A refused step is never convergence: a stationary point is (the decrement at this
+        # very theta, computed above); anything else has stalled.
+        state["converged"][idx] |= refused & stationary
+        state["stalled"][idx] |= refused & ~stationary
+        state["done"][idx] |= refused
     return theta

@@ -88,10 +88,15 @@ def test_batched_equals_one_at_a_time(gate, name, k, method):
     truth = mixsim.preset(name)
     Xs, ys = _batch(truth, 800, 4, 100)
     seeds = [7, 8, 9, 10]
-    batch = mixsim.fit_batch(Xs, ys, k, gate=gate, init="near_truth", truth=truth, rng=seeds, tol=1e-9, method=method)
+    # n = 800 over-fitted: some data sets head for a boundary (a variance on the floor, its weight
+    # vanishing) and never converge; batching must not change their path either (no warnings).
+    opts = dict(gate=gate, init="near_truth", truth=truth, tol=1e-9, method=method, max_iter=300, warn=False)
+    batch = mixsim.fit_batch(Xs, ys, k, rng=seeds, **opts)
     for b in range(4):
-        one = mixsim.fit(Xs[b], ys[b], k, gate=gate, init="near_truth", truth=truth, rng=seeds[b], tol=1e-9, method=method)
-        assert one.n_iter == batch[b].n_iter
+        one = mixsim.fit(Xs[b], ys[b], k, rng=seeds[b], **opts)
+        assert one.n_iter == batch[b].n_iter and one.status == batch[b].status
+        if not one.converged:  # a path to a boundary amplifies rounding: only its course must agree
+            continue
         np.testing.assert_allclose(one.params.expert_weight, batch[b].params.expert_weight, rtol=1e-9, atol=1e-10)
         np.testing.assert_allclose(one.params.variance, batch[b].params.variance, rtol=1e-9, atol=1e-12)
         assert one.log_likelihood == pytest.approx(batch[b].log_likelihood, rel=1e-12)
@@ -126,11 +131,14 @@ def test_log_likelihood_trace_never_decreases(gate, name, k, method):
 def test_newton_reaches_a_higher_optimum_than_plain_em_overfitted():
     truth = mixsim.preset("softmax_k2")
     X, y = mixsim.sample(truth, 5000, rng=1)
-    kw = dict(init="near_truth", truth=truth, rng=0, tol=1e-10, max_iter=20_000)
-    em = mixsim.fit(X, y, 3, method="em", **kw)
+    # Plain EM crawls: after 2000 iterations it is neither stationary nor as high (with 20 000 it
+    # is still 0.8 nats below); EM then Newton certifies a stationary point within ~100.
+    kw = dict(init="near_truth", truth=truth, rng=0, tol=1e-10, max_iter=2000)
+    em = mixsim.fit(X, y, 3, method="em", warn=False, **kw)
     auto = mixsim.fit(X, y, 3, method="auto", **kw)
-    assert auto.converged and auto.log_likelihood >= em.log_likelihood - 1e-9
-    assert auto.grad_norm < em.grad_norm
+    assert not em.converged and em.status == "max_iter" and em.stationarity > 1e-10
+    assert auto.converged and auto.n_iter < 200 and auto.stationarity <= 1e-10
+    assert auto.log_likelihood >= em.log_likelihood + 0.1
 
 
 def test_convergence_warning_when_not_converged():
