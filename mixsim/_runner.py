@@ -280,7 +280,7 @@ def _fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
     fs = spec.fit
     kwargs = dict(
         gate=task.gate.name, top_k=task.gate.top_k, expert=fs.expert, init=fs.init,
-        n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, max_iter=fs.max_iter, method=fs.method, warn=False,
+        n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter, method=fs.method, warn=False,
     )
     if fs.init == "near_truth":
         kwargs |= dict(truth=spec.truth, init_options=NearTruthInit(**dict(fs.near_truth)))

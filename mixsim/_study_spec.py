@@ -28,7 +28,8 @@ Schema (defaults in brackets)::
     expert = "linear"                 # [truth's expert]
     init = "near_truth"               # ["near_truth"] | "auto"
     n_init = {exact = 1, over = 5}    # [that] int, or starts for exact- and over-fitted models
-    tol = 1e-6                        # [1e-6]
+    tol = 1e-8                        # [1e-8] per-sample log-likelihood change (fit_batch's tol)
+    gtol = 1e-10                      # [1e-10] Newton decrement per sample: certifies stationarity
     max_iter = 2000                   # [2000]
     method = "auto"                   # ["auto"]
     [fit.near_truth]                  # [mixsim.fit.NearTruthInit defaults] noise of the near-truth start
@@ -224,7 +225,8 @@ class FitSpec:
     init: str = "near_truth"
     n_init_exact: int = 1  # THEORY.md section 2: one start when exact-fitted ...
     n_init_over: int = 5  # ... five (keep the best likelihood) when over-fitted
-    tol: float = 1e-6
+    tol: float = 1e-8
+    gtol: float = 1e-10  # converged = stationary: Newton decrement per sample <= gtol
     max_iter: int = 2000
     method: str = "auto"
     near_truth: tuple[tuple[str, Any], ...] = ()  # NearTruthInit fields given (defaults filled in)
@@ -242,6 +244,7 @@ class FitSpec:
             "init": self.init,
             "n_init": {"exact": self.n_init_exact, "over": self.n_init_over},
             "tol": self.tol,
+            "gtol": self.gtol,
             "max_iter": self.max_iter,
             "method": self.method,
         }
@@ -537,7 +540,7 @@ def _parse_near_truth(doc: Any) -> tuple[tuple[str, Any], ...]:
 
 # Arguments of fit_batch the runner sets itself; any other keyword may go in [fit.options] or a gate table.
 _RUNNER_FIT_ARGS = {"Xs", "ys", "n_experts", "gate", "top_k", "expert", "init", "truth", "init_options",
-                    "n_init", "tol", "max_iter", "method", "rng", "warn"}
+                    "n_init", "tol", "gtol", "max_iter", "method", "rng", "warn"}
 
 
 def _fit_option_names() -> set[str] | None:
@@ -590,7 +593,8 @@ def _parse_fit(doc: Any, truth: MoEParams) -> FitSpec:
         init=init,
         n_init_exact=n_init_exact,
         n_init_over=n_init_over,
-        tol=t.get("tol", _float(positive=True), 1e-6),
+        tol=t.get("tol", _float(positive=True), 1e-8),
+        gtol=t.get("gtol", _float(positive=True), 1e-10),
         max_iter=t.get("max_iter", _int(1), 2000),
         method=t.get("method", _str(), "auto"),
         near_truth=near_truth,
