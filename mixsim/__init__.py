@@ -8,9 +8,9 @@ from .experts import EXPERTS, expert_mean
 from .model import MoEParams, list_presets, log_density, log_likelihood, preset, sample
 from .fit import ConvergenceWarning, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE
-from .losses import group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
+from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
 from .rates import fit_rate, theory_rate
-from .study import StudySpec, load_results, load_study, run_study
+from .study import StudySpec, evaluate, load_estimates, load_results, load_study, run_study
 
 __version__ = "0.1.0"
 
@@ -18,7 +18,7 @@ __all__ = [
     "GATES", "EXPERTS", "log_gate_weights", "expert_mean",
     "MoEParams", "preset", "list_presets", "log_density", "log_likelihood", "sample",
     "fit", "fit_batch", "FitResult", "NearTruthInit", "ConvergenceWarning", "GaussianMoE",
-    "voronoi_cells", "voronoi_loss", "group_errors", "hellinger", "total_variation",
+    "voronoi_cells", "voronoi_loss", "group_errors", "cell_diagnosis", "hellinger", "total_variation",
     "fit_rate", "theory_rate",
-    "StudySpec", "load_study", "run_study", "load_results",
+    "StudySpec", "load_study", "run_study", "load_results", "load_estimates", "evaluate",
 ]

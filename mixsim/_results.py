@@ -4,7 +4,10 @@ Layout of ``OUT/``::
 
     study.json          metadata: spec (normalised) and its hash, the TOML text, package versions,
                         git commit, one entry per run (when, where, backend, tasks, fits, failures)
-    tasks/*.json        one file per completed task: its units' rows, then a "#sha256:" footer line
+    tasks/*.json        one file per completed task: its units' rows and estimates (fitted
+                        parameters, log-likelihood, stationarity, ...), then a "#sha256:" footer line
+    evals/METRIC/*.json metric rows recomputed from the stored estimates by ``mixsim evaluate``
+                        (same format, one file per task file; they replace a task's rows of that metric)
     corrupt/            task files that failed their checksum (kept for inspection; their work is redone)
     results.parquet     the tidy table (results.csv where pyarrow is not installed), same columns
     rates.csv           written by ``mixsim rates``
@@ -50,6 +53,7 @@ FORMAT = 1
 META = "study.json"
 TASKS = "tasks"
 CORRUPT = "corrupt"
+EVALS = "evals"
 RESULTS = ("results.parquet", "results.csv")
 _FOOTER = "#sha256:"
 
@@ -69,6 +73,7 @@ COLUMNS: dict[str, str] = {
     "status": "object",
     "grad_norm": "float64",
     "error": "object",
+    "stationarity": "float64",  # Newton decrement per sample at the estimate (FitResult.stationarity)
 }
 #: Row statuses that mark a unit as failed (retried by a rerun).
 FAILED_STATUSES = ("error", "metric_error")
@@ -248,7 +253,8 @@ def _task_file_name(task: dict[str, Any]) -> str:
     return f"n{task['n']:09d}_{task['fit']}_r{reps[0]:05d}-{reps[-1]:05d}_{digest}.json"
 
 
-def write_task_file(out_dir: str | Path, spec_hash: str, task: dict[str, Any], units: list[dict[str, Any]]) -> Path:
+def write_task_file(out_dir: str | Path, spec_hash: str, task: dict[str, Any], units: list[dict[str, Any]],
+                    folder: str = TASKS) -> Path:
     """Write one completed task atomically; ``units`` are dicts with replicate, failed, rows, traceback.
 
     The file is a JSON document followed by a footer line ``#sha256:<hex of the document>``, so a
@@ -256,7 +262,7 @@ def write_task_file(out_dir: str | Path, spec_hash: str, task: dict[str, Any], u
     """
     payload = {"format": FORMAT, "spec_hash": spec_hash, "task": task, "written": _now(), "units": units}
     body = json.dumps(payload, separators=(",", ":")).encode()  # NaN is written as NaN (read back by json)
-    path = Path(out_dir) / TASKS / _task_file_name(task)
+    path = Path(out_dir) / folder / _task_file_name(task)
     _atomic_write(path, body + f"\n{_FOOTER}{hashlib.sha256(body).hexdigest()}\n".encode())
     return path
 
@@ -349,11 +355,36 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def assemble(index: ResultsIndex) -> pd.DataFrame:
-    """The tidy table of an index: one row per (n, replicate, gate, fitted k, metric), sorted."""
+def scan_evals(out_dir: str | Path, spec_hash: str | None = None) -> dict[tuple[int, int, str], list[dict[str, Any]]]:
+    """Rows written by ``evaluate`` (``evals/*/*.json``), per unit key; damaged files are skipped
+    (``evaluate`` redoes them)."""
+    extra: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for path in sorted(Path(out_dir).glob(f"{EVALS}/*/*.json")):
+        try:
+            payload = read_task_file(path)
+        except (CorruptTaskFile, OSError):
+            continue
+        if spec_hash is not None and payload["spec_hash"] != spec_hash:
+            continue
+        task = payload["task"]
+        for unit in payload["units"]:
+            extra.setdefault((int(task["n"]), int(unit["replicate"]), str(task["fit"])), []).extend(unit["rows"])
+    return extra
+
+
+def assemble(index: ResultsIndex, extra: dict[tuple[int, int, str], list[dict[str, Any]]] | None = None) -> pd.DataFrame:
+    """The tidy table of an index: one row per (n, replicate, gate, fitted k, metric), sorted.
+
+    ``extra`` rows (from :func:`scan_evals`) replace a unit's rows of the same metric, or are added.
+    """
     rows: list[dict[str, Any]] = []
+    extra = extra or {}
     for key in sorted(index.units):
-        for i, row in enumerate(index.units[key]["rows"]):
+        unit_rows = index.units[key]["rows"]
+        if key in extra:
+            redone = {row["metric"] for row in extra[key]}
+            unit_rows = [row for row in unit_rows if row["metric"] not in redone] + extra[key]
+        for i, row in enumerate(unit_rows):
             rows.append(row | {"_fit": key[2], "_i": i})
     if not rows:
         return empty_table()
@@ -363,7 +394,7 @@ def assemble(index: ResultsIndex) -> pd.DataFrame:
 
 def _listing_digest(out: Path) -> str:
     h = hashlib.sha256()
-    for p in sorted((out / TASKS).glob("*.json")):
+    for p in sorted((out / TASKS).glob("*.json")) + sorted(out.glob(f"{EVALS}/*/*.json")):
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -388,7 +419,7 @@ def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
     """
     out = Path(out_dir)
     meta = read_meta(out)
-    df = assemble(scan_tasks(out, meta["spec_hash"]))
+    df = assemble(scan_tasks(out, meta["spec_hash"]), scan_evals(out, meta["spec_hash"]))
     fmt = fmt or ("parquet" if _have_pyarrow() else "csv")
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be 'parquet' or 'csv'; got {fmt!r}")
@@ -451,7 +482,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     target = path / str(collected.get("file", ""))
     if collected and target.is_file() and collected.get("tasks_digest") == _listing_digest(path):
         return _read_table(target)
-    return assemble(scan_tasks(path, meta["spec_hash"], quarantine=False))
+    return assemble(scan_tasks(path, meta["spec_hash"], quarantine=False), scan_evals(path, meta["spec_hash"]))
 
 
 def iter_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

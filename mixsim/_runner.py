@@ -92,7 +92,7 @@ class Engine:
     Attributes
     ----------
     fit_batch : callable, default :func:`mixsim.fit.fit_batch`
-    voronoi_loss, group_errors, group_error_keys, hellinger, total_variation : callable, default :mod:`mixsim.losses`
+    voronoi_loss, group_errors, group_error_keys, cell_diagnosis, hellinger, total_variation : callable, default :mod:`mixsim.losses`
     nn_task : callable, default :func:`mixsim.nn.run_nn_task`
     """
 
@@ -100,6 +100,7 @@ class Engine:
     voronoi_loss: Callable | None = None
     group_errors: Callable | None = None
     group_error_keys: Callable | None = None
+    cell_diagnosis: Callable | None = None
     hellinger: Callable | None = None
     total_variation: Callable | None = None
     nn_task: Callable | None = None
@@ -224,6 +225,10 @@ def _m_groups(spec, res, n, k, seed, engine, cache):
     return dict(engine.get("group_errors")(res.params, spec.truth))
 
 
+def _m_cells(spec, res, n, k, seed, engine, cache):
+    return {f"cells_{key}": v for key, v in engine.get("cell_diagnosis")(res.params, spec.truth).items()}
+
+
 def _m_density(name: str, fn: str) -> Callable:
     def metric(spec, res, n, k, seed, engine, cache):
         if "X" not in cache:  # the same Monte Carlo inputs for every fit at this (n, replicate)
@@ -240,6 +245,7 @@ METRIC_FNS: dict[str, Callable] = {
     "D1": _m_d1,
     "D2": _m_d2,
     "groups": _m_groups,
+    "cells": _m_cells,
     "hellinger": _m_density("hellinger", "hellinger"),
     "tv": _m_density("tv", "total_variation"),
     "loglik": _m_loglik,
@@ -250,6 +256,21 @@ def _fit_info(res: Any) -> dict[str, Any]:
     return {
         "converged": bool(res.converged), "iterations": int(res.n_iter), "seconds": float(res.seconds),
         "status": str(res.status), "grad_norm": float(res.grad_norm),
+        "stationarity": float(getattr(res, "stationarity", math.nan)),
+    }
+
+
+def estimate_record(res: Any, seed: int) -> dict[str, Any]:
+    """A fit's estimate and outcome as plain JSON values (floats round-trip exactly through JSON)."""
+    p = res.params
+    arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64).tolist()  # noqa: E731
+    return {
+        "params": {
+            "gate": p.gate, "top_k": p.top_k, "expert": p.expert, "phi": p.phi,
+            "gate_weight": arr(p.gate_weight), "gate_bias": arr(p.gate_bias),
+            "expert_weight": arr(p.expert_weight), "expert_bias": arr(p.expert_bias), "variance": arr(p.variance),
+        },
+        "log_likelihood": float(res.log_likelihood), "seed": int(seed), **_fit_info(res),
     }
 
 
@@ -315,7 +336,10 @@ def _run_mle(spec: StudySpec, task: Task, engine: Engine) -> list[dict[str, Any]
     units = []
     for r, res in zip(task.replicates, results):
         rows, failed, tb = _unit_rows(spec, task, r, res, engine)
-        units.append({"replicate": r, "failed": failed, "rows": rows, "traceback": tb})
+        unit = {"replicate": r, "failed": failed, "rows": rows, "traceback": tb}
+        if not isinstance(res, BaseException):  # every estimate is kept: metrics can be recomputed
+            unit["estimate"] = estimate_record(res, replicate_seed(spec.root_seed, task.n, r))
+        units.append(unit)
     return units
 
 

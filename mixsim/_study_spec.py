@@ -83,6 +83,7 @@ METRICS: dict[str, str] = {
     "D1": "Voronoi loss D1, recorded only where fitted_k == true k (exact-fitted)",
     "D2": "Voronoi loss D2, recorded only where fitted_k > true k (skipped otherwise)",
     "groups": "per-parameter-group errors with exponent 1, one row per key of losses.group_errors",
+    "cells": "Voronoi cell diagnosis: atoms per true atom's cell and the smallest mass share in it (losses.cell_diagnosis)",
     "hellinger": "expected Hellinger distance between fitted and true conditional densities",
     "tv": "expected total-variation distance between fitted and true conditional densities",
     "loglik": "mean per-sample log-likelihood of the fit on its training data",

@@ -5,6 +5,7 @@
     mixsim run STUDY.toml --out DIR [--n-jobs N] [--backend loky|threading|sequential|dask]
                                     [--scheduler ADDRESS] [--set key=value ...] [--force]
     mixsim status DIR
+    mixsim evaluate DIR --metric M [--metric M2 ...] [--force]   (metrics from the stored estimates)
     mixsim rates DIR [--metric M ...] [--min-n N] [--csv FILE]
     mixsim list
     mixsim plot DIR            (figures; provided by mixsim.plots)
@@ -94,6 +95,15 @@ def _cmd_rates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ._estimates import evaluate
+
+    df = evaluate(args.dir, args.metric, force=args.force, progress=not args.no_progress)
+    done = df[df["metric"].isin(args.metric) | df["metric"].str.startswith(tuple(f"{m}_" for m in args.metric))]
+    print(f"{len(done)} rows of {', '.join(args.metric)} in {args.dir} ({len(df)} rows in all)")
+    return 0
+
+
 def _describe(path: Path) -> tuple[str, str]:
     try:
         doc = tomllib.loads(path.read_text())
@@ -164,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     rates.add_argument("--min-n", type=int, help="drop smaller sample sizes (choose before looking)")
     rates.add_argument("--csv", help="where to write the table (default DIR/rates.csv)")
     rates.set_defaults(func=_cmd_rates)
+
+    ev = sub.add_parser("evaluate", help="compute metrics from the stored estimates (no refitting); resumable")
+    ev.add_argument("dir")
+    ev.add_argument("--metric", action="append", required=True, help="metric to compute (repeatable), e.g. --metric cells")
+    ev.add_argument("--force", action="store_true", help="recompute metrics already evaluated")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_evaluate)
 
     lst = sub.add_parser("list", help="studies in studies/ folders and preset truths")
     lst.set_defaults(func=_cmd_list)

@@ -52,6 +52,8 @@ __all__ = [
     "voronoi_loss",
     "group_errors",
     "group_error_keys",
+    "cell_diagnosis",
+    "WEIGHTINGS",
     "hellinger",
     "total_variation",
 ]
@@ -368,12 +370,23 @@ def voronoi_loss(est: MoEParams, truth: MoEParams, kind: str = "D1", exponents: 
 # ---------------------------------------------------------------------------------------------
 
 
+#: Weightings of the per-group errors (:func:`group_errors`), in key order.
+WEIGHTINGS = ("weighted", "unweighted", "share", "centre")
+
+
 def group_error_keys(gate: str) -> tuple[str, ...]:
     """The keys :func:`group_errors` returns for a gate family, in a fixed order."""
     if gate not in GATE_SYMMETRY:
         raise ValueError(f"unknown gate {gate!r}; expected one of {tuple(GATE_SYMMETRY)}")
     groups = [g for g in GROUPS if not (g == "gate_slope" and gate == "competition")]
-    return tuple(f"{g}_{c}_{w}" for g in groups for c in ("single", "multi") for w in ("weighted", "unweighted"))
+    return tuple(f"{g}_{c}_{w}" for g in groups for c in ("single", "multi") for w in WEIGHTINGS)
+
+
+def _cell_shares(a_est: Atoms, cell: np.ndarray) -> np.ndarray:
+    """Each atom's share ``w_i / W_j`` of its cell's mass (equal shares if the mass underflows)."""
+    w = a_est.weight[cell]
+    total = w.sum()
+    return w / total if total > 0 else np.full(len(cell), 1.0 / len(cell))
 
 
 def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
@@ -385,14 +398,27 @@ def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
 
     * ``cells = "single"`` sums over cells with exactly one fitted atom; ``"multi"`` over all other
       cells (two or more atoms, and empty cells, which contribute to ``weight_*`` only).
-    * ``weight``: per cell ``|S_j - w*_j|`` with ``S_j = sum_{i in A_j} w_i`` (``weighted``, the
-      weight term of the losses) or the relative error ``|S_j - w*_j| / w*_j`` (``unweighted``).
     * ``gate_slope`` (``|D beta1|``), ``expert_slope`` (``|D a|``), ``expert_intercept``
-      (``|D b|``), ``variance`` (``|D sigma2|``): per fitted atom ``i`` in the cell,
-      ``w_i |D|`` (``weighted``, as in D1) or ``|D|`` (``unweighted``), summed over atoms and cells.
-      Vector groups use the Euclidean norm over the d inputs.
+      (``|D b|``), ``variance`` (``|D sigma2|``), with ``W_j = sum_{i in A_j} w_i`` the mass of
+      cell j, summed over the cells:
 
-    A sum over no cells is 0.0. The ``*_weighted`` values add up to D1 (for any k).
+      - ``weighted``: ``sum_i w_i |theta_i - theta*_j|`` (the terms of D1);
+      - ``unweighted``: ``sum_i |theta_i - theta*_j|``. **Ill-defined when over-fitted**: the
+        MLE often gives one atom of a two-atom cell a vanishing mass (shares down to 1e-17); that
+        atom's parameters are then unconstrained and dominate this sum, which need not fall with n.
+        Kept for comparison with earlier results;
+      - ``share``: ``sum_i (w_i / W_j) |theta_i - theta*_j|``, each atom weighted by its share of
+        the cell's mass: scale-free like ``unweighted``, and an atom of vanishing mass counts for
+        nothing (THEORY.md section 8);
+      - ``centre``: ``|sum_i (w_i / W_j) theta_i - theta*_j|``, the error of the cell's
+        mass-weighted mean parameter (<= ``share`` by the triangle inequality).
+
+      Vector groups use the Euclidean norm over the d inputs.
+    * ``weight``: per cell ``|W_j - w*_j|`` (``weighted``, the weight term of the losses), or the
+      relative error ``|W_j - w*_j| / w*_j`` (``unweighted``, ``share`` and ``centre`` alike).
+
+    A sum over no cells is 0.0. The ``*_weighted`` values add up to D1 (for any k). Every value
+    is unchanged by relabelling either model's experts and by the gate's shift symmetry.
 
     Parameters
     ----------
@@ -411,10 +437,44 @@ def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
     for j, cell in enumerate(cells):
         kind = "single" if len(cell) == 1 else "multi"
         out[f"weight_{kind}_weighted"] += float(weight_err[j])
-        out[f"weight_{kind}_unweighted"] += float(weight_err[j] / a_true.weight[j])
+        for w in ("unweighted", "share", "centre"):
+            out[f"weight_{kind}_{w}"] += float(weight_err[j] / a_true.weight[j])
+        if len(cell) == 0:
+            continue
+        shares = _cell_shares(a_est, cell)
         for g, d in diffs.items():
             out[f"{g}_{kind}_weighted"] += float(a_est.weight[cell] @ d[cell])
             out[f"{g}_{kind}_unweighted"] += float(d[cell].sum())
+            out[f"{g}_{kind}_share"] += float(shares @ d[cell])
+            centre = shares @ a_est.group(g)[cell]
+            out[f"{g}_{kind}_centre"] += float(np.linalg.norm(centre - a_true.group(g)[j]))
+    return out
+
+
+def cell_diagnosis(est: MoEParams, truth: MoEParams) -> dict[str, float]:
+    """How the fitted atoms fall into the Voronoi cells of the true ones.
+
+    Tells a merged cell (two atoms sharing the mass) from one whose extra atom is vanishing
+    (one share near 0), so they can be counted across fits.
+
+    Parameters
+    ----------
+    est, truth : MoEParams
+        Fitted (k experts) and true (k* experts) models; same gate family, expert family and dim.
+
+    Returns
+    -------
+    dict[str, float]
+        For every true atom j: ``cell{j}_atoms``, the number of fitted atoms in its cell, and
+        ``cell{j}_min_share``, the smallest share ``w_i / W_j`` of the cell's mass held by one of
+        them (1.0 for a cell of one atom, 0.0 for an empty cell).
+    """
+    a_est, a_true = aligned_atoms(est, truth)
+    cells, _ = _cells(a_est, a_true)
+    out: dict[str, float] = {}
+    for j, cell in enumerate(cells):
+        out[f"cell{j}_atoms"] = float(len(cell))
+        out[f"cell{j}_min_share"] = float(_cell_shares(a_est, cell).min()) if len(cell) else 0.0
     return out
 
 

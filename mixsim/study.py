@@ -46,11 +46,12 @@ from ._runner import (
     run_task,
     task_data,
 )
+from ._estimates import evaluate, estimate_params, load_estimates
 from ._study_spec import METRICS, FitSpec, GateSpec, SpecError, StudySpec, apply_overrides, load_study
 
 __all__ = [
     "StudySpec", "GateSpec", "FitSpec", "SpecError", "METRICS", "load_study", "apply_overrides",
-    "run_study", "load_results", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
+    "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
     "replicate_seed", "replicate_streams", "task_data", "plan_units", "plan_tasks", "run_task",
     "StudyStatus", "study_status", "rate_table", "local_rate_table", "RATE_EXCLUDED_METRICS",
 ]

@@ -404,3 +404,56 @@ def test_monte_carlo_inputs_are_seeded_and_bounds_hold():
     permuted_est = permuted(est, [1, 0])  # relabelling leaves the density, hence the distances, unchanged
     assert L.hellinger(permuted_est, truth, n_mc=200) == pytest.approx(h, abs=1e-12)
     assert L.total_variation(permuted_est, truth, n_mc=200) == pytest.approx(tv, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# share- and centre-weighted group errors, cell diagnosis
+# ---------------------------------------------------------------------------------------------
+
+C_TRUTH = competition_params([LOG(0.25), LOG(0.75)], [[1.0], [-1.0]], [0.0, 1.0], [1.0, 2.0])
+
+
+def test_share_and_centre_by_hand_with_a_vanishing_atom():
+    # Cell 0 holds atom 0 (share 1 - eps, a off by 0.1) and atom 1 (share eps, b off by 2.5: its
+    # parameters are unconstrained). Unweighted errors see atom 1's 2.5; share and centre do not.
+    eps = 1e-12
+    est = competition_params([LOG(0.25 * (1 - eps)), LOG(0.25 * eps), LOG(0.75)],
+                             [[1.1], [1.0], [-1.0]], [0.0, -2.5, 1.0], [1.0, 1.0, 2.0])
+    assert [c.tolist() for c in L.voronoi_cells(est, C_TRUTH)] == [[0, 1], [2]]
+    ge = L.group_errors(est, C_TRUTH)
+    assert ge["expert_intercept_multi_unweighted"] == pytest.approx(2.5)
+    assert ge["expert_intercept_multi_share"] == pytest.approx(2.5 * eps, rel=1e-3)
+    assert ge["expert_intercept_multi_centre"] == pytest.approx(2.5 * eps, rel=1e-3)
+    assert ge["expert_slope_multi_share"] == pytest.approx(0.1 * (1 - eps), rel=1e-9)
+    assert ge["expert_slope_multi_centre"] == pytest.approx(abs((1 - eps) * 1.1 + eps * 1.0 - 1.0), rel=1e-9)
+    assert ge["variance_multi_share"] == pytest.approx(0.0, abs=1e-15)
+    assert ge["weight_multi_share"] == pytest.approx(0.0, abs=1e-9)  # cell mass 0.25 is right
+    assert all(v == pytest.approx(0.0, abs=1e-12) for key, v in ge.items() if "_single_" in key)
+    diag = L.cell_diagnosis(est, C_TRUTH)
+    assert diag == {"cell0_atoms": 2.0, "cell0_min_share": pytest.approx(eps, rel=1e-3), "cell1_atoms": 1.0, "cell1_min_share": 1.0}
+
+
+def test_share_and_centre_differ_for_a_split_cell():
+    # Two atoms with half the mass each, intercepts 0.2 above and below the truth: every atom is
+    # 0.2 off (share 0.2) but the mass-weighted centre sits on the truth (centre 0).
+    est = competition_params([LOG(0.125), LOG(0.125), LOG(0.75)], [[1.0], [1.0], [-1.0]], [0.2, -0.2, 1.0], [1.0, 1.0, 2.0])
+    ge = L.group_errors(est, C_TRUTH)
+    assert ge["expert_intercept_multi_share"] == pytest.approx(0.2)
+    assert ge["expert_intercept_multi_centre"] == pytest.approx(0.0, abs=1e-15)
+    assert ge["expert_intercept_multi_unweighted"] == pytest.approx(0.4)
+    assert ge["expert_intercept_multi_weighted"] == pytest.approx(0.25 * 0.2)
+    assert L.cell_diagnosis(est, C_TRUTH)["cell0_min_share"] == pytest.approx(0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(model_pairs(), st.data())
+def test_centre_never_exceeds_share_and_diagnosis_counts_atoms(pair, data):
+    est, truth = pair
+    assume(clear_margin(est, truth))
+    ge = L.group_errors(est, truth)
+    for key, v in ge.items():
+        if key.endswith("_centre") and not key.startswith("weight"):
+            assert v <= ge[key.replace("_centre", "_share")] * (1 + 1e-12) + 1e-12
+    diag = L.cell_diagnosis(est, truth)
+    assert sum(v for key, v in diag.items() if key.endswith("_atoms")) == est.n_experts
+    assert all(0.0 <= v <= 1.0 for key, v in diag.items() if key.endswith("_min_share"))

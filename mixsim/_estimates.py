@@ -1,0 +1,199 @@
+"""Every fit's estimate, kept: read them back as a tidy table, and (re)compute metrics from them.
+
+A study stores each fit's parameters and outcome beside its metric rows (``tasks/*.json``, key
+``estimate`` of every unit). :func:`load_estimates` reads them as one tidy table (one row per fit
+and expert); :func:`evaluate` computes any metric of the registry from them without refitting and
+adds its rows to the results table, resumably (one checksummed file per metric and task file
+under ``evals/``).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import _results
+from ._runner import METRIC_FNS, Engine, _error_text, _row
+from ._study_spec import METRICS, StudySpec
+from .model import MoEParams
+
+__all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_params", "evaluate"]
+
+#: Columns of :func:`load_estimates` before the parameter columns (which depend on d).
+ESTIMATE_COLUMNS = (
+    "study", "n", "replicate", "gate", "fitted_k", "seed", "expert", "log_likelihood", "stationarity",
+    "grad_norm", "iterations", "status", "converged", "seconds", "model_gate", "top_k", "expert_family", "phi",
+)
+_VECTORS = ("gate_weight", "expert_weight")
+_SCALARS = ("gate_bias", "expert_bias", "variance")
+
+
+def _units_with_estimates(out: Path, spec_hash: str) -> list[tuple[tuple[int, int, str], dict[str, Any]]]:
+    index = _results.scan_tasks(out, spec_hash, quarantine=False)
+    return [(key, unit) for key, unit in sorted(index.units.items()) if "estimate" in unit]
+
+
+def estimate_params(record: dict[str, Any]) -> MoEParams:
+    """The :class:`MoEParams` of a stored estimate record (a unit's ``estimate``)."""
+    p = record["params"]
+    arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
+    return MoEParams(
+        gate=p["gate"], top_k=p["top_k"], gate_weight=arr(p["gate_weight"]), gate_bias=arr(p["gate_bias"]),
+        expert=p["expert"], expert_weight=arr(p["expert_weight"]), expert_bias=arr(p["expert_bias"]),
+        variance=arr(p["variance"]), phi=p["phi"],
+    )
+
+
+def load_estimates(path: str | Path) -> pd.DataFrame:
+    """Every stored estimate of a results directory as a tidy table.
+
+    Parameters
+    ----------
+    path : str or Path
+        A results directory written by :func:`mixsim.run_study` (``mixsim run --out DIR``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fit and fitted expert, sorted by n, replicate, fit and expert. Columns
+        :data:`ESTIMATE_COLUMNS` (``gate`` is the study's gate label, ``model_gate`` the gate family;
+        ``log_likelihood`` is the total over the fit's data; ``stationarity`` its Newton decrement
+        per sample), then the parameters: ``gate_bias``, ``gate_weight_0 .. d-1`` (absent for
+        competition), ``expert_weight_0 .. d-1``, ``expert_bias``, ``variance``. Values are the
+        stored float64 numbers bit for bit. Failed fits have no estimate and no row.
+    """
+    out = Path(path)
+    meta = _results.read_meta(out)
+    rows: list[dict[str, Any]] = []
+    for (n, r, fit), unit in _units_with_estimates(out, meta["spec_hash"]):
+        est = unit["estimate"]
+        p = est["params"]
+        label, k = fit.rsplit("_k", 1)
+        base = {
+            "study": meta["study"], "n": n, "replicate": r, "gate": label, "fitted_k": int(k), "seed": est["seed"],
+            "log_likelihood": est["log_likelihood"], "stationarity": est.get("stationarity", math.nan),
+            "grad_norm": est["grad_norm"], "iterations": est["iterations"], "status": est["status"],
+            "converged": est["converged"], "seconds": est["seconds"], "model_gate": p["gate"], "top_k": p["top_k"],
+            "expert_family": p["expert"], "phi": p["phi"],
+        }
+        for i in range(len(p["variance"])):
+            row = base | {"expert": i}
+            for name in _SCALARS:
+                row[name] = math.nan if p[name] is None else p[name][i]
+            for name in _VECTORS:
+                if p[name] is not None:
+                    row |= {f"{name}_{j}": v for j, v in enumerate(p[name][i])}
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
+    df = pd.DataFrame(rows)
+    params = [c for c in df.columns if c not in ESTIMATE_COLUMNS]
+    return df[list(ESTIMATE_COLUMNS) + params].reset_index(drop=True)
+
+
+def _check_metrics(metrics: Any) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, Sequence) or not metrics:
+        raise TypeError(f"metrics must be a non-empty list of metric names; got {metrics!r}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; expected names from {sorted(METRICS)}")
+    return list(dict.fromkeys(metrics))
+
+
+def evaluate(
+    path: str | Path,
+    metrics: Sequence[str],
+    *,
+    force: bool = False,
+    progress: bool = True,
+    engine: Engine | None = None,
+) -> pd.DataFrame:
+    """Compute metrics from the stored estimates of a results directory, without refitting.
+
+    The rows go to ``evals/METRIC/*.json`` (one checksummed file per metric, n and fit, written
+    atomically) and from there into the results table, where they replace the
+    rows of the same metric of that fit (equal values when the metric was recorded during the
+    run: the same estimate, truth and Monte Carlo inputs). Resumable: files already written are
+    kept unless ``force``, so an interrupted call is finished by calling it again.
+
+    Parameters
+    ----------
+    path : str or Path
+        A results directory of a ``kind = "mle"`` study.
+    metrics : list of str
+        Names from :data:`mixsim.study.METRICS` (``D1``, ``D2``, ``groups``, ``cells``, ``hellinger``,
+        ``tv``, ``loglik``); ``D1``/``D2`` are computed only where they apply (exact-/over-fitted).
+    force : bool, default False
+        Recompute files that exist.
+    progress : bool, default True
+        A tqdm bar over task files (only when stderr is a terminal).
+    engine : Engine, optional
+        Replacement loss functions (tests, extensions).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The updated results table (:func:`mixsim.load_results`), also written to the directory.
+    """
+    from tqdm.auto import tqdm
+    import sys
+
+    metrics = _check_metrics(metrics)
+    out = Path(path)
+    meta = _results.read_meta(out)
+    spec = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source"))
+    if spec.kind != "mle":
+        raise ValueError(f"evaluate needs a kind = 'mle' study (fitted estimates); {out} holds a {spec.kind!r} study")
+    engine = engine or Engine()
+    units = _units_with_estimates(out, meta["spec_hash"])
+    by_task: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
+    for (n, r, fit), unit in units:
+        by_task.setdefault((n, fit), []).append((r, unit))
+    jobs = []
+    for metric in metrics:
+        (out / _results.EVALS / metric).mkdir(parents=True, exist_ok=True)
+        for (n, fit), members in sorted(by_task.items()):
+            task = {"n": n, "fit": fit, "replicates": [r for r, _ in members]}
+            target = out / _results.EVALS / metric / _results._task_file_name(task)
+            if force or not _valid(target):
+                jobs.append((metric, task, members))
+    bar = tqdm(total=len(jobs), desc=f"evaluate {spec.name}", unit="file", disable=not (progress and sys.stderr.isatty()))
+    with bar:
+        for metric, task, members in jobs:
+            k = int(task["fit"].rsplit("_k", 1)[1])
+            label = task["fit"].rsplit("_k", 1)[0]
+            applies = {"D1": k == spec.true_k, "D2": k > spec.true_k}.get(metric, True)
+            rows_of = [(r, _metric_rows(spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
+                       for r, unit in members]
+            payload = [{"replicate": r, "failed": False, "rows": _results.iter_rows(rows), "traceback": None} for r, rows in rows_of]
+            _results.write_task_file(out, meta["spec_hash"], task, payload, folder=f"{_results.EVALS}/{metric}")
+            bar.update(1)
+    return _results.collect(out)
+
+
+def _valid(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        _results.read_task_file(path)
+    except (_results.CorruptTaskFile, OSError):
+        return False
+    return True
+
+
+def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: int, est: dict[str, Any], engine: Engine) -> list[dict[str, Any]]:
+    """The rows one metric gives for one stored estimate (a ``metric_error`` row if it raises)."""
+    res = SimpleNamespace(params=estimate_params(est), log_likelihood=est["log_likelihood"])
+    info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm")}
+    info["stationarity"] = est.get("stationarity", math.nan)
+    try:
+        values = METRIC_FNS[metric](spec, res, n, k, est["seed"], engine, {})
+    except Exception as exc:  # noqa: BLE001 - recorded like a run's metric error
+        return [_row(spec, n, r, est["seed"], label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)}))]
+    return [_row(spec, n, r, est["seed"], label, k, name, value, **info) for name, value in values.items()]
