@@ -73,7 +73,6 @@ COLUMNS: dict[str, str] = {
     "status": "object",
     "grad_norm": "float64",
     "error": "object",
-    "stationarity": "float64",  # Newton decrement per sample at the estimate (FitResult.stationarity)
 }
 #: Row statuses that mark a unit as failed (retried by a rerun).
 FAILED_STATUSES = ("error", "metric_error")
