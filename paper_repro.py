@@ -106,11 +106,20 @@ def run_all(scale: str, out: Path, n_jobs: int) -> dict[str, pd.DataFrame]:
 # rates, agreement with theory, verdict
 # ---------------------------------------------------------------------------------------------
 
-def rates(tables: dict[str, pd.DataFrame], out: Path) -> pd.DataFrame:
+def group_weighting(scale: str) -> str:
+    """The group-error weighting the over-fitted specs declare (``[losses] group_weighting``):
+    chosen before the run, read here, never picked after looking at the results."""
+    chosen = {spec_for(s, scale).losses.get("group_weighting", "unweighted") for s in OVERFIT}
+    if len(chosen) != 1:
+        raise ValueError(f"the over-fitted specs declare different group weightings: {sorted(chosen)}")
+    return chosen.pop()
+
+
+def rates(tables: dict[str, pd.DataFrame], out: Path, weighting: str) -> pd.DataFrame:
     """One row per (study, gate, fitted k, metric): slope, interval, theory, agreement."""
     from mixsim.study import rate_table
 
-    keep = ("D1", "D2", "hellinger") + tuple(f"{g}_{c}_unweighted" for g in GROUP_METRICS for c in ("single", "multi"))
+    keep = ("D1", "D2", "hellinger") + tuple(f"{g}_{c}_{weighting}" for g in GROUP_METRICS for c in ("single", "multi"))
     frames = []
     for name in tables:
         present = set(tables[name]["metric"])
@@ -136,9 +145,20 @@ def _agreement(row) -> str:
     return "faster than theory" if row.ci_high < exp else "slower than theory"
 
 
-def write_rates(table: pd.DataFrame, fig_dir: Path) -> pd.DataFrame:
+def convergence_counts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Fits per study and how many did not converge (certified: stationary); none is dropped."""
+    rows = []
+    for name, df in tables.items():
+        fits = df.drop_duplicates(["n", "replicate", "gate", "fitted_k"])
+        ok = fits["status"].isin(["converged", "max_iter", "stalled"])
+        rows.append({"study": name, "fits": int(ok.sum()), "not_converged": int((ok & ~fits["converged"]).sum()),
+                     "failed": int((~ok).sum())})
+    return pd.DataFrame(rows)
+
+
+def write_rates(table: pd.DataFrame, fig_dir: Path, counts: pd.DataFrame | None = None) -> pd.DataFrame:
     cols = ["study", "start", "gate", "fitted_k", "metric", "average", "slope", "ci_low", "ci_high", "n_points", "n_min", "n_max",
-            "theory_exponent", "theory_tag", "agreement"]
+            "theory_exponent", "theory_tag", "agreement", "not_converged"]
     cols = [c for c in cols if c in table.columns]
     short = table[cols].copy()
     short.to_csv(fig_dir / "rates.csv", index=False)
@@ -148,12 +168,19 @@ def write_rates(table: pd.DataFrame, fig_dir: Path) -> pd.DataFrame:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in fmt.itertuples(index=False)]
     text = ("# Measured convergence rates\n\nSlope of log mean error against log n with its 95% t-interval; "
-            "theory exponent and confidence tag from THEORY.md (over-fitted exponents are worst-case bounds).\n\n")
+            "theory exponent and confidence tag from THEORY.md (over-fitted exponents are worst-case bounds). "
+            "not_converged: fits in the row that were not certified stationary (kept, never dropped).\n\n")
+    if counts is not None:
+        text += ("## Fits that did not converge\n\nConverged = at a stationary point (Newton decrement per sample "
+                 "<= gtol). Non-converged fits are reported here and kept in the tables.\n\n"
+                 "| study | fits | not converged | failed |\n|---|---|---|---|\n"
+                 + "".join(f"| {r.study} | {r.fits} | {r.not_converged} | {r.failed} |\n" for r in counts.itertuples())
+                 + "\n## Rates\n\n")
     (fig_dir / "rates.md").write_text(text + "\n".join(lines) + "\n")
     return short
 
 
-def verdict(table: pd.DataFrame) -> str:
+def verdict(table: pd.DataFrame, weighting: str) -> str:
     """A plain-language reading of the rate table, saying where the data cannot tell."""
     out = []
     table = table[table["average"] == "mean"]
@@ -171,14 +198,14 @@ def verdict(table: pd.DataFrame) -> str:
         comp = sub[sub["gate"].str.startswith("competition")].set_index("metric")
         faster, slower, unclear = [], [], []
         for metric in sorted(set(soft.index) & set(comp.index)):
-            if not metric.endswith("multi_unweighted"):
+            if not metric.endswith(f"multi_{weighting}"):
                 continue
             s, c = soft.loc[metric], comp.loc[metric]
-            group = metric.replace("_multi_unweighted", "")
+            group = metric.replace(f"_multi_{weighting}", "")
             text = f"{group} (softmax {s.slope:.2f} [{s.ci_low:.2f}, {s.ci_high:.2f}], competition {c.slope:.2f} [{c.ci_low:.2f}, {c.ci_high:.2f}])"
             (faster if c.ci_high < s.ci_low else slower if c.ci_low > s.ci_high else unclear).append(text)
         if faster or slower or unclear:
-            out.append(f"Over-fitted k = 3, {start} start, errors in the two-atom cell:")
+            out.append(f"Over-fitted k = 3, {start} start, {weighting} errors in the two-atom cell:")
             out += [f"  competition faster: {t}" for t in faster]
             out += [f"  competition slower: {t}" for t in slower]
             out += [f"  cannot tell (intervals overlap): {t}" for t in unclear]
@@ -202,7 +229,7 @@ LOSS_NAMES = {"D1": "Voronoi loss D1", "D2": "Voronoi loss D2"}
 START_COLOURS = {"shrinking": "tab:purple", "fixed": "tab:brown", "auto": "tab:olive"}
 
 
-def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Path) -> list[Path]:
+def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Path, weighting: str) -> list[Path]:
     """Draw every figure into ``fig_dir`` (PNG, PDF and the plotted numbers as CSV)."""
     import matplotlib
 
@@ -232,8 +259,8 @@ def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Pa
 
     both = pd.concat([tables[s] for s in OVERFIT], ignore_index=True)
     fig = Figure(figsize=(13, 7.5), layout="constrained")
-    plots.plot_groups(both, fitted_k=3, weighting="unweighted", true_k=2, fig=fig)
-    fig.suptitle("Over-fitted k = 3: error of each parameter group (unweighted), softmax vs competition")
+    plots.plot_groups(both, fitted_k=3, weighting=weighting, true_k=2, fig=fig)
+    fig.suptitle(f"Over-fitted k = 3: error of each parameter group ({weighting}), softmax vs competition")
     save(fig, "overfit_groups_softmax_vs_competition", plots.plotted_data(fig))
 
     allfour = pd.concat([tables[s] for s in STUDIES], ignore_index=True)
@@ -245,7 +272,7 @@ def figures(tables: dict[str, pd.DataFrame], rate_tab: pd.DataFrame, fig_dir: Pa
     save(fig, "density_hellinger", plots.plotted_data(ax))
 
     fig = Figure(figsize=(12, 5.8), layout="constrained")
-    data = plot_sensitivity(rate_tab, fig)
+    data = plot_sensitivity(rate_tab, fig, weighting)
     save(fig, "sensitivity_overfit_slopes", data)
     return written
 
@@ -263,13 +290,13 @@ def _reference_slope(ax, table: pd.DataFrame, metric: str, exponent: float) -> N
     ax.legend(fontsize=7)
 
 
-def plot_sensitivity(rate_tab: pd.DataFrame, fig) -> pd.DataFrame:
+def plot_sensitivity(rate_tab: pd.DataFrame, fig, weighting: str) -> pd.DataFrame:
     """Over-fitted (k = 3) slopes per parameter group in the two-atom cell, under each start."""
     from mixsim.plots import _GROUP_LABELS
 
     sub = rate_tab[(rate_tab["average"] == "mean") & (rate_tab["fitted_k"] == 3)
-                   & rate_tab["metric"].str.endswith("_multi_unweighted")].copy()
-    sub["group"] = sub["metric"].str.replace("_multi_unweighted", "", regex=False)
+                   & rate_tab["metric"].str.endswith(f"_multi_{weighting}")].copy()
+    sub["group"] = sub["metric"].str.replace(f"_multi_{weighting}", "", regex=False)
     gates = [g for g in ("softmax", "competition") if g in set(sub["gate"])]
     axes = fig.subplots(1, max(1, len(gates)), sharey=True, squeeze=False)[0]
     groups = list(GROUP_METRICS)
@@ -319,13 +346,17 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     print(f"paper_repro: scale {scale}, results in {out}, figures in {fig_dir}, {args.n_jobs} jobs", flush=True)
     tables = run_all(scale, out, args.n_jobs)
-    rate_tab = rates(tables, out)
-    short = write_rates(rate_tab, fig_dir)
-    written = figures(tables, rate_tab, fig_dir)
+    weighting = group_weighting(scale)
+    rate_tab = rates(tables, out, weighting)
+    counts = convergence_counts(tables)
+    short = write_rates(rate_tab, fig_dir, counts)
+    written = figures(tables, rate_tab, fig_dir, weighting)
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 20):
         main_rows = short[short["metric"].isin(ROBUST_METRICS) & (short["start"] == "shrinking")]
         print(main_rows.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nVerdict\n-------\n" + verdict(rate_tab))
+    print("\nFits that did not converge (certified stationarity), per study:")
+    print(counts.to_string(index=False))
+    print("\nVerdict\n-------\n" + verdict(rate_tab, weighting))
     print(f"\n{len(written)} figures and rates.md/rates.csv in {fig_dir}; {time.perf_counter() - t0:.0f} s in all")
 
 

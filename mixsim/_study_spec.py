@@ -38,6 +38,8 @@ Schema (defaults in brackets)::
     [losses]
     n_mc = 2000                       # [2000] Monte Carlo inputs for "hellinger" and "tv"
     d2_exponents = ...                # [none] passed to voronoi_loss(kind="D2", exponents=...)
+    group_weighting = "share"         # ["unweighted"] the weighting of the group errors that
+                                      # summaries and figures read (losses.WEIGHTINGS); all are recorded
 
     [run]                             # how to run, not what: not part of the spec hash
     block_size = 8                    # [8] replicates of one n fitted together by the batched engine
@@ -63,6 +65,7 @@ import numpy as np
 from .experts import EXPERTS
 from .gates import canonical_gate
 from .fit import NearTruthInit, fit_batch
+from .losses import WEIGHTINGS
 from .model import X_DISTS, MoEParams, list_presets, preset
 
 __all__ = [
@@ -618,6 +621,8 @@ def _check_metrics(metrics: tuple[str, ...], fit: FitSpec, truth: MoEParams) -> 
 def _parse_losses(doc: Any) -> dict[str, Any]:
     t = _Table(doc, "losses")
     out = {"n_mc": t.get("n_mc", _int(1), 2000)}
+    if t.has("group_weighting"):  # only when given: specs without it keep their hash
+        out["group_weighting"] = t.get("group_weighting", _str(WEIGHTINGS))
     if t.has("d2_exponents"):
         out["d2_exponents"] = t.get("d2_exponents", _any)
     t.finish()

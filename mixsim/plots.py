@@ -56,7 +56,7 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,
 from matplotlib.transforms import ScaledTranslation
 
 from ._results import FAILED_STATUSES
-from .losses import GROUPS
+from .losses import GROUPS, WEIGHTINGS
 from .rates import AVERAGES, fit_rate
 from .study import RATE_EXCLUDED_METRICS, _as_table, _context, _Context, _theory, local_rate_table
 
@@ -910,9 +910,11 @@ def plot_groups(
         Results table or directory (see :func:`plot_error_vs_n`).
     gates, fitted_k : optional
         Keep only these gate labels / numbers of experts.
-    weighting : {"unweighted", "weighted"}, default "unweighted"
-        Group errors as ``|D|`` per atom or ``e^{beta0} |D|`` (as in D1). THEORY.md section 7:
-        weighted errors of a cell with tiny weight say little, so unweighted is the default.
+    weighting : {"unweighted", "weighted", "share", "centre"}, default "unweighted"
+        Which group errors (:func:`mixsim.group_errors`): ``|D|`` per atom, ``e^{beta0} |D|`` (as
+        in D1), ``|D|`` weighted by each atom's share of its cell's mass, or the error of the
+        cell's mass-weighted mean. When over-fitted, ``share`` or ``centre`` (``unweighted`` is
+        dominated by atoms of vanishing mass, THEORY.md section 8).
     cells : {"auto", "multi", "single"}, default "auto"
         Which Voronoi cells: ``"multi"`` (cells with two or more fitted atoms, where over-fitted
         rates are slow), ``"single"``, or ``"auto"``: multi for over-fitted models (fitted k >
@@ -929,8 +931,8 @@ def plot_groups(
     numpy array of matplotlib Axes, shape (6,)
         The five group panels, then the notes panel.
     """
-    if weighting not in ("unweighted", "weighted"):
-        raise ValueError(f"weighting must be 'unweighted' or 'weighted'; got {weighting!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
     if cells not in ("auto", "multi", "single"):
         raise ValueError(f"cells must be 'auto', 'multi' or 'single'; got {cells!r}")
     _check_options(average, band, level)
@@ -1266,7 +1268,8 @@ def plot_study(results_dir: str | Path, out_dir: str | Path | None = None) -> li
         data = _local_frame(df, ctx, metric, by=by, average="mean", gates=None, fitted_k=None, warn=False)  # warned above
         _draw_local_slopes(fig.subplots(), data, by, f"local slope of log mean {_metric_label([metric])}", ctx.families)
         written += save_figure(fig, out / f"local_slopes_{metric}")
-    for weighting in ("unweighted", "weighted") if has_groups else ():
+    recorded = [w for w in ("unweighted", "weighted", "share", "centre") if has_groups and df["metric"].str.endswith(f"_{w}").any()]
+    for weighting in recorded:
         fig = _new_figure((15.0, 11.0))
         _draw_groups(df, ctx, gates=None, fitted_k=None, weighting=weighting, cells="auto", by=by, average="mean",
                      band="se", level=0.95, theory=True, fig=fig)

@@ -32,7 +32,13 @@ def test_tiny_run_writes_figures_rates_and_verdict(tmp_path, capsys):
     assert set(rates["start"]) == {"shrinking", "fixed", "auto"}
     d1 = rates[(rates["study"] == "softmax_exact") & (rates["metric"] == "D1")]
     assert sorted(d1["average"]) == ["mean", "median"] and (d1["theory_exponent"] == -0.5).all()
-    assert (figs / "rates.md").read_text().count("\n") > len(rates)
+    md = (figs / "rates.md").read_text()
+    assert md.count("\n") > len(rates)
+    # Every study's non-converged fits are counted in rates.md, none dropped; the over-fitted
+    # group rows use the weighting the specs declare (share).
+    assert "## Fits that did not converge" in md and all(f"| {s} |" in md for s in mod.STUDIES)
+    assert "not_converged" in rates.columns
+    assert rates["metric"].str.endswith("_multi_share").any() and not rates["metric"].str.endswith("_unweighted").any()
     # A second run resumes: nothing is refitted, the same table comes back.
     mod.main(["--tiny", "--out", str(tmp_path / "results"), "--figures", str(figs), "--n-jobs", "1"])
     pd.testing.assert_frame_equal(pd.read_csv(figs / "rates.csv"), rates)

@@ -453,13 +453,13 @@ def test_plot_study_draws_a_results_directory_through_the_cli(tmp_path, capsys):
         assert main(["plot", str(out)]) == 0
     # the fake fitter moves every gate bias by the same amount, so most weight errors are exactly 0:
     # one warning per group figure, naming every series that lost values
-    assert len(record) == 2 and "tiny softmax k=2 weight_single_unweighted (7 of 9)" in str(record[0].message)
+    assert len(record) == 4 and "tiny softmax k=2 weight_single_unweighted (7 of 9)" in str(record[0].message)
     written = [Path(line) for line in capsys.readouterr().out.split()]
     names = {p.name for p in written}
     for stem in ("error_vs_n_D1", "error_vs_n_D2", "local_slopes_D1", "local_slopes_D2", "groups_unweighted",
-                 "groups_weighted"):
+                 "groups_weighted", "groups_share", "groups_centre"):
         assert {f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"} <= names
-    assert len(written) == 18 and all(p.parent == out / "figures" and p.stat().st_size > 0 for p in written)
+    assert len(written) == 24 and all(p.parent == out / "figures" and p.stat().st_size > 0 for p in written)
     d1 = pd.read_csv(out / "figures" / "error_vs_n_D1.csv")
     assert (d1.loc[d1["kind"] == "theory", "exponent"] == -0.5).all()  # true k read from the study's metadata
     assert plt.get_fignums() == []  # drawn without pyplot: nothing left open
