@@ -25,7 +25,7 @@ __all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_params", "evaluate"]
 
 #: Columns of :func:`load_estimates` before the parameter columns (which depend on d).
 ESTIMATE_COLUMNS = (
-    "study", "n", "replicate", "gate", "fitted_k", "seed", "expert", "log_likelihood", "stationarity",
+    "study", "truth", "n", "replicate", "gate", "fitted_k", "seed", "expert", "log_likelihood", "stationarity",
     "grad_norm", "iterations", "status", "converged", "seconds", "model_gate", "top_k", "expert_family", "phi",
 )
 _VECTORS = ("gate_weight", "expert_weight")
@@ -72,9 +72,9 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
     for (n, r, fit), unit in _units_with_estimates(out, meta["spec_hash"]):
         est = unit["estimate"]
         p = est["params"]
-        label, k = fit.rsplit("_k", 1)
         base = {
-            "study": meta["study"], "n": n, "replicate": r, "gate": label, "fitted_k": int(k), "seed": est["seed"],
+            "study": meta["study"], "truth": est["truth"], "n": n, "replicate": r, "gate": est["gate_label"],
+            "fitted_k": est["fitted_k"], "seed": est["seed"],
             "log_likelihood": est["log_likelihood"], "stationarity": est.get("stationarity", math.nan),
             "grad_norm": est["grad_norm"], "iterations": est["iterations"], "status": est["status"],
             "converged": est["converged"], "seconds": est["seconds"], "model_gate": p["gate"], "top_k": p["top_k"],
@@ -166,10 +166,11 @@ def evaluate(
     bar = tqdm(total=len(jobs), desc=f"evaluate {spec.name}", unit="file", disable=not (progress and sys.stderr.isatty()))
     with bar:
         for metric, task, members in jobs:
-            k = int(task["fit"].rsplit("_k", 1)[1])
-            label = task["fit"].rsplit("_k", 1)[0]
+            est0 = members[0][1]["estimate"]
+            k, label = est0["fitted_k"], est0["gate_label"]
             applies = {"D1": k == spec.true_k, "D2": k > spec.true_k}.get(metric, True)
-            rows_of = [(r, _metric_rows(spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
+            truth_spec = spec.for_truth(est0["truth"])
+            rows_of = [(r, _metric_rows(truth_spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
                        for r, unit in members]
             payload = [{"replicate": r, "failed": False, "rows": _results.iter_rows(rows), "traceback": None} for r, rows in rows_of]
             _results.write_task_file(out, meta["spec_hash"], task, payload, folder=f"{_results.EVALS}/{metric}")
@@ -190,8 +191,7 @@ def _valid(path: Path) -> bool:
 def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: int, est: dict[str, Any], engine: Engine) -> list[dict[str, Any]]:
     """The rows one metric gives for one stored estimate (a ``metric_error`` row if it raises)."""
     res = SimpleNamespace(params=estimate_params(est), log_likelihood=est["log_likelihood"])
-    info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm")}
-    info["stationarity"] = est.get("stationarity", math.nan)
+    info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm", "stationarity", "truth")}
     try:
         values = METRIC_FNS[metric](spec, res, n, k, est["seed"], engine, {})
     except Exception as exc:  # noqa: BLE001 - recorded like a run's metric error

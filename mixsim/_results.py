@@ -73,6 +73,7 @@ COLUMNS: dict[str, str] = {
     "status": "object",
     "grad_norm": "float64",
     "error": "object",
+    "truth": "int64",  # index of the study's truth (0 unless the study draws several)
 }
 #: Row statuses that mark a unit as failed (retried by a rerun).
 FAILED_STATUSES = ("error", "metric_error")
@@ -349,6 +350,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     for col, dtype in COLUMNS.items():
         if dtype == "object":
             df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str).astype(object)
+        elif col == "truth":  # files written before studies had several truths
+            df[col] = df[col].fillna(0).astype(dtype)
         else:
             df[col] = df[col].astype(dtype)
     return df

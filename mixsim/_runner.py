@@ -1,7 +1,8 @@
 """Running a study: seeds from grid coordinates, tasks of batched replicates, joblib (or Dask) execution.
 
 Seeds. Replicate ``r`` at sample size ``n`` gets the integer seed
-``replicate_seed(root_seed, n, r)``, drawn from ``SeedSequence(root_seed, spawn_key=(n, r))``; from it
+``replicate_seed(root_seed, n, r)``, drawn from ``SeedSequence(root_seed, spawn_key=(n, r))`` (in a study
+with several truths, ``spawn_key=(n, r, truth)``: the truth index is part of the key); from it
 come three independent streams, ``SeedSequence(seed, spawn_key=(i,))`` for i = 0 (data), 1 (the fit's
 starts) and 2 (Monte Carlo inputs of the density distances). Every gate and fitted k at one (n, r)
 sees the same data set, the same start noise and the same evaluation inputs, so gate comparisons are
@@ -53,9 +54,13 @@ _ERROR_CHARS = 2000
 # seeds and data
 # ---------------------------------------------------------------------------------------------
 
-def replicate_seed(root_seed: int, n: int, replicate: int) -> int:
-    """The integer seed of replicate ``replicate`` at sample size ``n`` (63 bits; stored in every row)."""
-    state = np.random.SeedSequence(root_seed, spawn_key=(int(n), int(replicate))).generate_state(2, np.uint32)
+def replicate_seed(root_seed: int, n: int, replicate: int, truth: int | None = None) -> int:
+    """The integer seed of replicate ``replicate`` at sample size ``n`` (63 bits; stored in every row).
+
+    In a study with several truths the truth index is part of the key: ``spawn_key=(n, r, truth)``.
+    """
+    key = (int(n), int(replicate)) if truth is None else (int(n), int(replicate), int(truth))
+    state = np.random.SeedSequence(root_seed, spawn_key=key).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))  # < 2**63, fits an int64 column
 
 
@@ -73,10 +78,11 @@ def replicate_streams(seed: int) -> Streams:
     return Streams(*(np.random.SeedSequence(int(seed), spawn_key=(i,)) for i in range(3)))
 
 
-def task_data(spec: StudySpec, n: int, replicate: int) -> tuple[np.ndarray, np.ndarray]:
-    """Regenerate the data set ``(X, y)`` of replicate ``replicate`` at sample size ``n`` of a study."""
-    seed = replicate_seed(spec.root_seed, n, replicate)
-    return sample(spec.truth, n, rng=np.random.default_rng(replicate_streams(seed).data), x_dist=spec.x_dist)
+def task_data(spec: StudySpec, n: int, replicate: int, truth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Regenerate the data set ``(X, y)`` of replicate ``replicate`` at sample size ``n`` of a study
+    (of truth ``truth`` in a study with several)."""
+    seed = replicate_seed(spec.root_seed, n, replicate, truth)
+    return sample(spec.for_truth(truth).truth, n, rng=np.random.default_rng(replicate_streams(seed).data), x_dist=spec.x_dist)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,24 +138,28 @@ class Task:
     fit: str  # "<gate label>_k<k>" or "nn"
     gate: GateSpec | None = None
     fitted_k: int | None = None
+    truth: int | None = None  # index into spec.truths (None: a one-truth study)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "replicates": list(self.replicates), "fit": self.fit}
+        doc = {"n": self.n, "replicates": list(self.replicates), "fit": self.fit}
+        return doc if self.truth is None else doc | {"truth": self.truth}
 
 
-def fit_label(gate: GateSpec, k: int) -> str:
-    return f"{gate.label}_k{k}"
+def fit_label(gate: GateSpec, k: int, truth: int | None = None) -> str:
+    """The unit's fit name: ``<gate label>_k<k>``, and ``_t<truth>`` in a study with several truths."""
+    return f"{gate.label}_k{k}" + ("" if truth is None else f"_t{truth}")
 
 
-def _fits(spec: StudySpec) -> list[tuple[str, GateSpec | None, int | None]]:
+def _fits(spec: StudySpec) -> list[tuple[str, GateSpec | None, int | None, int | None]]:
     if spec.kind == "nn":
-        return [("nn", None, None)]
-    return [(fit_label(g, k), g, k) for g in spec.fit.gates for k in spec.fit.fitted_k]
+        return [("nn", None, None, None)]
+    truths = range(len(spec.truths)) if spec.ensemble else [None]
+    return [(fit_label(g, k, j), g, k, j) for j in truths for g in spec.fit.gates for k in spec.fit.fitted_k]
 
 
 def plan_units(spec: StudySpec) -> list[tuple[int, int, str]]:
     """Every unit key (n, replicate, fit) of a study."""
-    return [(n, r, label) for n in spec.n_values for label, _, _ in _fits(spec) for r in range(spec.replications)]
+    return [(n, r, label) for n in spec.n_values for label, *_ in _fits(spec) for r in range(spec.replications)]
 
 
 def plan_tasks(spec: StudySpec, done: set[tuple[int, int, str]] = frozenset(), block_size: int | None = None) -> list[Task]:
@@ -161,11 +171,11 @@ def plan_tasks(spec: StudySpec, done: set[tuple[int, int, str]] = frozenset(), b
     block = 1 if spec.kind == "nn" else int(block_size or spec.block_size)
     tasks = []
     for n in sorted(spec.n_values, reverse=True):
-        for label, gate, k in _fits(spec):
+        for label, gate, k, truth in _fits(spec):
             for start in range(0, spec.replications, block):
                 reps = tuple(r for r in range(start, min(start + block, spec.replications)) if (n, r, label) not in done)
                 if reps:
-                    tasks.append(Task(n=n, replicates=reps, fit=label, gate=gate, fitted_k=k))
+                    tasks.append(Task(n=n, replicates=reps, fit=label, gate=gate, fitted_k=k, truth=truth))
     return tasks
 
 
@@ -181,7 +191,7 @@ def _row(spec: StudySpec, n: int, r: int, seed: int, gate: str, k: int, metric: 
     row = {
         "study": spec.name, "n": n, "replicate": r, "gate": gate, "fitted_k": k, "metric": metric,
         "value": float(value), "seed": seed, "converged": False, "iterations": -1,
-        "seconds": math.nan, "status": "ok", "grad_norm": math.nan, "error": "",
+        "seconds": math.nan, "status": "ok", "grad_norm": math.nan, "error": "", "truth": 0,
     }
     row.update(info)
     return row
@@ -276,14 +286,15 @@ def estimate_record(res: Any, seed: int) -> dict[str, Any]:
 
 def _unit_rows(spec: StudySpec, task: Task, r: int, res: Any, engine: Engine) -> tuple[list[dict], bool, str | None]:
     """Rows of one fitted replicate; a metric that raises gets a ``metric_error`` row and the others go on."""
-    seed = replicate_seed(spec.root_seed, task.n, r)
+    seed = replicate_seed(spec.root_seed, task.n, r, task.truth)
     label, k = task.gate.label, task.fitted_k
+    spec = spec.for_truth(task.truth)
     if isinstance(res, BaseException):
-        info = {"status": "error", "error": _error_text(res)}
+        info = {"status": "error", "error": _error_text(res), "truth": task.truth or 0}
         rows = [_row(spec, task.n, r, seed, label, k, m, math.nan, **info) for m in _failed_metric_names(spec, task.gate, k, engine)]
         return rows, True, "".join(traceback.format_exception(res))[-_ERROR_CHARS:]
     rows, failed, tb, cache = [], False, None, {}
-    info = _fit_info(res)
+    info = _fit_info(res) | {"truth": task.truth or 0}
     for m in _planned_metrics(spec, k):
         try:
             values = METRIC_FNS[m](spec, res, task.n, k, seed, engine, cache)
@@ -304,15 +315,15 @@ def _fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
         n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter, method=fs.method, warn=False,
     )
     if fs.init == "near_truth":
-        kwargs |= dict(truth=spec.truth, init_options=NearTruthInit(**dict(fs.near_truth)))
+        kwargs |= dict(truth=spec.for_truth(task.truth).truth, init_options=NearTruthInit(**dict(fs.near_truth)))
     return kwargs | dict(fs.options) | dict(task.gate.options)
 
 
 def _fit_block(spec: StudySpec, task: Task, engine: Engine) -> list[Any]:
     """Fit the task's data sets in one batched call; if it raises, one at a time (same seeds, same results)."""
-    data = [task_data(spec, task.n, r) for r in task.replicates]
+    data = [task_data(spec, task.n, r, task.truth) for r in task.replicates]
     Xs, ys = np.stack([X for X, _ in data]), np.stack([y for _, y in data])
-    seeds = [replicate_streams(replicate_seed(spec.root_seed, task.n, r)).init for r in task.replicates]
+    seeds = [replicate_streams(replicate_seed(spec.root_seed, task.n, r, task.truth)).init for r in task.replicates]
     fit_batch, kwargs = engine.get("fit_batch"), _fit_kwargs(spec, task)
     try:
         return list(fit_batch(Xs, ys, task.fitted_k, rng=seeds, **kwargs))
@@ -338,7 +349,8 @@ def _run_mle(spec: StudySpec, task: Task, engine: Engine) -> list[dict[str, Any]
         rows, failed, tb = _unit_rows(spec, task, r, res, engine)
         unit = {"replicate": r, "failed": failed, "rows": rows, "traceback": tb}
         if not isinstance(res, BaseException):  # every estimate is kept: metrics can be recomputed
-            unit["estimate"] = estimate_record(res, replicate_seed(spec.root_seed, task.n, r))
+            unit["estimate"] = estimate_record(res, replicate_seed(spec.root_seed, task.n, r, task.truth)) | {
+                "gate_label": task.gate.label, "fitted_k": task.fitted_k, "truth": task.truth or 0}
         units.append(unit)
     return units
 

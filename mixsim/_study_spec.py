@@ -298,6 +298,7 @@ class StudySpec:
     metrics: tuple[str, ...] = ()
     truth: MoEParams | None = None
     truth_table: dict[str, Any] = field(default_factory=dict)
+    truths: tuple[MoEParams, ...] = ()  # every truth of the study; truth is truths[0]
     fit: FitSpec | None = None
     losses: dict[str, Any] = field(default_factory=dict)
     nn: dict[str, Any] | None = None
@@ -345,10 +346,23 @@ class StudySpec:
         doc["format"] = SPEC_FORMAT
         if self.truth is not None:
             doc["truth_params"] = truth_to_dict(self.truth)
+        if len(self.truths) > 1:  # an ensemble: every drawn truth changes the numbers
+            doc["truths_params"] = [truth_to_dict(t) for t in self.truths]
         if self.nn is not None and (defaults := _nn_defaults()) is not None:
             doc["nn_resolved"] = defaults | self.nn  # a changed default changes the numbers
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def ensemble(self) -> bool:
+        """More than one truth: the truth index is part of every unit, seed and row."""
+        return len(self.truths) > 1
+
+    def for_truth(self, index: int | None) -> "StudySpec":
+        """The same spec with ``truth`` set to truth ``index`` (None or 0 on a one-truth spec: itself)."""
+        if not index:
+            return self
+        return dataclasses.replace(self, truth=self.truths[index])
 
     @property
     def true_k(self) -> int | None:
@@ -409,10 +423,11 @@ def _parse(doc: Mapping[str, Any], source: str | None, default_name: str | None)
         top.finish()
         return StudySpec(nn=copy.deepcopy(dict(nn)), **common)
     truth_table = top.get("truth", _any)
-    truth = _parse_truth(truth_table)
     x_dist = top.get("x_dist", _str(tuple(X_DISTS)), "uniform")
-    if x_dist == "grid" and truth.dim != 1:
-        raise SpecError(f"x_dist = 'grid' is defined for d = 1 only; the truth has d = {truth.dim}", "x_dist")
+    truths = _parse_truths(truth_table, x_dist)
+    truth = truths[0]
+    if x_dist == "grid" and any(t.dim != 1 for t in truths):
+        raise SpecError(f"x_dist = 'grid' is defined for d = 1 only; a truth has d = {max(t.dim for t in truths)}", "x_dist")
     fit = _parse_fit(top.get("fit", _any), truth)
     default_metrics = [m for m, ok in (("D1", truth.n_experts in fit.fitted_k), ("D2", max(fit.fitted_k) > truth.n_experts)) if ok]
     metrics = tuple(top.get("metrics", _list(_str(tuple(METRICS))), default_metrics + ["groups", "loglik"]))
@@ -420,7 +435,7 @@ def _parse(doc: Mapping[str, Any], source: str | None, default_name: str | None)
     losses = _parse_losses(top.get("losses", _any, {}))
     top.finish()
     return StudySpec(
-        x_dist=x_dist, metrics=metrics, truth=truth, truth_table=copy.deepcopy(dict(truth_table)),
+        x_dist=x_dist, metrics=metrics, truth=truth, truth_table=copy.deepcopy(dict(truth_table)), truths=tuple(truths),
         fit=fit, losses=losses, **common,
     )
 
@@ -474,6 +489,53 @@ def _parse_nn(doc: Any) -> None:
     defaults = _nn_defaults()
     # The values belong to mixsim.nn.run_nn_task, which checks them; the names are checked here.
     t.finish(allowed_extra=tuple(doc) if defaults is None else tuple(defaults))
+
+
+_RANDOM_TRUTH_KEYS = ("count", "seed", "gate", "k", "d", "expert", "delta", "floor", "mass")
+
+
+def _parse_truths(doc: Any, x_dist: str) -> list[MoEParams]:
+    """The study's truths: the ``[truth]`` table's one (preset or inline), then those drawn by
+    :func:`mixsim.random_truth` for each ``[[truth.random]]`` table, in order.
+
+    Each random table: ``count`` (>= 1) truths from ``seed``; ``gate``, ``k``, ``d`` and ``expert``
+    default to the first truth's; ``delta``, ``floor``, ``mass`` are random_truth's separation and
+    visibility settings. Every truth must share the gate family, expert family and number of experts.
+    """
+    if not isinstance(doc, Mapping):
+        raise SpecError(f"truth must be a table; got {_type_name(doc)}", "truth")
+    groups = doc.get("random", [])
+    groups = [groups] if isinstance(groups, Mapping) else groups
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
+        raise SpecError("truth.random must be a table or an array of tables ([[truth.random]])", "truth.random")
+    base_doc = {key: v for key, v in doc.items() if key != "random"}
+    truths = [_parse_truth(base_doc)] if base_doc or not groups else []
+    for i, group in enumerate(groups):
+        key = f"truth.random[{i}]"
+        t = _Table(group, key)
+        first = truths[0] if truths else None
+        opts = {
+            "gate": t.get("gate", _str(("softmax", "competition")), first.gate if first else _MISSING),
+            "k": t.get("k", _int(1), first.n_experts if first else _MISSING),
+            "d": t.get("d", _int(1), first.dim if first else _MISSING),
+            "expert": t.get("expert", _str(tuple(EXPERTS)), first.expert if first else "linear"),
+        }
+        count, seed = t.get("count", _int(1)), t.get("seed", _int(0))
+        extra = {name: t.get(name, _float(nonnegative=True)) for name in ("delta", "floor", "mass") if t.has(name)}
+        t.finish()
+        from .model import random_truth
+
+        for rng in np.random.SeedSequence(seed).spawn(count):
+            try:
+                truths.append(random_truth(opts["gate"], opts["k"], opts["d"], np.random.default_rng(rng),
+                                           expert=opts["expert"], x_dist=x_dist, **extra))
+            except (ValueError, RuntimeError) as exc:
+                raise SpecError(f"{key}: {exc}", key) from exc
+    for t in truths[1:]:
+        if (t.gate, t.expert, t.n_experts) != (truths[0].gate, truths[0].expert, truths[0].n_experts):
+            raise SpecError("every truth of a study must share the gate family, the expert family and the number of experts; "
+                            f"got {truths[0].gate}/{truths[0].expert}/k={truths[0].n_experts} and {t.gate}/{t.expert}/k={t.n_experts}", "truth.random")
+    return truths
 
 
 def _parse_truth(doc: Any) -> MoEParams:

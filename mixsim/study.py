@@ -217,10 +217,12 @@ def rate_table(
     ctx = _context(results, true_k)
     df = _as_table(results)
     used = _usable(df, metrics, min_n)
-    keys = ["study", "gate", "fitted_k", "metric"]
+    several = "truth" in df.columns and df["truth"].nunique() > 1  # an ensemble: one rate per truth
+    keys = ["study"] + (["truth"] if several else []) + ["gate", "fitted_k", "metric"]
     total = df.groupby(keys).size() if len(df) else pd.Series(dtype=int)
     out = []
-    for (study, gate, k, metric), group in used.groupby(keys, sort=True):
+    for key, group in used.groupby(keys, sort=True):
+        study, gate, k, metric = key[0], *key[-3:]
         n, values = group["n"].to_numpy(), group["value"].to_numpy()
         if np.unique(n).size < 2:
             continue
@@ -230,10 +232,12 @@ def rate_table(
             "slope": rate.slope, "intercept": rate.intercept, "ci_low": rate.ci_low, "ci_high": rate.ci_high,
             "boot_low": rate.boot_low, "boot_high": rate.boot_high, "stderr": rate.stderr, "level": rate.level,
             "average": rate.method, "n_points": rate.n_points, "n_min": int(n.min()), "n_max": int(n.max()),
-            "rows": len(group), "dropped": int(total.get((study, gate, k, metric), len(group)) - len(group)),
+            "rows": len(group), "dropped": int(total.get(key, len(group)) - len(group)),
             "not_converged": int((~group["converged"]).sum()),
             "local_slopes": json.dumps([float(v) for v in rate.local_slopes]),
         }
+        if several:
+            row = {"study": study, "truth": int(key[1])} | row
         theory = _theory(ctx.families.get(gate, gate), int(k), ctx.true_k, metric, ctx.expert)
         if theory:
             theory["theory_in_ci"] = bool(rate.ci_low <= theory["theory_exponent"] <= rate.ci_high)
