@@ -4,8 +4,13 @@ Every routine carries a leading batch dimension ``B``: ``B`` data sets of the sa
 at once, each with its own parameters, step sizes and stopping time, so a batched fit gives the
 same estimates as fitting the data sets one by one (this is what makes studies fast).
 
-Two engines share one stopping rule (the change of the **per-sample** log-likelihood between
-accepted iterations is at most ``tol``, so ``tol`` means the same at every n):
+A fit converges only at a certified stationary point: the Newton decrement per sample at the
+returned estimate (the gain a Newton step predicts, in nats per sample: free of units and
+parametrisation) is at most ``gtol``, and the last accepted iteration changed the **per-sample**
+log-likelihood by at most ``tol`` (so both mean the same at every n). A small change alone is not
+convergence (EM crawls), nor is a refused step: EM hands over to Newton, and a Newton that finds no
+improving step at a non-stationary point reports ``stalled``. X is standardised inside (the model
+is affine in x), so fits do not depend on the units of X. Two engines:
 
 ``em``
     EM for softmax / top-K gates with linear experts: experts by weighted least squares, variances
@@ -18,8 +23,9 @@ accepted iterations is at most ``tol``, so ``tol`` means the same at every n):
     closed-form M-step). A step is accepted only if it does not decrease the log-likelihood;
     otherwise the damping grows.
 ``auto`` (default)
-    ``em`` for up to ``em_warmup`` iterations where it applies, then ``newton``: plain EM crawls on
-    over-fitted problems (thousands of iterations) where Newton needs tens.
+    ``em`` for up to ``em_warmup`` iterations where it applies (or until its change is small or
+    its step refused), then ``newton``, which certifies: plain EM crawls on over-fitted problems
+    (thousands of iterations) where Newton needs tens.
 
 Rows are fitted in sub-batches of about 2**18 data points (cache-sized); ``compile=True`` fuses the
 EM pass with ``torch.compile``. The engines live in ``_em.py`` and ``_newton.py``, the parameter
