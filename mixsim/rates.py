@@ -19,7 +19,11 @@ from .gates import GATES
 from .losses import GROUPS
 from .model import as_rng
 
-__all__ = ["AVERAGES", "THEORY_RATES", "RateFit", "fit_rate", "theory_rate", "ols_slope"]
+__all__ = [
+    "AVERAGES", "THEORY_RATES", "RateFit", "fit_rate", "theory_rate", "ols_slope",
+    "SLOPE_AVERAGES", "INTERVALS", "FALLBACKS", "VERDICTS", "RateEstimate", "RateComparison",
+    "estimate_rate", "compare_rates", "bootstrap_interval", "verdict",
+]
 
 # ---------------------------------------------------------------------------------------------
 # estimating a rate
@@ -638,6 +642,12 @@ class RateEstimate:
                       "replicates_min": int(self.n_replicates.min()), "note": self.note}
 
 
+def _check_window(window: Any, m: int, where: str = "") -> int:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 2 <= window <= m:
+        raise ValueError(f"window must be an int from 2 to the number of distinct sizes{where} ({m}); got {window!r}")
+    return int(window)
+
+
 def _check_common(level: Any, n_boot: Any, interval: Any, fallback: Any) -> None:
     if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1); got {level!r}")
@@ -760,8 +770,280 @@ def estimate_rate(
     average = _canonical_average(average)
     _check_common(level, n_boot, interval, fallback)
     _check_replicates(n, errors, replicate)
-    m = np.unique(np.asarray(n, dtype=np.float64)).size if np.ndim(n) == 1 else 0
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 2 <= window <= max(m, 2):
-        raise ValueError(f"window must be an int from 2 to the number of distinct sizes ({m}); got {window!r}")
     res = _resample(n, errors, average, int(n_boot), as_rng(rng))
-    return _estimate(res, average, level, interval, int(window), fallback)
+    return _estimate(res, average, level, interval, _check_window(window, res.log_n.size), fallback)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing two rates (competition minus softmax): slope difference, n-to-eps ratio, verdict
+# ---------------------------------------------------------------------------------------------
+
+
+def verdict(low: float, high: float) -> str:
+    """Verdict on ``a`` against ``b`` from an interval of ``a - b``, for a quantity where smaller means faster.
+
+    Parameters
+    ----------
+    low, high : float
+        Interval of the difference ``a - b`` of slopes (more negative = errors fall faster) or of
+        log sample sizes needed (more negative = fewer samples needed).
+
+    Returns
+    -------
+    {"faster", "slower", "cannot tell"}
+        "faster" when the whole interval is below 0, "slower" when above, "cannot tell" when it
+        contains 0 or is undefined (NaN).
+    """
+    if np.isnan(low) or np.isnan(high) or low > high:
+        return "cannot tell"
+    if high < 0:
+        return "faster"
+    if low > 0:
+        return "slower"
+    return "cannot tell"
+
+
+@dataclass(frozen=True, eq=False)
+class RateComparison:
+    """Two rates compared: ``a`` minus ``b`` (pass competition as ``a`` and softmax as ``b``).
+
+    The two data sets are independent, so each is resampled on its own (within each size); every
+    interval of a difference pairs resample i of ``a`` with resample i of ``b``.
+
+    Attributes
+    ----------
+    a, b : RateEstimate
+        Each side's own estimate, from the same resamples the differences use.
+    level : float
+    interval : {"percentile", "bca"}
+    difference, difference_low, difference_high : float
+        ``a.rate - b.rate``: the rates the verdict uses (each side's full slope, or its fallback
+        where its curvature check failed); NaN when a side has no rate.
+    slope_difference, slope_difference_low, slope_difference_high : float
+        ``a.slope - b.slope`` over all sizes, whatever the curvature checks say.
+    verdict : {"faster", "slower", "cannot tell"}
+        From the ``difference`` interval (:func:`verdict`): "faster" means ``a``'s errors fall
+        faster with n than ``b``'s.
+    eps : array of shape (q,)
+        Error levels for the sample-efficiency ratio.
+    reached : bool array of shape (q,)
+        Whether both fitted lines reach ``eps`` inside the sizes they were fitted on (no
+        extrapolation). Default ``eps`` values are all reached.
+    n_a, n_b : arrays of shape (q,)
+        Sample size each fitted line needs to reach ``eps`` (inf when its slope is >= 0).
+    n_ratio, n_ratio_low, n_ratio_high : arrays of shape (q,)
+        ``n_a / n_b`` with its interval: < 1 means ``a`` needs fewer samples for that error.
+    n_undefined : int array of shape (q,)
+        Resamples on which the ratio is undefined (both slopes >= 0), left out of its interval.
+    efficiency : tuple of str, length q
+        :func:`verdict` on the log ratio's interval at each ``eps`` ("faster": ``a`` needs fewer samples).
+    """
+
+    a: RateEstimate
+    b: RateEstimate
+    level: float
+    interval: str
+    difference: float
+    difference_low: float
+    difference_high: float
+    slope_difference: float
+    slope_difference_low: float
+    slope_difference_high: float
+    verdict: str
+    eps: np.ndarray
+    reached: np.ndarray
+    n_a: np.ndarray
+    n_b: np.ndarray
+    n_ratio: np.ndarray
+    n_ratio_low: np.ndarray
+    n_ratio_high: np.ndarray
+    n_undefined: np.ndarray
+    efficiency: tuple[str, ...]
+
+    def to_row(self) -> dict[str, Any]:
+        """The scalar results as one flat dict; the ratio at the middle ``eps`` (NaN if there is none)."""
+        names = ("difference", "difference_low", "difference_high", "slope_difference", "slope_difference_low",
+                 "slope_difference_high", "verdict")
+        row = {name: getattr(self, name) for name in names}
+        mid = self.eps.size // 2
+        pick = lambda arr: float(arr[mid]) if self.eps.size else float("nan")  # noqa: E731
+        return row | {
+            "rate_a": self.a.rate, "rate_b": self.b.rate, "source_a": self.a.rate_source, "source_b": self.b.rate_source,
+            "eps": pick(self.eps), "n_ratio": pick(self.n_ratio), "n_ratio_low": pick(self.n_ratio_low),
+            "n_ratio_high": pick(self.n_ratio_high),
+            "efficiency": self.efficiency[mid] if self.eps.size else "cannot tell",
+        }
+
+
+def _side_streams(rng: Any) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators: from a pair as given, else two children of one seed or Generator."""
+    if isinstance(rng, (tuple, list)):
+        if len(rng) != 2:
+            raise ValueError(f"rng as a sequence must hold two seeds or Generators (one per side); got {len(rng)}")
+        if isinstance(rng[0], (int, np.integer)) and isinstance(rng[1], (int, np.integer)) and rng[0] == rng[1]:
+            raise ValueError(f"rng: the two sides need different seeds (the data sets are resampled independently); got {rng}")
+        return as_rng(rng[0]), as_rng(rng[1])
+    entropy = as_rng(rng).integers(0, 2**63 - 1, size=2)
+    child_a, child_b = np.random.SeedSequence([int(v) for v in entropy]).spawn(2)
+    return np.random.default_rng(child_a), np.random.default_rng(child_b)
+
+
+def _rate_line(est: RateEstimate, res: _Resampled) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Weights (slope, intercept) of the line the rate uses and the indices of its sizes; None without a rate."""
+    if est.rate_source == "none":
+        return None
+    index = np.arange(res.log_n.size) if est.rate_source == "full" else _halves(res.log_n.size)[1]
+    return (*_line_weights(res.log_n, index), index)
+
+
+def _log_n_needed(L: np.ndarray, line: tuple, log_eps: np.ndarray) -> np.ndarray:
+    """``log n`` at which the line through L reaches each ``log_eps``: shape (..., q); +inf when its slope >= 0."""
+    slope, intercept = (L @ line[0])[..., None], (L @ line[1])[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (log_eps - intercept) / slope
+    return np.where(slope < 0, out, np.inf)
+
+
+def _default_eps(ea: RateEstimate, eb: RateEstimate, line_a: tuple, line_b: tuple, n_eps: int) -> np.ndarray:
+    """``n_eps`` error levels inside the range both fitted lines cover over their own sizes (log-spaced, ends excluded)."""
+    spans = []
+    for est, line in ((ea, line_a), (eb, line_b)):
+        if line is None or est.rate >= 0:
+            return np.empty(0)
+        log_n = np.log(est.sizes[line[2]])
+        spans.append((est.rate_intercept + est.rate * log_n.max(), est.rate_intercept + est.rate * log_n.min()))
+    low, high = max(s[0] for s in spans), min(s[1] for s in spans)
+    if not low < high:
+        return np.empty(0)
+    return np.exp(low + (high - low) * np.arange(1, n_eps + 1) / (n_eps + 1))
+
+
+def _pair_interval(est: float, boot: np.ndarray, jack: np.ndarray, ra: _Resampled, rb: _Resampled,
+                   level: float, method: str) -> tuple[float, float]:
+    groups = np.concatenate([ra.jack_group, rb.jack_group + ra.counts.size])
+    return bootstrap_interval(est, boot, level, method, jack, groups, np.concatenate([ra.counts, rb.counts]))
+
+
+def compare_rates(
+    n_a: Any,
+    errors_a: Any,
+    n_b: Any,
+    errors_b: Any,
+    *,
+    replicate_a: Any = None,
+    replicate_b: Any = None,
+    average: str = "log",
+    level: float = 0.95,
+    n_boot: int = 4000,
+    interval: str = "percentile",
+    window: int = 2,
+    fallback: str = "upper_half",
+    eps: Any = None,
+    n_eps: int = 3,
+    rng: Any = 0,
+) -> RateComparison:
+    """Compare the rates of two independent data sets: slope difference ``a - b``, sample-efficiency ratio, verdict.
+
+    Each side is estimated as in :func:`estimate_rate` (same ``average``, ``interval``, ``window``
+    and ``fallback``), each resampled on its own stream: the data sets of two gates come from
+    different truths and seeds, so resampling them independently is the right bootstrap. Resample
+    i of the difference is resample i of ``a`` minus resample i of ``b``.
+
+    The **sample-efficiency ratio** at an error level eps is ``n_a(eps) / n_b(eps)``, the sizes at
+    which the two fitted lines (the lines of each side's rate) reach eps, with an interval from the
+    same resamples. By default eps takes ``n_eps`` log-spaced levels strictly inside the range of
+    errors that *both* fitted lines cover over their own sizes, so neither line is extrapolated.
+
+    Parameters
+    ----------
+    n_a, errors_a : arrays
+        Sizes and per-replicate errors of side ``a`` (competition), as for :func:`estimate_rate`.
+    n_b, errors_b : arrays
+        The same for side ``b`` (softmax).
+    replicate_a, replicate_b : arrays, optional
+        Replicate ids, checked as in :func:`estimate_rate`.
+    average, level, n_boot, interval, window, fallback
+        As in :func:`estimate_rate` (defaults "log", 0.95, 4000, "percentile", 2, "upper_half").
+    eps : array-like of float > 0, optional
+        Error levels for the ratio (default: ``n_eps`` levels both lines reach; none when the
+        lines share no range or a rate is >= 0). Levels outside a line's range are computed by
+        extrapolation and marked ``reached = False``.
+    n_eps : int, default 3
+        Number of default levels.
+    rng : Generator, int seed, None, or a pair of them, default 0
+        One seed or Generator is split into two independent streams (one per side); a pair is
+        used as given (``a`` first).
+
+    Returns
+    -------
+    RateComparison
+    """
+    average = _canonical_average(average)
+    _check_common(level, n_boot, interval, fallback)
+    if isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 1:
+        raise ValueError(f"n_eps must be an int >= 1; got {n_eps!r}")
+    if eps is not None:
+        eps = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+        if eps.ndim != 1 or not np.all(np.isfinite(eps)) or np.any(eps <= 0):
+            raise ValueError(f"eps must be finite error levels > 0; got {eps}")
+    for side, (n, errors, rep) in {"a": (n_a, errors_a, replicate_a), "b": (n_b, errors_b, replicate_b)}.items():
+        try:
+            _check_replicates(n, errors, rep)
+        except ValueError as exc:
+            raise ValueError(f"side {side} (n_{side}, errors_{side}, replicate_{side}): {exc}") from exc
+    rng_a, rng_b = _side_streams(rng)
+    try:
+        res_a = _resample(n_a, errors_a, average, int(n_boot), rng_a)
+    except ValueError as exc:
+        raise ValueError(f"side a (n_a, errors_a): {exc}") from exc
+    try:
+        res_b = _resample(n_b, errors_b, average, int(n_boot), rng_b)
+    except ValueError as exc:
+        raise ValueError(f"side b (n_b, errors_b): {exc}") from exc
+    for side, res in (("a", res_a), ("b", res_b)):
+        window = _check_window(window, res.log_n.size, f" of side {side}")
+    est_a = _estimate(res_a, average, level, interval, int(window), fallback)
+    est_b = _estimate(res_b, average, level, interval, int(window), fallback)
+
+    def difference(line_a: tuple | None, line_b: tuple | None) -> tuple[float, float, float]:
+        if line_a is None or line_b is None:
+            return float("nan"), float("nan"), float("nan")
+        sa, sb = _linear(res_a, line_a[0]), _linear(res_b, line_b[0])
+        jack = np.concatenate([sa.jack - sb.estimate, sa.estimate - sb.jack])
+        low, high = _pair_interval(sa.estimate - sb.estimate, sa.boot - sb.boot, jack, res_a, res_b, level, interval)
+        return sa.estimate - sb.estimate, low, high
+
+    full_a = (*_line_weights(res_a.log_n, np.arange(res_a.log_n.size)), None)
+    full_b = (*_line_weights(res_b.log_n, np.arange(res_b.log_n.size)), None)
+    slope_diff = difference(full_a, full_b)
+    line_a, line_b = _rate_line(est_a, res_a), _rate_line(est_b, res_b)
+    diff = difference(line_a, line_b)
+
+    eps = _default_eps(est_a, est_b, line_a, line_b, int(n_eps)) if eps is None else eps
+    q = eps.size
+    nan_q = np.full(q, np.nan)
+    n_need_a, n_need_b, ratio, ratio_low, ratio_high = nan_q, nan_q, nan_q.copy(), nan_q.copy(), nan_q.copy()
+    undefined, reached, log_ci = np.zeros(q, dtype=int), np.zeros(q, dtype=bool), np.full((q, 2), np.nan)
+    if q and line_a is not None and line_b is not None:
+        log_eps = np.log(eps)
+        point_a, point_b = _log_n_needed(res_a.point, line_a, log_eps), _log_n_needed(res_b.point, line_b, log_eps)
+        n_need_a, n_need_b = np.exp(point_a), np.exp(point_b)
+        reached = np.all([(p >= res.log_n[line[2]].min() - 1e-12) & (p <= res.log_n[line[2]].max() + 1e-12)
+                          for p, res, line in ((point_a, res_a, line_a), (point_b, res_b, line_b))], axis=0)
+        with np.errstate(invalid="ignore"):
+            boot = _log_n_needed(res_a.boot, line_a, log_eps) - _log_n_needed(res_b.boot, line_b, log_eps)  # (B, q)
+            jack = np.concatenate([_log_n_needed(res_a.jack, line_a, log_eps) - point_b,
+                                   point_a - _log_n_needed(res_b.jack, line_b, log_eps)])  # (N_a + N_b, q)
+            log_ratio = point_a - point_b
+        undefined = np.sum(np.isnan(boot), axis=0)
+        for j in range(q):
+            log_ci[j] = _pair_interval(log_ratio[j], boot[:, j], jack[:, j], res_a, res_b, level, interval)
+        ratio, ratio_low, ratio_high = np.exp(log_ratio), np.exp(log_ci[:, 0]), np.exp(log_ci[:, 1])
+    efficiency = tuple(verdict(low, high) for low, high in log_ci)
+    return RateComparison(
+        a=est_a, b=est_b, level=float(level), interval=interval,
+        difference=diff[0], difference_low=diff[1], difference_high=diff[2],
+        slope_difference=slope_diff[0], slope_difference_low=slope_diff[1], slope_difference_high=slope_diff[2],
+        verdict=verdict(diff[1], diff[2]), eps=eps, reached=reached, n_a=n_need_a, n_b=n_need_b,
+        n_ratio=ratio, n_ratio_low=ratio_low, n_ratio_high=ratio_high, n_undefined=undefined, efficiency=efficiency,
+    )
