@@ -28,6 +28,12 @@ __all__ = [
     "gate_and_mean",
     "preset",
     "list_presets",
+    "random_truth",
+    "RANDOM_TRUTH_GATES",
+    "TruthPrior",
+    "TRUTH_PRIORS",
+    "atom_vectors",
+    "truth_margins",
     "as_rng",
     "check_data",
 ]
@@ -406,3 +412,219 @@ def preset(name: str) -> MoEParams:
 def list_presets() -> dict[str, str]:
     """Preset names mapped to a one-line description."""
     return {name: doc for name, (doc, _) in _PRESETS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# random truths: many truths per gate instead of one (issue 12)
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_TRUTH_GATES = ("softmax", "competition")
+
+
+@dataclass(frozen=True)
+class TruthPrior:
+    """The prior :func:`random_truth` draws from (every scale a modelling choice, tag [C]).
+
+    Expert i: slope ``a_i ~ N(0, expert_slope_scale^2 I_d)``, intercept
+    ``b_i ~ N(0, expert_intercept_scale^2)``, noise sd ``sigma_i ~ U(noise_sd)`` (variance
+    ``sigma_i^2``). Softmax gate: slope ``beta1_i ~ N(0, gate_slope_scale^2 I_d)`` and intercept
+    ``beta0_i = -beta1_i . c_i + N(0, gate_bias_scale^2)`` with ``c_i`` drawn from the input
+    distribution, so that expert i's logit crosses zero near an input point instead of outside the
+    data. Competition gate: ``beta0_i ~ N(0, gate_bias_scale^2)``. Finally the last expert's gate
+    parameters are subtracted from every expert's (the model is unchanged; the last gate becomes 0,
+    as in the authors' code).
+    """
+
+    expert_slope_scale: float = 3.0
+    expert_intercept_scale: float = 1.0
+    noise_sd: tuple[float, float] = (0.2, 0.5)
+    gate_slope_scale: float = 6.0
+    gate_bias_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("expert_slope_scale", "expert_intercept_scale", "gate_slope_scale", "gate_bias_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"TruthPrior.{name} must be a finite number >= 0; got {value!r}")
+        low, high = (tuple(self.noise_sd) + (None, None))[:2] if isinstance(self.noise_sd, (tuple, list)) else (None, None)
+        if len(tuple(self.noise_sd)) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) or not 0 < low <= high:
+            raise ValueError(f"TruthPrior.noise_sd must be a pair (low, high) with 0 < low <= high; got {self.noise_sd!r}")
+
+
+#: Default prior per expert family: tanh experts have means in (-1, 1), so smaller noise keeps
+#: them as distinguishable as linear experts with sd 0.2-0.5.
+TRUTH_PRIORS: dict[str, TruthPrior] = {
+    "linear": TruthPrior(),
+    "tanh": TruthPrior(noise_sd=(0.08, 0.2)),
+}
+
+
+def atom_vectors(params: MoEParams) -> np.ndarray:
+    """Atom vectors ``(beta1, a, b, sigma2)`` of shape (k, 2d + 2); ``(a, b, sigma2)`` (k, d + 2) without a gate slope.
+
+    The metric of the Voronoi cells (:func:`mixsim.losses.voronoi_cells`): Euclidean distance on
+    these vectors. Distances between atoms of one model do not change with a common gate shift.
+    """
+    parts = [params.gate_weight, params.expert_weight, params.expert_bias[:, None], params.variance[:, None]]
+    return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts if p is not None], axis=1)
+
+
+def truth_margins(params: MoEParams, X: Any, floor: float) -> tuple[float, np.ndarray]:
+    """How well separated and how visible the experts of a model are.
+
+    Parameters
+    ----------
+    params : MoEParams
+    X : array of shape (n, d)
+        Inputs drawn from the input distribution.
+    floor : float
+        Gate-weight level.
+
+    Returns
+    -------
+    min_distance : float
+        Smallest Euclidean distance between two atom vectors (:func:`atom_vectors`); inf when k = 1.
+    visible_mass : array of shape (k,)
+        For each expert, the share of the inputs ``X`` where its gate weight is >= ``floor``.
+    """
+    vectors = atom_vectors(params)
+    k = vectors.shape[0]
+    dist = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
+    min_distance = float(np.min(dist[~np.eye(k, dtype=bool)])) if k > 1 else float("inf")
+    prob, _ = gate_and_mean(params, np.asarray(X, dtype=np.float64))
+    return min_distance, np.mean(prob >= floor, axis=0)
+
+
+def _draw_truth(gate: str, k: int, d: int, expert: str, prior: TruthPrior, x_dist: str, phi: str,
+                rng: np.random.Generator) -> MoEParams:
+    a = prior.expert_slope_scale * rng.standard_normal((k, d))
+    b = prior.expert_intercept_scale * rng.standard_normal(k)
+    sd = rng.uniform(prior.noise_sd[0], prior.noise_sd[1], size=k)
+    if gate == "softmax":
+        beta1 = prior.gate_slope_scale * rng.standard_normal((k, d))
+        centres = X_DISTS["uniform" if x_dist == "grid" else x_dist](k, d, rng)
+        beta0 = -np.sum(beta1 * centres, axis=1) + prior.gate_bias_scale * rng.standard_normal(k)
+        beta1 = beta1 - beta1[-1]
+    else:
+        beta1, beta0 = None, prior.gate_bias_scale * rng.standard_normal(k)
+    return MoEParams(gate=gate, top_k=None, gate_weight=beta1, gate_bias=beta0 - beta0[-1], expert=expert,
+                     expert_weight=a, expert_bias=b, variance=sd**2, phi=phi)
+
+
+def _check_number(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}]; got {value!r}")
+    return float(value)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return int(value)
+
+
+def random_truth(
+    gate: str,
+    k: int,
+    d: int,
+    rng: Any,
+    *,
+    expert: str = "linear",
+    delta: float = 1.0,
+    floor: float = 0.2,
+    mass: float = 0.1,
+    x_dist: str = "uniform",
+    prior: TruthPrior | None = None,
+    phi: str = "softplus",
+    n_check: int = 4000,
+    max_tries: int = 1000,
+) -> MoEParams:
+    """Draw a true model from a documented prior, keeping only well-separated truths with visible experts.
+
+    Candidates are drawn from ``prior`` (:class:`TruthPrior`) until one meets both conditions:
+
+    * **separation**: every two atoms ``(beta1, a, b, sigma2)`` (``(a, b, sigma2)`` for
+      competition) are at least ``delta`` apart in Euclidean distance, the metric of the Voronoi
+      cells (:func:`atom_vectors`);
+    * **visibility**: every expert's gate weight is >= ``floor`` on a set of inputs of probability
+      >= ``mass``, checked on ``n_check`` inputs drawn from ``x_dist``, so that no expert is
+      invisible in the data.
+
+    Parameters
+    ----------
+    gate : {"softmax", "competition"}
+        Gate of the truth (dense; competition with softplus ``phi`` and intercepts ``beta0``).
+    k : int
+        Number of experts, >= 1.
+    d : int
+        Input dimension, >= 1.
+    rng : numpy Generator, SeedSequence or int seed
+        Randomness (required: same seed, same truth). None draws fresh entropy.
+    expert : {"linear", "tanh"}, default "linear"
+        Expert family (tanh for the control study).
+    delta : float, default 1.0
+        Minimum distance between atoms, >= 0.
+    floor : float, default 0.2
+        Gate-weight level of the visibility condition, in [0, 1).
+    mass : float, default 0.1
+        Minimum share of inputs on which each expert's weight reaches ``floor``, in (0, 1].
+    x_dist : {"uniform", "grid", "normal"}, default "uniform"
+        Input distribution of the study (:data:`X_DISTS`).
+    prior : TruthPrior, optional
+        Default :data:`TRUTH_PRIORS` ``[expert]``.
+    phi : {"softplus", "identity"}, default "softplus"
+        Competition transform.
+    n_check : int, default 4000
+        Inputs drawn (once, before the candidates) for the visibility check.
+    max_tries : int, default 1000
+        Candidates drawn before giving up.
+
+    Returns
+    -------
+    MoEParams
+        Like :func:`preset` returns; the last expert's gate parameters are 0.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument for bad input, or naming ``delta``/``floor``/``mass`` when no candidate
+        in ``max_tries`` met the conditions.
+    """
+    if not isinstance(gate, str):
+        raise TypeError(f"gate must be a string; got {type(gate).__name__}")
+    if gate not in RANDOM_TRUTH_GATES:
+        raise ValueError(f"gate must be one of {RANDOM_TRUTH_GATES}; got {gate!r}")
+    k, d = _check_count(k, "k"), _check_count(d, "d")
+    expert = check_expert(expert)
+    check_phi(phi)
+    delta = _check_number(delta, "delta", 0.0, math.inf)
+    floor = _check_number(floor, "floor", 0.0, 1.0)
+    if floor >= 1.0:
+        raise ValueError(f"floor must be in [0, 1); got {floor!r}")
+    mass = _check_number(mass, "mass", 0.0, 1.0, low_open=True)
+    if x_dist not in X_DISTS:
+        raise ValueError(f"x_dist must be one of {tuple(X_DISTS)}; got {x_dist!r}")
+    if x_dist == "grid" and d != 1:
+        raise ValueError(f"x_dist='grid' is defined for d = 1 only; got d = {d}")
+    prior = TRUTH_PRIORS[expert] if prior is None else prior
+    if not isinstance(prior, TruthPrior):
+        raise TypeError(f"prior must be a TruthPrior or None; got {type(prior).__name__}")
+    n_check, max_tries = _check_count(n_check, "n_check"), _check_count(max_tries, "max_tries")
+    rng = as_rng(rng)
+    X = sample_x(n_check, d, x_dist, rng)
+    best_distance, best_visible = -math.inf, -math.inf
+    for _ in range(max_tries):
+        truth = _draw_truth(gate, k, d, expert, prior, x_dist, phi, rng)
+        distance, visible = truth_margins(truth, X, floor)
+        if distance >= delta and np.all(visible >= mass):
+            return truth
+        best_distance, best_visible = max(best_distance, distance), max(best_visible, float(visible.min()))
+    raise ValueError(
+        f"no {gate} truth with k = {k}, d = {d}, {expert} experts met delta = {delta:g}, floor = {floor:g}, "
+        f"mass = {mass:g} in max_tries = {max_tries} draws (largest smallest distance {best_distance:.3g}, largest "
+        f"smallest visible mass {best_visible:.3g}); lower delta, floor or mass, or widen the prior"
+    )
