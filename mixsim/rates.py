@@ -403,13 +403,14 @@ def _check_replicates(n: Any, errors: Any, replicate: Any) -> None:
     n_arr, rep = np.asarray(n), np.asarray(replicate)
     if rep.shape != np.shape(errors) or rep.ndim != 1:
         raise ValueError(f"replicate must be a 1-D array aligned with n and errors; got shape {rep.shape}, errors {np.shape(errors)}")
-    pairs = np.stack([n_arr.astype(np.float64), rep.astype(np.float64)], axis=1)
+    labels, codes = np.unique(rep, return_inverse=True)  # any id type (ints, strings)
+    pairs = np.stack([n_arr.astype(np.float64), codes.astype(np.float64)], axis=1)
     unique, counts = np.unique(pairs, axis=0, return_counts=True)
     if np.any(counts > 1):
         dup = unique[np.argmax(counts > 1)]
         raise ValueError(
-            f"replicate: each (n, replicate) pair must appear once; (n={dup[0]:g}, replicate={dup[1]:g}) appears "
-            f"{int(counts.max())} times (filter the table to one metric, gate and fitted k first)"
+            f"replicate: each (n, replicate) pair must appear once; (n={dup[0]:g}, replicate={labels[int(dup[1])]!r}) "
+            f"appears {int(counts.max())} times (filter the table to one metric, gate and fitted k first)"
         )
 
 
@@ -441,6 +442,8 @@ def _quantile(values: np.ndarray, q: float) -> float:
     lo, hi = int(np.floor(pos)), int(np.ceil(pos))
     if s[lo] == s[hi]:
         return float(s[lo])
+    if not (np.isfinite(s[lo]) and np.isfinite(s[hi])):  # no interpolation with an infinite end: the nearer one
+        return float(s[lo] if pos - lo < 0.5 else s[hi])
     return float(s[lo] + (pos - lo) * (s[hi] - s[lo]))
 
 
@@ -488,6 +491,8 @@ def bootstrap_interval(
     -------
     (low, high) : tuple of float
     """
+    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a float in (0, 1); got {level!r}")
     boot = np.asarray(boot, dtype=np.float64)
     boot = boot[~np.isnan(boot)]
     if boot.size == 0:

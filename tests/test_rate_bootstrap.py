@@ -331,3 +331,28 @@ def test_bad_input_is_refused_by_name():
 
 def test_exported():
     assert mixsim.estimate_rate is R.estimate_rate and mixsim.compare_rates is R.compare_rates
+
+
+def test_bootstrap_interval_with_infinite_and_undefined_resamples():
+    # +-inf resamples (a line that never reaches eps) are order statistics; NaN ones are dropped
+    boot = np.concatenate([np.linspace(0.0, 1.0, 90), np.full(10, np.inf), [np.nan]])
+    low, high = R.bootstrap_interval(0.5, boot, level=0.9)
+    assert low == pytest.approx(np.percentile(boot[:100], 5), rel=1e-12) and high == np.inf
+    low, high = R.bootstrap_interval(0.5, -boot, level=0.9)
+    assert low == -np.inf and high == pytest.approx(np.percentile(-boot[:100], 95), rel=1e-12)
+    # between a finite and an infinite order statistic: the nearer one, not inf - inf = NaN
+    assert R.bootstrap_interval(0.0, np.array([0.0, 1.0, np.inf]), level=0.5) == (0.5, np.inf)
+    assert R.bootstrap_interval(0.0, np.array([np.nan, np.nan])) == pytest.approx((np.nan, np.nan), nan_ok=True)
+    with pytest.raises(ValueError, match="level"):
+        R.bootstrap_interval(0.0, boot, level=1.5)
+
+
+def test_replicate_ids_of_any_type():
+    errors = power_law(np.random.default_rng(15), reps=3)
+    n = np.repeat(SIZES, 3)
+    ids = np.tile(np.array(["r0", "r1", "r2"]), SIZES.size)
+    assert R.estimate_rate(n, errors.reshape(-1), replicate=ids, n_boot=20).slope == pytest.approx(
+        R.estimate_rate(SIZES, errors, n_boot=20).slope, rel=1e-12)
+    ids[1] = "r0"
+    with pytest.raises(ValueError, match="'r0'"):
+        R.estimate_rate(n, errors.reshape(-1), replicate=ids, n_boot=20)
