@@ -768,7 +768,7 @@ def estimate_rate(
 
     Examples
     --------
-    >>> rows = table[(table.metric == "expert_slope_multi_share") & (table.gate == "softmax")]  # doctest: +SKIP
+    >>> rows = table[(table.metric == metric) & (table.gate == "softmax")]  # one tidy series  # doctest: +SKIP
     >>> est = estimate_rate(rows["n"], rows["value"], replicate=rows["replicate"])  # doctest: +SKIP
     >>> est.rate, (est.rate_low, est.rate_high), est.note  # doctest: +SKIP
     """

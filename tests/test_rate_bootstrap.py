@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 import mixsim
@@ -69,6 +70,20 @@ def test_exact_power_law_gives_zero_width_intervals():
         # resampling the same indices at every size would keep the line exact; independent
         # resamples per size do not, so only the point values are exact here
         assert est.slope_low <= -0.37 <= est.slope_high
+
+
+@settings(max_examples=25, deadline=None)
+@given(log_c=st.floats(-5, 5), power=st.floats(-1, 1), average=st.sampled_from(["log", "median", "mean"]))
+def test_scale_and_power_equivariance(log_c, power, average):
+    # errors * c * n^p: every slope and interval end moves by p, the intercept by log c, curvature not at all
+    errors = power_law(np.random.default_rng(2), reps=6)
+    base = R.estimate_rate(SIZES, errors, average=average, n_boot=200, rng=1)
+    moved = R.estimate_rate(SIZES, np.exp(log_c) * errors * SIZES[:, None] ** power, average=average, n_boot=200, rng=1)
+    for name in ("slope", "slope_low", "slope_high", "upper_slope", "upper_low", "rate", "rate_high"):
+        assert getattr(moved, name) == pytest.approx(getattr(base, name) + power, abs=1e-9), name
+    assert np.allclose(moved.local_low, base.local_low + power, atol=1e-9)
+    assert (moved.curvature_low, moved.curvature_high) == pytest.approx((base.curvature_low, base.curvature_high), abs=1e-9)
+    assert moved.intercept == pytest.approx(base.intercept + log_c, abs=1e-8)
 
 
 def test_tidy_rows_logmean_alias_and_same_seed_same_numbers():
@@ -152,17 +167,19 @@ def slow_side(sizes, errors, average, B, seed):
     rng = np.random.default_rng(seed)
     idx = [rng.integers(0, len(e), size=(B, len(e))) for e in errors]
     x = np.log(sizes)
-    lines = np.empty((B, 2))
+    h = (len(sizes) + 1) // 2  # halves: the first and the last ceil(m / 2) sizes
+    lines, curvature = np.empty((B, 2)), np.empty(B)
     for b in range(B):
         y = [LOG_AVERAGE[average](np.asarray(e)[i[b]]) for e, i in zip(errors, idx)]
         lines[b] = np.polyfit(x, y, 1)
+        curvature[b] = np.polyfit(x[:h], y[:h], 1)[0] - np.polyfit(x[-h:], y[-h:], 1)[0]
     point = np.polyfit(x, [LOG_AVERAGE[average](np.asarray(e)) for e in errors], 1)
     jack = []  # leave one replicate out, size by size
     for g, e in enumerate(errors):
         for r in range(len(e)):
             y = [LOG_AVERAGE[average](np.delete(np.asarray(f), r) if h == g else np.asarray(f)) for h, f in enumerate(errors)]
             jack.append((g, np.polyfit(x, y, 1)))
-    return point, lines, jack
+    return point, lines, jack, curvature
 
 
 def slow_bca(estimate, boot, jack_by_group, level=0.95):
@@ -196,8 +213,8 @@ def test_slope_difference_matches_a_slow_reference_loop(average, interval):
     sizes_a, errors_a, sizes_b, errors_b, (n_a, e_a), (n_b, e_b) = two_sides()
     B = 300
     cmp = R.compare_rates(n_a, e_a, n_b, e_b, average=average, interval=interval, n_boot=B, rng=(11, 12))
-    pa, la, ja = slow_side(sizes_a, errors_a, average, B, 11)
-    pb, lb, jb = slow_side(sizes_b, errors_b, average, B, 12)
+    pa, la, ja, ca = slow_side(sizes_a, errors_a, average, B, 11)
+    pb, lb, jb, cb = slow_side(sizes_b, errors_b, average, B, 12)
     diff = la[:, 0] - lb[:, 0]
     if interval == "percentile":
         ref = np.percentile(diff, [2.5, 97.5])
@@ -208,8 +225,10 @@ def test_slope_difference_matches_a_slow_reference_loop(average, interval):
     assert cmp.slope_difference == pytest.approx(pa[0] - pb[0], abs=1e-12)
     assert (cmp.slope_difference_low, cmp.slope_difference_high) == pytest.approx(tuple(ref), abs=1e-10)
     assert cmp.a.slope == pytest.approx(pa[0], abs=1e-12) and cmp.b.slope == pytest.approx(pb[0], abs=1e-12)
-    if interval == "percentile":  # each side's own interval comes from the same resamples
+    if interval == "percentile":  # each side's own intervals come from the same resamples
         assert (cmp.a.slope_low, cmp.a.slope_high) == pytest.approx(tuple(np.percentile(la[:, 0], [2.5, 97.5])), abs=1e-10)
+        assert (cmp.a.curvature_low, cmp.a.curvature_high) == pytest.approx(tuple(np.percentile(ca, [2.5, 97.5])), abs=1e-10)
+        assert (cmp.b.curvature_low, cmp.b.curvature_high) == pytest.approx(tuple(np.percentile(cb, [2.5, 97.5])), abs=1e-10)
     # the sample-efficiency ratio: n each line needs for eps, per resample, then percentiles
     if cmp.a.rate_source == cmp.b.rate_source == "full" and interval == "percentile":
         assert cmp.eps.size == 3 and np.all(cmp.reached)
