@@ -15,6 +15,21 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
+from ._bootstrap import (
+    INTERVALS,
+    SLOPE_AVERAGES,
+    Resampled,
+    as_groups,
+    bootstrap_interval,
+    canonical_average,
+    check_replicates,
+    halves,
+    interval_of,
+    line_weights,
+    linear,
+    ols_slope,
+    resample,
+)
 from .gates import GATES
 from .losses import GROUPS
 from .model import as_rng
@@ -101,36 +116,6 @@ class RateFit:
         return bool(low <= exponent <= high)
 
 
-def ols_slope(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Least-squares slopes of each row of ``Y`` (..., m) on ``x`` (m,); returns shape (...)."""
-    xc = x - x.mean()
-    return (Y - Y.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
-
-
-def _as_groups(n: Any, errors: Any) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Distinct sizes (m,) and the errors at each, from aligned 1-D arrays or (m,) and (m, R)."""
-    n = np.asarray(n, dtype=np.float64)
-    errors = np.asarray(errors, dtype=np.float64)
-    if n.ndim != 1:
-        raise ValueError(f"n must be a 1-D array; got shape {n.shape}")
-    if errors.ndim == 2:
-        if errors.shape[0] != n.shape[0]:
-            raise ValueError(f"errors of shape (m, R) need n of shape (m,); got n {n.shape}, errors {errors.shape}")
-        n, errors = np.repeat(n, errors.shape[1]), errors.reshape(-1)
-    elif errors.ndim != 1 or errors.shape != n.shape:
-        raise ValueError(f"errors must have the shape of n (one entry per replicate) or (len(n), R); got n {n.shape}, errors {errors.shape}")
-    if not np.all(np.isfinite(n)) or np.any(n <= 0):
-        raise ValueError("n must hold finite sample sizes > 0")
-    if not np.all(np.isfinite(errors)):
-        raise ValueError("errors contain NaN or inf; drop the failed replicates before fitting a rate")
-    if np.any(errors <= 0):
-        raise ValueError(f"errors must be > 0 to take logs; got {int(np.sum(errors <= 0))} non-positive value(s)")
-    sizes = np.unique(n)
-    if sizes.size < 2:
-        raise ValueError(f"n must contain at least 2 distinct sample sizes; got {sizes.size}")
-    return sizes, [errors[n == s] for s in sizes]
-
-
 def _bootstrap_slopes(log_n: np.ndarray, groups: list[np.ndarray], average: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Slopes refitted on ``n_boot`` resamples (replicates drawn with replacement within each size)."""
     log_avg = np.empty((n_boot, len(groups)))
@@ -184,7 +169,7 @@ def fit_rate(
         raise ValueError(f"level must be a float in (0, 1); got {level!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be an int >= 0; got {n_boot!r}")
-    sizes, groups = _as_groups(n, errors)
+    sizes, groups = as_groups(n, errors)
     summarise = AVERAGES[average]
     avg = np.array([summarise(g, 0) for g in groups])
     log_n, log_avg = np.log(sizes), np.log(avg)
@@ -330,38 +315,9 @@ def theory_rate(
 
 
 # ---------------------------------------------------------------------------------------------
-# rates for heavy-tailed errors: bootstrap of per-size averages (issue 12)
+# rates for heavy-tailed errors (issue 12): bootstrap intervals, local slopes, curvature check
 # ---------------------------------------------------------------------------------------------
-#
-# Every statistic below is a function of the m per-size log-averages L = (log avg_1, ..., log avg_m):
-# the slope, intercept, local and half-range slopes are *linear* in L (L @ w for a fixed weight
-# vector w), the n-to-eps ratio is not. One resampling therefore serves them all: B resamples of L
-# (replicates drawn with replacement within each size, sizes independently) and the N
-# leave-one-out vectors of L that BCa's acceleration needs.
-
-#: Averages of the replicate errors at one size, as a **log** average along the last axis, for
-#: :func:`estimate_rate`: ``"log"`` (mean of log errors = log of the geometric mean; the primary
-#: choice: a few fits far off move it little), ``"median"`` (log of the median) and ``"mean"`` (log
-#: of the arithmetic mean, as the reference plots). ``"logmean"`` (the name :data:`AVERAGES` uses)
-#: is accepted as an alias of ``"log"``.
-SLOPE_AVERAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "log": lambda errors: np.mean(np.log(errors), axis=-1),
-    "median": lambda errors: np.log(np.median(errors, axis=-1)),
-    "mean": lambda errors: np.log(np.mean(errors, axis=-1)),
-}
-_AVERAGE_ALIASES = {"logmean": "log"}
-
-#: Bootstrap interval methods. ``"percentile"`` (the default): percentiles of the resampled
-#: statistic. ``"bca"``: bias-corrected and accelerated (Efron & Tibshirani 1993, ch. 14; the
-#: acceleration from the jackknife over every replicate, each size a separate sample as in
-#: scipy.stats.bootstrap). Why percentile: on synthetic power laws (8 sizes, 300 data sets each,
-#: slope of the mean log error) it covered as well as BCa or better: 10 / 20 / 40 replicates per
-#: size, log-normal noise 0.94 / 0.93 / 0.95 (BCa 0.94 / 0.93 / 0.95); log errors t(3)-distributed
-#: 0.92 / 0.94 / 0.97 (BCa 0.88 / 0.93 / 0.95); 10% of fits 20x off 0.91 / 0.95 / 0.95 (BCa 0.89 /
-#: 0.93 / 0.95); and BCa's jackknife acceleration is erratic for the arithmetic mean of heavy-tailed
-#: errors (coverage 0.81-0.88 against 0.87-0.95). The percentile interval under-covers slightly with
-#: few replicates (the resampled variance is (R - 1) / R of the true one): use >= 20 replicates.
-INTERVALS = ("percentile", "bca")
+# The resampling lives in mixsim._bootstrap; SLOPE_AVERAGES and INTERVALS are re-exported here.
 
 #: What the verdict uses for a row whose curvature check fails ("not a power law over this range"):
 #: ``"upper_half"`` (the slope over the upper half of the sizes, the declared default) or ``"none"``
@@ -370,180 +326,6 @@ FALLBACKS = ("upper_half", "none")
 
 #: Verdict words for "a minus b" of a quantity where smaller means faster (slopes, log sample sizes).
 VERDICTS = ("faster", "slower", "cannot tell")
-
-
-@dataclass(frozen=True, eq=False)
-class _Resampled:
-    """Per-size log-averages of one data set: the point values, B resamples and the jackknife.
-
-    ``jack`` row r is L with replicate r of size ``jack_group[r]`` left out (other sizes as observed).
-    """
-
-    sizes: np.ndarray  # (m,) increasing
-    log_n: np.ndarray  # (m,)
-    point: np.ndarray  # (m,)
-    boot: np.ndarray  # (B, m)
-    jack: np.ndarray  # (N, m)
-    jack_group: np.ndarray  # (N,) int: the size each jackknife row leaves a replicate out of
-    counts: np.ndarray  # (m,) replicates per size
-
-
-def _canonical_average(average: Any) -> str:
-    if not isinstance(average, str):
-        raise TypeError(f"average must be a string; got {type(average).__name__}")
-    name = _AVERAGE_ALIASES.get(average, average)
-    if name not in SLOPE_AVERAGES:
-        raise ValueError(f"average must be one of {tuple(SLOPE_AVERAGES)} (or 'logmean' for 'log'); got {average!r}")
-    return name
-
-
-def _check_replicates(n: Any, errors: Any, replicate: Any) -> None:
-    if replicate is None:
-        return
-    n_arr, rep = np.asarray(n), np.asarray(replicate)
-    if rep.shape != np.shape(errors) or rep.ndim != 1:
-        raise ValueError(f"replicate must be a 1-D array aligned with n and errors; got shape {rep.shape}, errors {np.shape(errors)}")
-    labels, codes = np.unique(rep, return_inverse=True)  # any id type (ints, strings)
-    pairs = np.stack([n_arr.astype(np.float64), codes.astype(np.float64)], axis=1)
-    unique, counts = np.unique(pairs, axis=0, return_counts=True)
-    if np.any(counts > 1):
-        dup = unique[np.argmax(counts > 1)]
-        raise ValueError(
-            f"replicate: each (n, replicate) pair must appear once; (n={dup[0]:g}, replicate={labels[int(dup[1])]!r}) "
-            f"appears {int(counts.max())} times (filter the table to one metric, gate and fitted k first)"
-        )
-
-
-def _resample(n: Any, errors: Any, average: str, n_boot: int, rng: np.random.Generator) -> _Resampled:
-    """Bootstrap (within each size, ``n_boot`` resamples) and jackknife of the per-size log-averages."""
-    sizes, groups = _as_groups(n, errors)
-    counts = np.array([g.size for g in groups])
-    if np.any(counts < 2):
-        raise ValueError(
-            f"errors: every sample size needs >= 2 replicates to resample; n = {sizes[counts < 2][0]:g} has {counts[counts < 2][0]}"
-        )
-    log_avg = SLOPE_AVERAGES[average]
-    point = np.array([log_avg(g) for g in groups])
-    boot = np.empty((n_boot, sizes.size))
-    jack = np.repeat(point[None, :], counts.sum(), axis=0)
-    start = 0
-    for j, g in enumerate(groups):
-        boot[:, j] = log_avg(g[rng.integers(0, g.size, size=(n_boot, g.size))])
-        keep = ~np.eye(g.size, dtype=bool)  # row r leaves replicate r out
-        jack[start:start + g.size, j] = log_avg(np.broadcast_to(g, (g.size, g.size))[keep].reshape(g.size, g.size - 1))
-        start += g.size
-    return _Resampled(sizes, np.log(sizes), point, boot, jack, np.repeat(np.arange(sizes.size), counts), counts)
-
-
-def _quantile(values: np.ndarray, q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) that keeps +-inf instead of inf - inf = NaN."""
-    s = np.sort(values)
-    pos = q * (s.size - 1)
-    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
-    if s[lo] == s[hi]:
-        return float(s[lo])
-    if not (np.isfinite(s[lo]) and np.isfinite(s[hi])):  # no interpolation with an infinite end: the nearer one
-        return float(s[lo] if pos - lo < 0.5 else s[hi])
-    return float(s[lo] + (pos - lo) * (s[hi] - s[lo]))
-
-
-def _acceleration(jack: np.ndarray, group: np.ndarray, counts: np.ndarray) -> float:
-    """BCa acceleration from jackknife values, each sample (size) with its own influence values, as scipy does."""
-    num = den = 0.0
-    for g, r in enumerate(counts):
-        values = jack[group == g]
-        u = (r - 1) * (values.mean() - values)  # jackknife empirical influence values
-        num += np.sum(u**3) / r**3
-        den += np.sum(u**2) / r**2
-    return 0.0 if den <= 0 else float(num / (6.0 * den**1.5))
-
-
-def bootstrap_interval(
-    estimate: float,
-    boot: np.ndarray,
-    level: float = 0.95,
-    method: str = "percentile",
-    jack: np.ndarray | None = None,
-    jack_group: np.ndarray | None = None,
-    counts: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """A bootstrap confidence interval for one statistic from its resampled values.
-
-    Parameters
-    ----------
-    estimate : float
-        The statistic on the observed data.
-    boot : array of shape (B,)
-        The statistic on B resamples. NaN entries (statistic undefined on that resample) are
-        dropped; +-inf entries are kept (order statistics handle them).
-    level : float, default 0.95
-    method : {"percentile", "bca"}, default "percentile"
-        See :data:`INTERVALS`. BCa needs ``jack``, ``jack_group`` and ``counts``; it falls back to
-        the percentile interval when a jackknife value is not finite.
-    jack : array of shape (N,), optional
-        The statistic with one observation left out, for each of the N observations.
-    jack_group : int array of shape (N,), optional
-        The sample (group) of the observation each jackknife value leaves out, 0..G-1.
-    counts : int array of shape (G,), optional
-        Observations per sample.
-
-    Returns
-    -------
-    (low, high) : tuple of float
-    """
-    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1); got {level!r}")
-    boot = np.asarray(boot, dtype=np.float64)
-    boot = boot[~np.isnan(boot)]
-    if boot.size == 0:
-        return float("nan"), float("nan")
-    alpha = (1.0 - level) / 2.0
-    probs = (alpha, 1.0 - alpha)
-    if method == "bca" and jack is not None and np.all(np.isfinite(jack)) and np.isfinite(estimate):
-        share = (np.sum(boot < estimate) + np.sum(boot <= estimate)) / (2.0 * boot.size)  # ties count half
-        share = min(max(share, 0.5 / boot.size), 1.0 - 0.5 / boot.size)  # estimate outside every resample
-        z0 = stats.norm.ppf(share)
-        a = _acceleration(np.asarray(jack, dtype=np.float64), np.asarray(jack_group), np.asarray(counts))
-        z = stats.norm.ppf(np.array(probs))
-        denominator = 1.0 - a * (z0 + z)
-        if np.all(denominator > 0):  # otherwise |a| is far too large to trust: keep the percentiles
-            probs = tuple(float(p) for p in stats.norm.cdf(z0 + (z0 + z) / denominator))
-    elif method not in INTERVALS:
-        raise ValueError(f"method must be one of {INTERVALS}; got {method!r}")
-    return _quantile(boot, probs[0]), _quantile(boot, probs[1])
-
-
-def _line_weights(log_n: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (m,) with ``L @ w_slope``, ``L @ w_intercept`` = the least-squares line through ``index``."""
-    x = log_n[index]
-    xc = x - x.mean()
-    w_slope, w_intercept = np.zeros(log_n.size), np.zeros(log_n.size)
-    w_slope[index] = xc / (xc @ xc)
-    w_intercept[index] = 1.0 / x.size - x.mean() * w_slope[index]
-    return w_slope, w_intercept
-
-
-def _halves(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The lower and upper halves of m sorted sizes: ceil(m/2) each (the middle size in both when m is odd)."""
-    h = (m + 1) // 2
-    return np.arange(h), np.arange(m - h, m)
-
-
-@dataclass(frozen=True)
-class _Linear:
-    """A statistic ``L @ w`` of one resampled data set: its estimate, resamples and jackknife values."""
-
-    estimate: float
-    boot: np.ndarray
-    jack: np.ndarray
-
-
-def _linear(res: _Resampled, w: np.ndarray) -> _Linear:
-    return _Linear(float(res.point @ w), res.boot @ w, res.jack @ w)
-
-
-def _interval_of(stat: _Linear, res: _Resampled, level: float, method: str) -> tuple[float, float]:
-    return bootstrap_interval(stat.estimate, stat.boot, level, method, stat.jack, res.jack_group, res.counts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -664,23 +446,23 @@ def _check_common(level: Any, n_boot: Any, interval: Any, fallback: Any) -> None
         raise ValueError(f"fallback must be one of {FALLBACKS}; got {fallback!r}")
 
 
-def _estimate(res: _Resampled, average: str, level: float, interval: str, window: int, fallback: str) -> RateEstimate:
+def _estimate(res: Resampled, average: str, level: float, interval: str, window: int, fallback: str) -> RateEstimate:
     m = res.log_n.size
-    ci = lambda stat: _interval_of(stat, res, level, interval)  # noqa: E731
-    w_slope, w_int = _line_weights(res.log_n, np.arange(m))
-    full = _linear(res, w_slope)
+    ci = lambda stat: interval_of(stat, res, level, interval)  # noqa: E731
+    w_slope, w_int = line_weights(res.log_n, np.arange(m))
+    full = linear(res, w_slope)
     full_ci = ci(full)
     unit = np.eye(m)
-    avg_ci = np.array([ci(_linear(res, unit[j])) for j in range(m)])  # (m, 2) log scale
+    avg_ci = np.array([ci(linear(res, unit[j])) for j in range(m)])  # (m, 2) log scale
     starts = np.arange(m - window + 1)
-    local = [_linear(res, _line_weights(res.log_n, np.arange(s, s + window))[0]) for s in starts]
+    local = [linear(res, line_weights(res.log_n, np.arange(s, s + window))[0]) for s in starts]
     local_ci = np.array([ci(stat) for stat in local]).reshape(-1, 2)
     nan = float("nan")
     lower = upper = curv = None
     if m >= 3:
-        low_idx, up_idx = _halves(m)
-        (wl, _), (wu, wu_int) = _line_weights(res.log_n, low_idx), _line_weights(res.log_n, up_idx)
-        lower, upper, curv = _linear(res, wl), _linear(res, wu), _linear(res, wl - wu)
+        low_idx, up_idx = halves(m)
+        (wl, _), (wu, wu_int) = line_weights(res.log_n, low_idx), line_weights(res.log_n, up_idx)
+        lower, upper, curv = linear(res, wl), linear(res, wu), linear(res, wl - wu)
         lower_ci, upper_ci, curv_ci = ci(lower), ci(upper), ci(curv)
         power_law = bool(curv_ci[0] <= 0.0 <= curv_ci[1])
         upper_intercept = float(res.point @ wu_int)
@@ -772,10 +554,10 @@ def estimate_rate(
     >>> est = estimate_rate(rows["n"], rows["value"], replicate=rows["replicate"])  # doctest: +SKIP
     >>> est.rate, (est.rate_low, est.rate_high), est.note  # doctest: +SKIP
     """
-    average = _canonical_average(average)
+    average = canonical_average(average)
     _check_common(level, n_boot, interval, fallback)
-    _check_replicates(n, errors, replicate)
-    res = _resample(n, errors, average, int(n_boot), as_rng(rng))
+    check_replicates(n, errors, replicate)
+    res = resample(n, errors, average, int(n_boot), as_rng(rng))
     return _estimate(res, average, level, interval, _check_window(window, res.log_n.size), fallback)
 
 
@@ -893,12 +675,12 @@ def _side_streams(rng: Any) -> tuple[np.random.Generator, np.random.Generator]:
     return np.random.default_rng(child_a), np.random.default_rng(child_b)
 
 
-def _rate_line(est: RateEstimate, res: _Resampled) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _rate_line(est: RateEstimate, res: Resampled) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Weights (slope, intercept) of the line the rate uses and the indices of its sizes; None without a rate."""
     if est.rate_source == "none":
         return None
-    index = np.arange(res.log_n.size) if est.rate_source == "full" else _halves(res.log_n.size)[1]
-    return (*_line_weights(res.log_n, index), index)
+    index = np.arange(res.log_n.size) if est.rate_source == "full" else halves(res.log_n.size)[1]
+    return (*line_weights(res.log_n, index), index)
 
 
 def _log_n_needed(L: np.ndarray, line: tuple, log_eps: np.ndarray) -> np.ndarray:
@@ -923,7 +705,7 @@ def _default_eps(ea: RateEstimate, eb: RateEstimate, line_a: tuple, line_b: tupl
     return np.exp(low + (high - low) * np.arange(1, n_eps + 1) / (n_eps + 1))
 
 
-def _pair_interval(est: float, boot: np.ndarray, jack: np.ndarray, ra: _Resampled, rb: _Resampled,
+def _pair_interval(est: float, boot: np.ndarray, jack: np.ndarray, ra: Resampled, rb: Resampled,
                    level: float, method: str) -> tuple[float, float]:
     groups = np.concatenate([ra.jack_group, rb.jack_group + ra.counts.size])
     return bootstrap_interval(est, boot, level, method, jack, groups, np.concatenate([ra.counts, rb.counts]))
@@ -983,7 +765,7 @@ def compare_rates(
     -------
     RateComparison
     """
-    average = _canonical_average(average)
+    average = canonical_average(average)
     _check_common(level, n_boot, interval, fallback)
     if isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 1:
         raise ValueError(f"n_eps must be an int >= 1; got {n_eps!r}")
@@ -993,16 +775,16 @@ def compare_rates(
             raise ValueError(f"eps must be finite error levels > 0; got {eps}")
     for side, (n, errors, rep) in {"a": (n_a, errors_a, replicate_a), "b": (n_b, errors_b, replicate_b)}.items():
         try:
-            _check_replicates(n, errors, rep)
+            check_replicates(n, errors, rep)
         except ValueError as exc:
             raise ValueError(f"side {side} (n_{side}, errors_{side}, replicate_{side}): {exc}") from exc
     rng_a, rng_b = _side_streams(rng)
     try:
-        res_a = _resample(n_a, errors_a, average, int(n_boot), rng_a)
+        res_a = resample(n_a, errors_a, average, int(n_boot), rng_a)
     except ValueError as exc:
         raise ValueError(f"side a (n_a, errors_a): {exc}") from exc
     try:
-        res_b = _resample(n_b, errors_b, average, int(n_boot), rng_b)
+        res_b = resample(n_b, errors_b, average, int(n_boot), rng_b)
     except ValueError as exc:
         raise ValueError(f"side b (n_b, errors_b): {exc}") from exc
     for side, res in (("a", res_a), ("b", res_b)):
@@ -1013,13 +795,13 @@ def compare_rates(
     def difference(line_a: tuple | None, line_b: tuple | None) -> tuple[float, float, float]:
         if line_a is None or line_b is None:
             return float("nan"), float("nan"), float("nan")
-        sa, sb = _linear(res_a, line_a[0]), _linear(res_b, line_b[0])
+        sa, sb = linear(res_a, line_a[0]), linear(res_b, line_b[0])
         jack = np.concatenate([sa.jack - sb.estimate, sa.estimate - sb.jack])
         low, high = _pair_interval(sa.estimate - sb.estimate, sa.boot - sb.boot, jack, res_a, res_b, level, interval)
         return sa.estimate - sb.estimate, low, high
 
-    full_a = (*_line_weights(res_a.log_n, np.arange(res_a.log_n.size)), None)
-    full_b = (*_line_weights(res_b.log_n, np.arange(res_b.log_n.size)), None)
+    full_a = (*line_weights(res_a.log_n, np.arange(res_a.log_n.size)), None)
+    full_b = (*line_weights(res_b.log_n, np.arange(res_b.log_n.size)), None)
     slope_diff = difference(full_a, full_b)
     line_a, line_b = _rate_line(est_a, res_a), _rate_line(est_b, res_b)
     diff = difference(line_a, line_b)

@@ -132,7 +132,8 @@ def test_bad_input_refused_by_name(args, kwargs, error, name):
 
 
 def test_bad_prior_refused_by_name():
-    with pytest.raises(ValueError, match="noise_sd"):
-        M.TruthPrior(noise_sd=(0.5, 0.1))
+    for bad in ((0.5, 0.1), 0.2, (0.1, 0.2, 0.3), (0.0, 0.1), ("a", 0.1)):
+        with pytest.raises(ValueError, match="noise_sd"):
+            M.TruthPrior(noise_sd=bad)
     with pytest.raises(ValueError, match="gate_slope_scale"):
         M.TruthPrior(gate_slope_scale=-1.0)
