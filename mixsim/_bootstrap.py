@@ -19,7 +19,7 @@ from scipy import stats
 
 __all__ = [
     "SLOPE_AVERAGES", "INTERVALS", "ols_slope", "as_groups", "canonical_average", "check_replicates",
-    "Resampled", "resample", "bootstrap_interval", "line_weights", "halves", "Linear", "linear", "interval_of",
+    "Resampled", "resample", "bootstrap_interval", "line_weights", "halves", "LinearStat", "linear_stat", "interval_of",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def halves(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class Linear:
+class LinearStat:
     """A statistic ``L @ w`` of one resampled data set: its estimate, resamples and jackknife values."""
 
     estimate: float
@@ -251,9 +251,9 @@ class Linear:
     jack: np.ndarray
 
 
-def linear(res: Resampled, w: np.ndarray) -> Linear:
-    return Linear(float(res.point @ w), res.boot @ w, res.jack @ w)
+def linear_stat(res: Resampled, w: np.ndarray) -> LinearStat:
+    return LinearStat(float(res.point @ w), res.boot @ w, res.jack @ w)
 
 
-def interval_of(stat: Linear, res: Resampled, level: float, method: str) -> tuple[float, float]:
+def interval_of(stat: LinearStat, res: Resampled, level: float, method: str) -> tuple[float, float]:
     return bootstrap_interval(stat.estimate, stat.boot, level, method, stat.jack, res.jack_group, res.counts)

@@ -26,7 +26,7 @@ from ._bootstrap import (
     halves,
     interval_of,
     line_weights,
-    linear,
+    linear_stat,
     ols_slope,
     resample,
 )
@@ -450,19 +450,19 @@ def _estimate(res: Resampled, average: str, level: float, interval: str, window:
     m = res.log_n.size
     ci = lambda stat: interval_of(stat, res, level, interval)  # noqa: E731
     w_slope, w_int = line_weights(res.log_n, np.arange(m))
-    full = linear(res, w_slope)
+    full = linear_stat(res, w_slope)
     full_ci = ci(full)
     unit = np.eye(m)
-    avg_ci = np.array([ci(linear(res, unit[j])) for j in range(m)])  # (m, 2) log scale
+    avg_ci = np.array([ci(linear_stat(res, unit[j])) for j in range(m)])  # (m, 2) log scale
     starts = np.arange(m - window + 1)
-    local = [linear(res, line_weights(res.log_n, np.arange(s, s + window))[0]) for s in starts]
+    local = [linear_stat(res, line_weights(res.log_n, np.arange(s, s + window))[0]) for s in starts]
     local_ci = np.array([ci(stat) for stat in local]).reshape(-1, 2)
     nan = float("nan")
     lower = upper = curv = None
     if m >= 3:
         low_idx, up_idx = halves(m)
         (wl, _), (wu, wu_int) = line_weights(res.log_n, low_idx), line_weights(res.log_n, up_idx)
-        lower, upper, curv = linear(res, wl), linear(res, wu), linear(res, wl - wu)
+        lower, upper, curv = linear_stat(res, wl), linear_stat(res, wu), linear_stat(res, wl - wu)
         lower_ci, upper_ci, curv_ci = ci(lower), ci(upper), ci(curv)
         power_law = bool(curv_ci[0] <= 0.0 <= curv_ci[1])
         upper_intercept = float(res.point @ wu_int)
@@ -795,7 +795,7 @@ def compare_rates(
     def difference(line_a: tuple | None, line_b: tuple | None) -> tuple[float, float, float]:
         if line_a is None or line_b is None:
             return float("nan"), float("nan"), float("nan")
-        sa, sb = linear(res_a, line_a[0]), linear(res_b, line_b[0])
+        sa, sb = linear_stat(res_a, line_a[0]), linear_stat(res_b, line_b[0])
         jack = np.concatenate([sa.jack - sb.estimate, sa.estimate - sb.jack])
         low, high = _pair_interval(sa.estimate - sb.estimate, sa.boot - sb.boot, jack, res_a, res_b, level, interval)
         return sa.estimate - sb.estimate, low, high
