@@ -19,7 +19,7 @@ from scipy import stats
 
 __all__ = [
     "SLOPE_AVERAGES", "INTERVALS", "ols_slope", "as_groups", "canonical_average", "check_replicates",
-    "Resampled", "resample", "bootstrap_interval", "line_weights", "halves", "LinearStat", "linear_stat", "interval_of",
+    "Resampled", "draw_indices", "resample", "bootstrap_interval", "line_weights", "halves", "LinearStat", "linear_stat", "interval_of",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -127,21 +127,36 @@ def check_replicates(n: Any, errors: Any, replicate: Any) -> None:
         )
 
 
-def resample(n: Any, errors: Any, average: str, n_boot: int, rng: np.random.Generator) -> Resampled:
-    """Bootstrap (within each size, ``n_boot`` resamples) and jackknife of the per-size log-averages."""
+def draw_indices(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Resample indices, size by size: entry j has shape (n_boot, counts[j]), values in 0..counts[j]-1."""
+    return [rng.integers(0, c, size=(n_boot, c)) for c in counts]
+
+
+def resample(
+    n: Any, errors: Any, average: str, n_boot: int, rng: np.random.Generator, indices: list[np.ndarray] | None = None
+) -> Resampled:
+    """Bootstrap (within each size, ``n_boot`` resamples) and jackknife of the per-size log-averages.
+
+    ``indices`` (from :func:`draw_indices`) replaces the draws, so that two data sets on the same
+    replicates can be resampled together (a paired bootstrap).
+    """
     sizes, groups = as_groups(n, errors)
     counts = np.array([g.size for g in groups])
     if np.any(counts < 2):
         raise ValueError(
             f"errors: every sample size needs >= 2 replicates to resample; n = {sizes[counts < 2][0]:g} has {counts[counts < 2][0]}"
         )
+    if indices is None:
+        indices = draw_indices(counts, n_boot, rng)
+    elif [i.shape for i in indices] != [(n_boot, c) for c in counts]:
+        raise ValueError("the resample indices do not match the replicates per size")
     log_avg = SLOPE_AVERAGES[average]
     point = np.array([log_avg(g) for g in groups])
     boot = np.empty((n_boot, sizes.size))
     jack = np.repeat(point[None, :], counts.sum(), axis=0)
     start = 0
     for j, g in enumerate(groups):
-        boot[:, j] = log_avg(g[rng.integers(0, g.size, size=(n_boot, g.size))])
+        boot[:, j] = log_avg(g[indices[j]])
         keep = ~np.eye(g.size, dtype=bool)  # row r leaves replicate r out
         jack[start:start + g.size, j] = log_avg(np.broadcast_to(g, (g.size, g.size))[keep].reshape(g.size, g.size - 1))
         start += g.size

@@ -23,6 +23,7 @@ from ._bootstrap import (
     bootstrap_interval,
     canonical_average,
     check_replicates,
+    draw_indices,
     halves,
     interval_of,
     line_weights,
@@ -705,10 +706,48 @@ def _default_eps(ea: RateEstimate, eb: RateEstimate, line_a: tuple, line_b: tupl
     return np.exp(low + (high - low) * np.arange(1, n_eps + 1) / (n_eps + 1))
 
 
-def _pair_interval(est: float, boot: np.ndarray, jack: np.ndarray, ra: Resampled, rb: Resampled,
-                   level: float, method: str) -> tuple[float, float]:
-    groups = np.concatenate([ra.jack_group, rb.jack_group + ra.counts.size])
-    return bootstrap_interval(est, boot, level, method, jack, groups, np.concatenate([ra.counts, rb.counts]))
+def _tidy(n: Any, errors: Any, replicate: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows as 1-D arrays (n, errors, replicate), sorted by size then replicate id when ids are given."""
+    n, errors = np.asarray(n, dtype=np.float64), np.asarray(errors, dtype=np.float64)
+    if errors.ndim == 2 and n.ndim == 1 and errors.shape[0] == n.shape[0]:
+        n, errors = np.repeat(n, errors.shape[1]), errors.reshape(-1)
+    if replicate is None or n.shape != errors.shape:
+        return n, errors, None  # shape errors are reported by resample
+    replicate = np.asarray(replicate)
+    order = np.lexsort((replicate, n))
+    return n[order], errors[order], replicate[order]
+
+
+def _paired_rows(n_a: Any, errors_a: Any, replicate_a: Any, n_b: Any, errors_b: Any, replicate_b: Any) -> tuple[tuple, tuple]:
+    """Both sides as tidy rows in matching order, or ValueError when they are not on the same replicates."""
+    a, b = _tidy(n_a, errors_a, replicate_a), _tidy(n_b, errors_b, replicate_b)
+    if not np.array_equal(a[0], b[0]):
+        raise ValueError("paired=True needs the same sample sizes with the same number of replicates on both sides (n_a, n_b)")
+    if (a[2] is None) != (b[2] is None) or (a[2] is not None and not np.array_equal(a[2], b[2])):
+        raise ValueError("paired=True: replicate_a and replicate_b must both be given and hold the same ids at each size, or both be omitted")
+    return a, b
+
+
+def _resample_sides(n_a: Any, errors_a: Any, n_b: Any, errors_b: Any, average: str, n_boot: int, paired: bool,
+                    rng: Any) -> tuple[Resampled, Resampled]:
+    """Resample both sides: on two independent streams, or (paired) with the same indices from one stream."""
+    if paired and isinstance(rng, (tuple, list)):
+        raise ValueError("rng: paired=True resamples both sides with one stream; give one seed or Generator")
+    streams = (as_rng(rng),) * 2 if paired else _side_streams(rng)
+    indices = None
+    if paired:  # the same replicate indices for both sides (their sizes and counts were matched)
+        try:
+            counts = np.array([g.size for g in as_groups(n_a, errors_a)[1]])
+        except ValueError as exc:
+            raise ValueError(f"side a (n_a, errors_a): {exc}") from exc
+        indices = draw_indices(counts, n_boot, streams[0]) if counts.min() >= 2 else None
+    out = []
+    for side, n, errors, stream in (("a", n_a, errors_a, streams[0]), ("b", n_b, errors_b, streams[1])):
+        try:
+            out.append(resample(n, errors, average, n_boot, stream, indices))
+        except ValueError as exc:
+            raise ValueError(f"side {side} (n_{side}, errors_{side}): {exc}") from exc
+    return out[0], out[1]
 
 
 def compare_rates(
@@ -727,14 +766,19 @@ def compare_rates(
     fallback: str = "upper_half",
     eps: Any = None,
     n_eps: int = 3,
+    paired: bool = False,
     rng: Any = 0,
 ) -> RateComparison:
-    """Compare the rates of two independent data sets: slope difference ``a - b``, sample-efficiency ratio, verdict.
+    """Compare the rates of two data sets: slope difference ``a - b``, sample-efficiency ratio, verdict.
 
     Each side is estimated as in :func:`estimate_rate` (same ``average``, ``interval``, ``window``
-    and ``fallback``), each resampled on its own stream: the data sets of two gates come from
-    different truths and seeds, so resampling them independently is the right bootstrap. Resample
-    i of the difference is resample i of ``a`` minus resample i of ``b``.
+    and ``fallback``). By default each side is resampled on its own stream: the data sets of two
+    gates with different truths and seeds are independent, and resampling them independently is
+    the right bootstrap. Resample i of the difference is resample i of ``a`` minus resample i of
+    ``b``. When both gates were fitted on the *same* data sets (same sizes, same replicates, as in
+    one study whose seeds do not depend on the gate), pass ``paired=True``: replicate r of both
+    sides is then drawn together, which keeps their correlation (independent resampling would
+    overstate the noise of the difference when the correlation is positive).
 
     The **sample-efficiency ratio** at an error level eps is ``n_a(eps) / n_b(eps)``, the sizes at
     which the two fitted lines (the lines of each side's rate) reach eps, with an interval from the
@@ -757,9 +801,13 @@ def compare_rates(
         extrapolation and marked ``reached = False``.
     n_eps : int, default 3
         Number of default levels.
+    paired : bool, default False
+        Resample the replicates of both sides together. Needs the same sizes and replicate counts;
+        replicates are matched by ``replicate_a`` / ``replicate_b`` ids when given (both, equal sets
+        at each size), else by their order within each size.
     rng : Generator, int seed, None, or a pair of them, default 0
         One seed or Generator is split into two independent streams (one per side); a pair is
-        used as given (``a`` first).
+        used as given (``a`` first). With ``paired=True``: one seed or Generator.
 
     Returns
     -------
@@ -778,15 +826,11 @@ def compare_rates(
             check_replicates(n, errors, rep)
         except ValueError as exc:
             raise ValueError(f"side {side} (n_{side}, errors_{side}, replicate_{side}): {exc}") from exc
-    rng_a, rng_b = _side_streams(rng)
-    try:
-        res_a = resample(n_a, errors_a, average, int(n_boot), rng_a)
-    except ValueError as exc:
-        raise ValueError(f"side a (n_a, errors_a): {exc}") from exc
-    try:
-        res_b = resample(n_b, errors_b, average, int(n_boot), rng_b)
-    except ValueError as exc:
-        raise ValueError(f"side b (n_b, errors_b): {exc}") from exc
+    if not isinstance(paired, bool):
+        raise TypeError(f"paired must be a bool; got {type(paired).__name__}")
+    if paired:
+        (n_a, errors_a, replicate_a), (n_b, errors_b, replicate_b) = _paired_rows(n_a, errors_a, replicate_a, n_b, errors_b, replicate_b)
+    res_a, res_b = _resample_sides(n_a, errors_a, n_b, errors_b, average, int(n_boot), paired, rng)
     for side, res in (("a", res_a), ("b", res_b)):
         window = _check_window(window, res.log_n.size, f" of side {side}")
     est_a = _estimate(res_a, average, level, interval, int(window), fallback)
@@ -796,9 +840,18 @@ def compare_rates(
         if line_a is None or line_b is None:
             return float("nan"), float("nan"), float("nan")
         sa, sb = linear_stat(res_a, line_a[0]), linear_stat(res_b, line_b[0])
-        jack = np.concatenate([sa.jack - sb.estimate, sa.estimate - sb.jack])
-        low, high = _pair_interval(sa.estimate - sb.estimate, sa.boot - sb.boot, jack, res_a, res_b, level, interval)
+        low, high = ci(sa.estimate - sb.estimate, sa.boot - sb.boot, sa.estimate, sa.jack, sb.estimate, sb.jack)
         return sa.estimate - sb.estimate, low, high
+
+    def ci(estimate: float, boot: np.ndarray, point_a: Any, jack_a: np.ndarray, point_b: Any, jack_b: np.ndarray) -> tuple[float, float]:
+        """Interval of a statistic of both sides; the jackknife leaves a replicate of one side out (of both when paired)."""
+        if paired:
+            jack, groups, counts = jack_a - jack_b, res_a.jack_group, res_a.counts
+        else:
+            jack = np.concatenate([jack_a - point_b, point_a - jack_b])
+            groups = np.concatenate([res_a.jack_group, res_b.jack_group + res_a.counts.size])
+            counts = np.concatenate([res_a.counts, res_b.counts])
+        return bootstrap_interval(estimate, boot, level, interval, jack, groups, counts)
 
     full_a = (*line_weights(res_a.log_n, np.arange(res_a.log_n.size)), None)
     full_b = (*line_weights(res_b.log_n, np.arange(res_b.log_n.size)), None)
@@ -819,12 +872,12 @@ def compare_rates(
                           for p, res, line in ((point_a, res_a, line_a), (point_b, res_b, line_b))], axis=0)
         with np.errstate(invalid="ignore"):
             boot = _log_n_needed(res_a.boot, line_a, log_eps) - _log_n_needed(res_b.boot, line_b, log_eps)  # (B, q)
-            jack = np.concatenate([_log_n_needed(res_a.jack, line_a, log_eps) - point_b,
-                                   point_a - _log_n_needed(res_b.jack, line_b, log_eps)])  # (N_a + N_b, q)
+            jack_a, jack_b = _log_n_needed(res_a.jack, line_a, log_eps), _log_n_needed(res_b.jack, line_b, log_eps)
             log_ratio = point_a - point_b
         undefined = np.sum(np.isnan(boot), axis=0)
-        for j in range(q):
-            log_ci[j] = _pair_interval(log_ratio[j], boot[:, j], jack[:, j], res_a, res_b, level, interval)
+        with np.errstate(invalid="ignore"):
+            for j in range(q):
+                log_ci[j] = ci(log_ratio[j], boot[:, j], point_a[j], jack_a[:, j], point_b[j], jack_b[:, j])
         ratio, ratio_low, ratio_high = np.exp(log_ratio), np.exp(log_ci[:, 0]), np.exp(log_ci[:, 1])
     efficiency = tuple(verdict(low, high) for low, high in log_ci)
     return RateComparison(

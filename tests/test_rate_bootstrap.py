@@ -375,3 +375,58 @@ def test_replicate_ids_of_any_type():
     ids[1] = "r0"
     with pytest.raises(ValueError, match="'r0'"):
         R.estimate_rate(n, errors.reshape(-1), replicate=ids, n_boot=20)
+
+
+# ---------------------------------------------------------------------------------------------
+# paired comparison: both gates fitted on the same data sets
+# ---------------------------------------------------------------------------------------------
+
+def test_paired_difference_matches_a_slow_reference_loop():
+    rng = np.random.default_rng(16)
+    shared = rng.lognormal(0.0, 0.6, size=(SIZES.size, 15))  # a data set's luck, common to both gates
+    a = 2.0 * SIZES[:, None] ** -0.5 * shared * rng.lognormal(0.0, 0.2, size=shared.shape)
+    b = 1.0 * SIZES[:, None] ** -0.4 * shared * rng.lognormal(0.0, 0.2, size=shared.shape)
+    B = 300
+    cmp = R.compare_rates(SIZES, a, SIZES, b, paired=True, n_boot=B, rng=21, interval="bca")
+    stream = np.random.default_rng(21)
+    idx = [stream.integers(0, 15, size=(B, 15)) for _ in SIZES]
+    x = np.log(SIZES)
+    diff = np.array([np.polyfit(x, [np.mean(np.log(a[g, i[r]])) for g, i in enumerate(idx)], 1)[0]
+                     - np.polyfit(x, [np.mean(np.log(b[g, i[r]])) for g, i in enumerate(idx)], 1)[0] for r in range(B)])
+    point = np.polyfit(x, np.log(a).mean(1), 1)[0] - np.polyfit(x, np.log(b).mean(1), 1)[0]
+    jack = [[np.polyfit(x, [np.mean(np.log(np.delete(a[h], r) if h == g else a[h])) for h in range(SIZES.size)], 1)[0]
+             - np.polyfit(x, [np.mean(np.log(np.delete(b[h], r) if h == g else b[h])) for h in range(SIZES.size)], 1)[0]
+             for r in range(15)] for g in range(SIZES.size)]
+    assert cmp.slope_difference == pytest.approx(point, abs=1e-12)
+    assert (cmp.slope_difference_low, cmp.slope_difference_high) == pytest.approx(tuple(slow_bca(point, diff, jack)), abs=1e-10)
+
+
+def test_paired_resampling_keeps_the_correlation():
+    rng = np.random.default_rng(17)
+    a = power_law(rng, reps=30)
+    b = 0.5 * a * SIZES[:, None] ** 0.1  # the same data sets: b's errors move with a's
+    paired = R.compare_rates(SIZES, a, SIZES, b, paired=True)
+    independent = R.compare_rates(SIZES, a, SIZES, b)
+    assert paired.slope_difference == pytest.approx(-0.1, abs=1e-12)
+    assert paired.slope_difference_high - paired.slope_difference_low < 1e-9  # the difference has no noise
+    assert independent.slope_difference_high - independent.slope_difference_low > 0.05
+    assert paired.verdict == "faster" and independent.verdict in R.VERDICTS
+
+
+def test_paired_rows_are_matched_by_replicate_id():
+    rng = np.random.default_rng(18)
+    a, b = power_law(rng, reps=6), power_law(rng, reps=6, slope=-0.3)
+    n, reps = np.repeat(SIZES, 6), np.tile(np.arange(6), SIZES.size)
+    ref = R.compare_rates(SIZES, a, SIZES, b, paired=True, rng=4, n_boot=200)
+    order = rng.permutation(n.size)
+    shuffled = R.compare_rates(n[order], a.reshape(-1)[order], n, b.reshape(-1), replicate_a=reps[order], replicate_b=reps,
+                               paired=True, rng=4, n_boot=200)
+    assert shuffled.to_row() == ref.to_row()
+    with pytest.raises(ValueError, match="replicate_a and replicate_b"):
+        R.compare_rates(n, a.reshape(-1), n, b.reshape(-1), replicate_a=reps, replicate_b=reps + 10, paired=True)
+    with pytest.raises(ValueError, match="same sample sizes"):
+        R.compare_rates(SIZES, a, SIZES[:-1], b[:-1], paired=True)
+    with pytest.raises(ValueError, match="one stream"):
+        R.compare_rates(SIZES, a, SIZES, b, paired=True, rng=(1, 2))
+    with pytest.raises(TypeError, match="paired"):
+        R.compare_rates(SIZES, a, SIZES, b, paired="yes")
