@@ -595,8 +595,9 @@ def verdict(low: float, high: float) -> str:
 class RateComparison:
     """Two rates compared: ``a`` minus ``b`` (pass competition as ``a`` and softmax as ``b``).
 
-    The two data sets are independent, so each is resampled on its own (within each size); every
-    interval of a difference pairs resample i of ``a`` with resample i of ``b``.
+    Each data set is resampled within each size, on its own (independent data sets) or, when
+    ``paired``, with the same replicate indices for both; every interval of a difference pairs
+    resample i of ``a`` with resample i of ``b``.
 
     Attributes
     ----------
@@ -604,6 +605,8 @@ class RateComparison:
         Each side's own estimate, from the same resamples the differences use.
     level : float
     interval : {"percentile", "bca"}
+    paired : bool
+        Whether both sides were resampled together (the same data sets).
     difference, difference_low, difference_high : float
         ``a.rate - b.rate``: the rates the verdict uses (each side's full slope, or its fallback
         where its curvature check failed); NaN when a side has no rate.
@@ -631,6 +634,7 @@ class RateComparison:
     b: RateEstimate
     level: float
     interval: str
+    paired: bool
     difference: float
     difference_low: float
     difference_high: float
@@ -651,7 +655,7 @@ class RateComparison:
     def to_row(self) -> dict[str, Any]:
         """The scalar results as one flat dict; the ratio at the middle ``eps`` (NaN if there is none)."""
         names = ("difference", "difference_low", "difference_high", "slope_difference", "slope_difference_low",
-                 "slope_difference_high", "verdict")
+                 "slope_difference_high", "verdict", "paired")
         row = {name: getattr(self, name) for name in names}
         mid = self.eps.size // 2
         pick = lambda arr: float(arr[mid]) if self.eps.size else float("nan")  # noqa: E731
@@ -881,7 +885,7 @@ def compare_rates(
         ratio, ratio_low, ratio_high = np.exp(log_ratio), np.exp(log_ci[:, 0]), np.exp(log_ci[:, 1])
     efficiency = tuple(verdict(low, high) for low, high in log_ci)
     return RateComparison(
-        a=est_a, b=est_b, level=float(level), interval=interval,
+        a=est_a, b=est_b, level=float(level), interval=interval, paired=paired,
         difference=diff[0], difference_low=diff[1], difference_high=diff[2],
         slope_difference=slope_diff[0], slope_difference_low=slope_diff[1], slope_difference_high=slope_diff[2],
         verdict=verdict(diff[1], diff[2]), eps=eps, reached=reached, n_a=n_need_a, n_b=n_need_b,
