@@ -31,6 +31,10 @@ CASES = {
     f"hellinger n_mc={N_MC} (k=3)": lambda: mixsim.hellinger(over, truth, n_mc=N_MC),
     f"total_variation n_mc={N_MC} (k=3)": lambda: mixsim.total_variation(over, truth, n_mc=N_MC),
     "fit_rate 8 sizes x 20, n_boot=2000": lambda: mixsim.fit_rate(sizes, errors),
+    "estimate_rate 8 sizes x 20, n_boot=4000": lambda: mixsim.estimate_rate(sizes, errors),
+    "estimate_rate ... interval='bca'": lambda: mixsim.estimate_rate(sizes, errors, interval="bca"),
+    "compare_rates 2 x (8 sizes x 20), n_boot=4000": lambda: mixsim.compare_rates(sizes, errors, sizes, 2 * errors),
+    "random_truth softmax k=3 d=2": lambda: mixsim.random_truth("softmax", 3, 2, 0),
 }
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelih
 from .fit import ConvergenceWarning, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE
 from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
-from .rates import fit_rate, theory_rate
+from .rates import compare_rates, estimate_rate, fit_rate, theory_rate
 from .study import StudySpec, evaluate, load_estimates, load_results, load_study, run_study
 
 __version__ = "0.1.0"
@@ -19,6 +19,6 @@ __all__ = [
     "MoEParams", "preset", "list_presets", "random_truth", "TruthPrior", "log_density", "log_likelihood", "sample",
     "fit", "fit_batch", "FitResult", "NearTruthInit", "ConvergenceWarning", "GaussianMoE",
     "voronoi_cells", "voronoi_loss", "group_errors", "cell_diagnosis", "hellinger", "total_variation",
-    "fit_rate", "theory_rate",
+    "fit_rate", "theory_rate", "estimate_rate", "compare_rates",
     "StudySpec", "load_study", "run_study", "load_results", "load_estimates", "evaluate",
 ]

@@ -41,6 +41,12 @@ Schema (defaults in brackets)::
     group_weighting = "share"         # ["unweighted"] the weighting of the group errors that
                                       # summaries and figures read (losses.WEIGHTINGS); all are recorded
 
+    [rates]                           # how rates are read off the results, declared before the run
+    average = "log"                   # ["log"] | "median" | "mean": the primary slope's average over
+                                      # replicates (mixsim.rates.SLOPE_AVERAGES); not part of the spec
+                                      # hash (no fitted number depends on it), but recorded with the spec
+                                      # in the results' metadata when the run starts
+
     [run]                             # how to run, not what: not part of the spec hash
     block_size = 8                    # [8] replicates of one n fitted together by the batched engine
 
@@ -67,6 +73,7 @@ from .gates import canonical_gate
 from .fit import NearTruthInit, fit_batch
 from .losses import WEIGHTINGS
 from .model import X_DISTS, MoEParams, list_presets, preset
+from .rates import SLOPE_AVERAGES
 
 __all__ = [
     "METRICS",
@@ -282,6 +289,9 @@ class StudySpec:
         ``n_mc`` and optional ``d2_exponents``.
     nn : dict or None
         Options passed to :func:`mixsim.nn.run_nn_task` (``kind = "nn"``).
+    rates : dict
+        ``average``: how replicate errors are averaged for the primary slope (``[rates]``,
+        default ``"log"``); not part of the hash.
     block_size : int
         Replicates of one n fitted together; how to run, not what (not in the hash).
     source : str or None
@@ -302,6 +312,7 @@ class StudySpec:
     fit: FitSpec | None = None
     losses: dict[str, Any] = field(default_factory=dict)
     nn: dict[str, Any] | None = None
+    rates: dict[str, Any] = field(default_factory=lambda: dict(_RATES_DEFAULTS))
     block_size: int = 8
     source: str | None = None
 
@@ -320,6 +331,7 @@ class StudySpec:
             "root_seed": self.root_seed,
             "replications": self.replications,
             "grid": {"values": list(self.n_values)},
+            "rates": copy.deepcopy(self.rates),
             "run": {"block_size": self.block_size},
         }
         if self.kind == "mle":
@@ -336,12 +348,13 @@ class StudySpec:
 
     @property
     def hash(self) -> str:
-        """SHA-256 of everything that changes the numbers (not ``description`` nor ``[run]``).
+        """SHA-256 of everything that changes the numbers (not ``description``, ``[rates]`` nor ``[run]``).
 
         The resolved truth parameters are included, so a preset changed in code changes the hash.
         """
         doc = self.to_dict()
         doc.pop("description")
+        doc.pop("rates")  # read after the fits: no stored number depends on it
         doc.pop("run")
         doc["format"] = SPEC_FORMAT
         if self.truth is not None:
@@ -414,6 +427,7 @@ def _parse(doc: Mapping[str, Any], source: str | None, default_name: str | None)
         root_seed=top.get("root_seed", _int(0), 0),
         replications=top.get("replications", _int(1)),
         n_values=_parse_grid(top.get("grid", _any)),
+        rates=_parse_rates(top.get("rates", _any, {})),
         block_size=_parse_run(top.get("run", _any, {})),
         source=source,
     )
@@ -465,6 +479,16 @@ def _parse_grid(doc: Any) -> tuple[int, ...]:
     if values[0] < 1:
         raise SpecError(f"grid.start must round to a sample size >= 1; got {start}", "grid.start")
     return tuple(values)
+
+
+_RATES_DEFAULTS = {"average": "log"}  # the slope of the mean log error: robust to a few fits far off
+
+
+def _parse_rates(doc: Any) -> dict[str, Any]:
+    t = _Table(doc, "rates")
+    out = {"average": t.get("average", _str(tuple(SLOPE_AVERAGES)), _RATES_DEFAULTS["average"])}
+    t.finish()
+    return out
 
 
 def _parse_run(doc: Any) -> int:

@@ -446,9 +446,12 @@ class TruthPrior:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"TruthPrior.{name} must be a finite number >= 0; got {value!r}")
-        low, high = (tuple(self.noise_sd) + (None, None))[:2] if isinstance(self.noise_sd, (tuple, list)) else (None, None)
-        if len(tuple(self.noise_sd)) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) or not 0 < low <= high:
-            raise ValueError(f"TruthPrior.noise_sd must be a pair (low, high) with 0 < low <= high; got {self.noise_sd!r}")
+        pair = self.noise_sd
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        if not ok or not 0 < pair[0] <= pair[1]:
+            raise ValueError(f"TruthPrior.noise_sd must be a pair (low, high) with 0 < low <= high; got {pair!r}")
+        object.__setattr__(self, "noise_sd", (float(pair[0]), float(pair[1])))
 
 
 #: Default prior per expert family: tanh experts have means in (-1, 1), so smaller noise keeps

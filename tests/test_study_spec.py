@@ -265,3 +265,29 @@ def test_nn_option_names_are_checked_against_mixsim_nn():
     pytest.importorskip("mixsim.nn")
     doc = {"name": "nn", "kind": "nn", "replications": 1, "grid": {"values": [64]}, "nn": {"n_experts": 4, "stepz": 3}}
     assert error_key(doc) == "nn.stepz"
+
+
+# ---------------------------------------------------------------------------------------------
+# [rates]: the average of the primary slope, declared before the run (issue 12)
+# ---------------------------------------------------------------------------------------------
+
+def test_rates_average_defaults_to_log_and_is_declared_data():
+    spec = StudySpec.from_dict(base())
+    assert spec.rates == {"average": "log"} and spec.to_dict()["rates"] == {"average": "log"}
+    for average in ("log", "median", "mean"):
+        other = StudySpec.from_dict(base(rates={"average": average}))
+        assert other.rates["average"] == average
+        assert StudySpec.from_dict(other.to_dict()) == other  # round-trips (so results metadata records it)
+        assert other.hash == spec.hash  # no fitted number depends on it
+    assert spec.with_overrides(["rates.average=median"]).rates == {"average": "median"}
+    assert spec.with_overrides(["rates.average=median"]) != spec
+    for name in ("softmax_overfit", "competition_overfit"):
+        assert load_study(STUDIES / f"{name}.toml").rates == {"average": "log"}
+
+
+@pytest.mark.parametrize("rates, key", [
+    ({"average": "geometric"}, "rates.average"), ({"average": "logmean"}, "rates.average"),
+    ({"average": 1}, "rates.average"), ({"averag": "log"}, "rates.averag"), ("log", "rates"),
+])
+def test_bad_rates_table_names_the_key(rates, key):
+    assert error_key(base(rates=rates)) == key
