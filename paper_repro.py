@@ -85,13 +85,14 @@ def spec_for(study: str, scale: str):
 
 def run_all(scale: str, out: Path, n_jobs: int) -> tuple[dict, dict]:
     """Run (or resume) every study; return their specs and result tables by name."""
-    from mixsim.study import run_study
+    from mixsim.study import read_meta, run_study
 
     specs = {s: spec_for(s, scale) for s in STUDIES}
     tables = {}
     for name, spec in specs.items():
         t0 = time.perf_counter()
         tables[name] = run_study(spec, out / name, n_jobs=n_jobs, progress=True)
+        DECLARED[name] = read_meta(out / name)["spec"].get("rates", {})
         print(f"  {name:<32} {len(tables[name]):>7} rows  {time.perf_counter() - t0:7.1f} s", flush=True)
     return specs, tables
 
@@ -100,9 +101,15 @@ def run_all(scale: str, out: Path, n_jobs: int) -> tuple[dict, dict]:
 # rates: each declared before the run, read here
 # ---------------------------------------------------------------------------------------------
 
+DECLARED: dict[str, dict] = {}  # study name -> the [rates] table recorded in its results directory
+
+
 def declared(spec) -> dict:
-    """The rate estimator a spec declares ([rates] average; percentile bootstrap, upper-half fallback)."""
-    return {"average": spec.rates.get("average", "log"), "n_boot": N_BOOT}
+    """The rate estimator declared before the run: the ``[rates]`` table recorded in the results
+    directory's study.json when the study was created (not the spec file as it reads now);
+    percentile bootstrap and the upper-half fallback (estimate_rate's defaults)."""
+    rates = DECLARED.get(spec.name, spec.rates)
+    return {"average": rates.get("average", "log"), "n_boot": N_BOOT}
 
 
 def series(table: pd.DataFrame, metric: str, truth: int = 0) -> pd.DataFrame:
@@ -133,7 +140,7 @@ def rate_rows(specs: dict, tables: dict, weighting: str) -> tuple[pd.DataFrame, 
                 estimates[(name, truth, metric)] = est
                 extra = {}
                 for other in ("median", "mean"):  # reported beside the declared average, never chosen from
-                    extra[f"{other}_slope"] = estimate_rate(data["n"], data["value"], average=other, n_boot=0).slope
+                    extra[f"{other}_slope"] = estimate_rate(data["n"], data["value"], average=other, n_boot=2).slope
                 fits = table[(table["truth"] == truth)].drop_duplicates(["n", "replicate"])
                 rows.append({"study": name, "truth": int(truth), "gate": spec.fit.gates[0].name, "metric": metric,
                              **est.to_row(), **extra, "not_converged": int((~fits["converged"]).sum()),
@@ -195,8 +202,8 @@ def verdict_text(rates: pd.DataFrame, claim: pd.DataFrame, control: pd.DataFrame
     if len(table):
         out.append("Over-fitted k = 3, two-atom cell, competition vs softmax (slope difference interval per truth):")
         for r in table.itertuples():
-            word = ("competition faster" if r.faster > 0 and r.slower == 0 and r.faster >= (r.truths + 1) // 2
-                    else "competition slower" if r.slower > 0 and r.faster == 0 and r.slower >= (r.truths + 1) // 2
+            word = ("competition faster" if r.faster > r.truths / 2 and r.slower == 0
+                    else "competition slower" if r.slower > r.truths / 2 and r.faster == 0
                     else "cannot tell")
             out.append(f"  {GROUP_LABELS[r.group]:<22} {word:<19} (of {r.truths} truths: {r.faster} faster, "
                        f"{r.slower} slower, {getattr(r, '_5')} cannot tell)")
@@ -207,8 +214,8 @@ def verdict_text(rates: pd.DataFrame, claim: pd.DataFrame, control: pd.DataFrame
                        f"[{r.difference_low:+.2f}, {r.difference_high:+.2f}]: tanh {r.verdict}")
     out.append("Each gate is fitted to its own truths (the truth indices pair truths drawn alike, not the same "
                "model), so only slopes compare; the n-ratio also compares error levels and is reported, not "
-               "used in the verdict. A group reads 'faster'/'slower' only when most truths' intervals agree "
-               "and none points the other way.")
+               "used in the verdict. The rule, fixed before any run: a group reads 'faster' ('slower') when the "
+               "intervals of more than half of the truths say so and none says the opposite; else 'cannot tell'.")
     return "\n".join(out)
 
 
@@ -318,8 +325,9 @@ def draw_groups(fig, estimates: dict, studies: tuple[str, str], weighting: str, 
 
 def draw_forest(fig, comp: pd.DataFrame) -> pd.DataFrame:
     """Slope difference competition - softmax with its interval, one row per truth, one panel per group."""
-    axes = fig.subplots(1, len(GROUPS), sharey=True, squeeze=False)[0]
-    for ax, g in zip(axes, GROUPS):
+    groups = [g for g in GROUPS if g in set(comp["group"])] or list(GROUPS)  # competition has no gate slopes
+    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+    for ax, g in zip(axes, groups):
         sub = comp[comp["group"] == g]
         colours = sub["verdict"].map({"faster": "tab:green", "slower": "tab:red", "cannot tell": "grey"})
         ax.errorbar(sub["difference"], sub["truth"], xerr=[sub["difference"] - sub["difference_low"],
@@ -329,7 +337,9 @@ def draw_forest(fig, comp: pd.DataFrame) -> pd.DataFrame:
         ax.set(title=GROUP_LABELS[g], xlabel="slope difference\ncompetition - softmax")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("truth (0 = reference)")
-    axes[0].invert_yaxis()
+    truths = sorted(set(comp["truth"]))
+    axes[0].set_yticks(truths, [str(t) for t in truths])
+    axes[0].set_ylim(max(truths, default=0) + 0.5, -0.5)
     fig.suptitle("Per-truth slope differences with 95% bootstrap intervals (green: competition faster, red: slower)")
     return comp
 

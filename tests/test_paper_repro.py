@@ -1,4 +1,4 @@
-"""paper_repro.py end to end at toy scale: every study, figure and table is produced."""
+"""paper_repro.py end to end at toy scale: every study, figure and table is produced, and reruns resume."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,29 +16,33 @@ def _module():
     return mod
 
 
-def test_tiny_run_writes_figures_rates_and_verdict(tmp_path, capsys):
+def test_tiny_run_writes_figures_rates_comparisons_and_verdict(tmp_path, capsys):
     mod = _module()
     figs = tmp_path / "figures"
     mod.main(["--tiny", "--out", str(tmp_path / "results"), "--figures", str(figs), "--n-jobs", "1"])
     out = capsys.readouterr().out
-    assert "Verdict" in out and "softmax_exact: D1 slope" in out
-    for stem in ["softmax_exact_D1", "softmax_overfit_D2", "competition_exact_D1", "competition_overfit_D2",
-                 "overfit_groups_softmax_vs_competition", "density_hellinger", "sensitivity_overfit_slopes"]:
+    assert "Verdict" in out and "softmax_exact: D1 slope" in out and "competition vs softmax" in out
+    for stem in ["softmax_exact_D1", "competition_exact_D1", "overfit_groups_softmax_vs_competition",
+                 "forest_slope_differences", "control_tanh_groups"]:
         for ext in ("png", "pdf", "csv"):
             assert (figs / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext}"
     rates = pd.read_csv(figs / "rates.csv")
-    assert {"study", "start", "gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "theory_exponent",
-            "agreement"} <= set(rates.columns)
-    assert set(rates["start"]) == {"shrinking", "fixed", "auto"}
-    d1 = rates[(rates["study"] == "softmax_exact") & (rates["metric"] == "D1")]
-    assert sorted(d1["average"]) == ["mean", "median"] and (d1["theory_exponent"] == -0.5).all()
-    md = (figs / "rates.md").read_text()
-    assert md.count("\n") > len(rates)
-    # Every study's non-converged fits are counted in rates.md, none dropped; the over-fitted
-    # group rows use the weighting the specs declare (share).
-    assert "## Fits that did not converge" in md and all(f"| {s} |" in md for s in mod.STUDIES)
-    assert "not_converged" in rates.columns
+    # The declared average (log), bootstrap intervals, curvature check, median and mean slopes beside it.
+    assert {"study", "truth", "metric", "average", "slope", "slope_low", "slope_high", "curvature", "curvature_low",
+            "curvature_high", "power_law", "rate", "rate_low", "rate_high", "median_slope", "mean_slope",
+            "not_converged"} <= set(rates.columns)
+    assert set(rates["average"]) == {"log"}
+    # Both gates' ensembles have the reference truth (0) and the drawn ones.
+    assert set(rates.loc[rates.study == "softmax_overfit_ensemble", "truth"]) == {0, 1}
     assert rates["metric"].str.endswith("_multi_share").any() and not rates["metric"].str.endswith("_unweighted").any()
-    # A second run resumes: nothing is refitted, the same table comes back.
+    comp = pd.read_csv(figs / "comparisons.csv")
+    assert set(comp["comparison"]) == {"claim", "softmax_tanh", "competition_tanh"}
+    assert set(comp["verdict"]) <= {"faster", "slower", "cannot tell"}
+    claim = comp[comp.comparison == "claim"]
+    assert (claim["difference_low"] <= claim["difference"]).all() and (claim["difference"] <= claim["difference_high"]).all()
+    md = (figs / "rates.md").read_text()
+    assert "## Fits that did not converge" in md and "## Truths per outcome" in md
+    # A second run resumes: nothing is refitted, the same tables come back.
     mod.main(["--tiny", "--out", str(tmp_path / "results"), "--figures", str(figs), "--n-jobs", "1"])
     pd.testing.assert_frame_equal(pd.read_csv(figs / "rates.csv"), rates)
+    pd.testing.assert_frame_equal(pd.read_csv(figs / "comparisons.csv"), comp)
