@@ -156,7 +156,7 @@ class LoopFFN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, sizes, act, shared, w1, b1, w2, b2):
-        E, h, o = w1.shape[0], w1.shape[2], w2.shape[2]
+        E, h, o = w1.shape[0], w1.shape[2], w2.shape[2]  # h: width of the first product (2x for gated units)
         P = sum(sizes)
         pre = xs.new_empty(P, h)  # (P, h)
         y = xs.new_empty(P, o)  # (P, o)
@@ -211,9 +211,9 @@ class CompeteFFN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, act, score_dtype, w1, b1, w2, b2):
-        E, T, h, o = w1.shape[0], x.shape[0], w1.shape[2], w2.shape[2]
+        E, T, h_in, h, o = w1.shape[0], x.shape[0], w1.shape[2], w2.shape[1], w2.shape[2]
         f = ACTIVATIONS[act]
-        pre = x.new_empty(E, T, h)  # (E, T, h)
+        pre = x.new_empty(E, T, h_in)  # (E, T, h_in): h_in = 2h for gated units
         post = x.new_empty(E, T, h)  # (E, T, h)
         y = x.new_empty(E, T, o)  # (E, T, o)
         s = torch.empty(E, T, dtype=score_dtype, device=x.device)  # (E, T)
