@@ -173,6 +173,13 @@ class MoE(nn.Module):
     apply them per prefix at inference. The same holds for a capacity factor (drops depend on the
     order of arrival of all tokens of the batch).
 
+    ``torch.compile``: every router, train and eval, float32 and bfloat16, compiles into one
+    graph with no graph break (``tests/test_nn_compile.py`` counts them); the competition
+    decision is a Python bool read from :attr:`CompetitionSchedule.decisions`, so a compiled
+    CompeteSMoE keeps two graphs (compete, route) and switches between them by a guard. A
+    ``mask`` adds one break (``nonzero``); the ``loop`` backend breaks too (its sizes are read
+    on the host), so under compile ``auto`` never picks it where another path runs.
+
     Checkpoints: the schedule's step is saved in ``state_dict()`` (``get_extra_state``) and
     restored by ``load_state_dict``.
     """
