@@ -81,6 +81,16 @@ def test_no_graph_breaks(router, dtype, training):
     assert explanation.graph_count == 1
 
 
+def test_float64_compiles_through_the_blocked_path():
+    # eager float64 on CPU uses "loop" (host sizes); compiled, "auto" takes "blocked": no graph break
+    layer, x, _ = make("token_choice", torch.float64)
+    explanation = dynamo.explain(loss_fn(layer))(x)
+    assert explanation.graph_break_count == GRAPH_BREAKS and explanation.graph_count == 1
+    eager = loss_fn(layer)(x)[1]
+    compiled = torch.compile(loss_fn(layer), backend="aot_eager")(x)[1]
+    torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=0)  # another path, float64 rounding
+
+
 @pytest.mark.parametrize("router,cf", [("token_choice", None), ("expert_choice", None), ("usmoe", None),
                                        ("token_choice", 1.0), ("competition", None)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -146,8 +146,9 @@ class MoE(nn.Module):
         of a model one schedule.
     layer_id : int, optional
         This layer's id in ``schedule`` (default: ``schedule.register()``).
-    dispatch : {"auto", "grouped", "loop", "padded"}, default "auto"
-        Dispatch backend (:mod:`mixsim.nn._dispatch`).
+    dispatch : {"auto", "grouped", "loop", "padded", "blocked"}, default "auto"
+        Dispatch backend; ``auto`` follows the dtype x device table of :mod:`mixsim.nn._dispatch`
+        (sync-free everywhere except the CPU ``loop``, where reading sizes costs nothing).
     router_init_std : float, default 0.02
         Standard deviation of the router weights at initialisation (authors: 0.02).
     generator : torch.Generator, optional
