@@ -121,7 +121,7 @@ def _layer(router, cf, dispatch, dtype, bias=True, **kw):
     return layer
 
 
-@pytest.mark.parametrize("dispatch", ["loop", "padded"])
+@pytest.mark.parametrize("dispatch", ["loop", "padded", "blocked"])
 @pytest.mark.parametrize("router,compete,cf", CASES)
 def test_dispatch_matches_per_token_reference_float64(router, compete, cf, dispatch):
     layer = _layer(router, cf, dispatch, torch.float64)
@@ -173,13 +173,18 @@ def test_grouped_refuses_float64_and_auto_falls_back():
     assert out.dtype == torch.float64
 
 
+SYNC_FREE_PATHS = [(None, "grouped", torch.bfloat16), (1.0, "padded", torch.float32)] + [
+    (None, b, dt) for b in ("blocked", "auto") for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64)]
+
+
 @pytest.mark.parametrize("router", mnn.ROUTERS)
-@pytest.mark.parametrize("cf,dispatch", [(None, "grouped"), (1.0, "padded"), (None, "auto")])
-def test_sync_free_paths_run_on_meta_tensors(router, cf, dispatch):
+@pytest.mark.parametrize("cf,dispatch,dtype", SYNC_FREE_PATHS)
+def test_sync_free_paths_run_on_meta_tensors(router, cf, dispatch, dtype):
     # Meta tensors carry shapes only: any .item(), .tolist() or data-dependent shape raises. So a
-    # forward+backward that runs here never reads device data on the host (no GPU sync).
-    layer = mnn.MoE(D, H, E, K, router, capacity_factor=cf, dispatch=dispatch, device="meta", dtype=torch.bfloat16)
-    x = torch.empty(T, D, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    # forward+backward that runs here never reads device data on the host (no GPU sync). "auto"
+    # on meta follows CUDA 9.x's rule: grouped for bfloat16, blocked for every other dtype.
+    layer = mnn.MoE(D, H, E, K, router, capacity_factor=cf, dispatch=dispatch, device="meta", dtype=dtype)
+    x = torch.empty(T, D, device="meta", dtype=dtype, requires_grad=True)
     out, aux = layer(x, compete=True if router == "competition" else None)
     (out.sum() + aux.total()).backward()
     assert out.shape == (T, D) and x.grad.shape == (T, D)
@@ -274,3 +279,32 @@ def test_bias_add_per_slice_equals_gather():
         got = t.clone()
         _add_bias(got, b, expert_sorted, host)
         torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_auto_backend_table():
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    dims = (D, H, D)
+    assert mnn.auto_backend(cpu, torch.float32, None, dims) == "grouped"
+    assert mnn.auto_backend(cpu, torch.bfloat16, None, dims) == "grouped"
+    assert mnn.auto_backend(cpu, torch.float64, None, dims) == "loop"  # host sizes are free on CPU
+    assert mnn.auto_backend(cpu, torch.float16, None, dims) == "loop"
+    assert mnn.auto_backend(meta, torch.bfloat16, None, dims) == "grouped"
+    for dt in (torch.float32, torch.float16, torch.float64):
+        assert mnn.auto_backend(meta, dt, None, dims) == "blocked"
+    assert mnn.auto_backend(meta, torch.bfloat16, None, (D, 12, D)) == "blocked"  # 12 bf16 = 24 bytes: misaligned
+    assert mnn.auto_backend(cpu, torch.float32, 5, dims) == "padded"
+    assert not mnn.grouped_mm_supported(cpu, torch.float32, (6,))  # 24 bytes: not a multiple of 16
+
+
+@pytest.mark.parametrize("n_pairs,n_experts", [(1, 4), (48, 4), (8192, 64), (8192, 8), (7, 64)])
+def test_blocked_static_bound_holds(n_pairs, n_experts):
+    # the number of blocks any counts need never exceeds ceil(P / b) + E (the static allocation)
+    from mixsim.nn._dispatch import block_rows
+
+    b = block_rows(n_pairs, n_experts)
+    assert b % 8 == 0
+    gen = torch.Generator().manual_seed(n_pairs)
+    for counts in [torch.zeros(n_experts, dtype=torch.long).index_fill_(0, torch.tensor([0]), n_pairs),
+                   torch.bincount(torch.randint(n_experts, (n_pairs,), generator=gen), minlength=n_experts),
+                   torch.full((n_experts,), n_pairs // n_experts)]:
+        assert int(((counts + b - 1) // b).sum()) <= -(-n_pairs // b) + n_experts

@@ -54,7 +54,8 @@ Design
 * Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
   ``distill_alpha``, the diversity coefficient, the cap rule of the schedule.
 """
-from ._dispatch import BACKENDS, ExpertWeights, combine, grouped_mm_supported, run_all_experts, run_experts
+from ._dispatch import (BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported, grouped_mm_sync_free,
+                        run_all_experts, run_experts)
 from ._experiment import DEFAULT_OPTIONS, make_teacher, run_experiment, run_nn_task, train_regressor
 from ._figure import plot_sample_efficiency
 from ._layer import CompeteSMoE, MoE, MoEAux
@@ -68,6 +69,7 @@ __all__ = [
     "ROUTERS", "Routing", "route_token_choice", "route_expert_choice", "route_usmoe", "route_competition",
     "usmoe_scores", "expert_capacity",
     "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
+    "grouped_mm_sync_free", "auto_backend",
     "DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss",
     "DEFAULT_OPTIONS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "plot_sample_efficiency",
 ]

@@ -1,7 +1,7 @@
 """Sorted dispatch: run stacked feed-forward experts on token-expert pairs grouped by expert.
 
 Pairs are stably sorted by expert, so each expert's tokens form one contiguous slice of a
-gathered input ``xs`` (P, d). Three backends then run every expert on its slice:
+gathered input ``xs`` (P, d). Four backends then run every expert on its slice:
 
 ``grouped``
     One ``torch.nn.functional.grouped_mm`` per weight matrix, slices given by device-side offsets
@@ -17,9 +17,32 @@ gathered input ``xs`` (P, d). Three backends then run every expert on its slice:
     Each expert's slice is copied into a (E, C, d) buffer and run with ``bmm``. With a capacity
     ``C`` this has static shapes and no sync (pairs past capacity are dropped); dropless it needs
     ``C = max count``, one sync, and wastes the padding (about 20 % at E = 64 with a random router).
+``blocked``
+    Dropless and sync-free for every dtype and device: each expert's slice is padded to a multiple
+    of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with one ``bmm``
+    against the weights gathered per block. The number of blocks has the static bound
+    ``ceil(P / b) + E``, so shapes are static and no count is read on the host; the price is at
+    most ``E * (b - 1)`` padded rows (about P / 8 on average) and ``ceil(P / b) + E <= 5E``
+    gathered weight copies. The weight gradients are scatter-adds (atomic on GPU).
 
-``auto`` picks ``padded`` when a capacity is set and otherwise ``grouped`` where supported, else
-``loop``. ``benchmarks/bench_layer.py`` measures the three.
+``auto`` (the dtype x device table, no host sync except where noted; capacity set: ``padded``
+everywhere)::
+
+    device                             float32   bfloat16   float16 / float64
+    CPU                                grouped   grouped    loop (sizes on the host: free on CPU)
+    CPU under torch.compile            grouped   grouped    blocked (loop would break the graph)
+    CUDA, compute capability 9.x/10.x  blocked   grouped    blocked
+    CUDA, other                        blocked   blocked    blocked
+    other accelerators                 blocked   blocked    blocked
+    meta (tests: CUDA 9.x's rule)      blocked   grouped    blocked
+
+On CUDA, torch's ``grouped_mm`` has a sync-free kernel only for bfloat16 on compute capability
+9.x and 10.x (CUTLASS); elsewhere it falls back to a loop that copies the offsets to the host, so
+``auto`` does not choose it there (``dispatch="grouped"`` still runs it). Alignment: the grouped
+kernel needs every row stride to be a multiple of 16 bytes, i.e. d_model, d_hidden (twice it for
+SwiGLU) and d_out multiples of 8 in bfloat16 and of 4 in float32; :func:`grouped_mm_supported`
+checks this, and ``auto`` falls back when it fails (``dispatch="grouped"`` raises).
+``benchmarks/bench_layer.py`` measures the backends.
 
 Dropping (capacity factor): within an expert, pairs keep their order of arrival (token-major for
 token choice, so earlier tokens win) and those at positions >= C are dropped. Every backend drops
@@ -39,6 +62,9 @@ __all__ = [
     "ACTIVATIONS",
     "ExpertWeights",
     "grouped_mm_supported",
+    "grouped_mm_sync_free",
+    "auto_backend",
+    "block_rows",
     "resolve_backend",
     "expert_counts",
     "keep_within_capacity",
@@ -48,7 +74,7 @@ __all__ = [
     "combine",
 ]
 
-BACKENDS = ("auto", "grouped", "loop", "padded")
+BACKENDS = ("auto", "grouped", "loop", "padded", "blocked")
 
 class ExpertWeights(NamedTuple):
     """Stacked expert parameters: ``y = act(x @ w1[e] + b1[e]) @ w2[e] + b2[e]``.
@@ -87,15 +113,33 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[i
     return False
 
 
+def grouped_mm_sync_free(device: torch.device, dtype: torch.dtype, dims: tuple[int, ...] = ()) -> bool:
+    """Whether ``grouped_mm`` runs here *without* a host sync (CPU; bfloat16 on CUDA 9.x/10.x; meta as CUDA 9.x)."""
+    if not grouped_mm_supported(device, dtype, dims):
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] in (9, 10)
+    return True
+
+
+def auto_backend(device: torch.device, dtype: torch.dtype, capacity: int | None, dims: tuple[int, ...] = ()) -> str:
+    """The backend ``auto`` picks (the table of the module docstring)."""
+    if capacity is not None:
+        return "padded"
+    if grouped_mm_sync_free(device, dtype, dims):
+        return "grouped"
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        return "loop"
+    return "blocked"
+
+
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, capacity: int | None,
                     dims: tuple[int, ...] = ()) -> str:
     """Turn ``auto`` into a concrete backend; check an explicit one can run here."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown dispatch backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        if capacity is not None:
-            return "padded"
-        return "grouped" if grouped_mm_supported(device, dtype, dims) else "loop"
+        return auto_backend(device, dtype, capacity, dims)
     if backend == "grouped" and not grouped_mm_supported(device, dtype, dims):
         raise ValueError(f"dispatch='grouped' does not support {dtype} on {device.type} with feature sizes {dims} "
                          f"in torch {torch.__version__}; use 'loop' or 'auto'")
@@ -161,6 +205,31 @@ def _ffn_padded(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Ten
     return y.index_select(0, slot)  # (P, d_out); dropped pairs get 0
 
 
+def block_rows(n_pairs: int, n_experts: int) -> int:
+    """Rows per block of the ``blocked`` backend: ``ceil(P / 4E)`` rounded up to a multiple of 8 (host ints)."""
+    b = max(1, -(-n_pairs // (4 * n_experts)))
+    return -(-b // 8) * 8
+
+
+def _ffn_blocked(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Tensor, ew: ExpertWeights) -> torch.Tensor:
+    P, E, d = xs.shape[0], counts.shape[0], xs.shape[1]
+    b = block_rows(P, E)
+    nb = -(-P // b) + E  # static bound: sum_e ceil(c_e / b) <= P / b + E
+    padded = (counts + (b - 1)) // b * b  # (E,) each slice rounded up to whole blocks
+    ends = padded.cumsum(0)  # (E,)
+    slot = (ends - padded).index_select(0, expert_sorted) + _positions(expert_sorted, counts)  # (P,) row in blocks
+    xb = xs.new_zeros(nb * b, d).index_copy(0, slot, xs).view(nb, b, d)  # (nb, b, d); unused rows stay 0
+    first_row = torch.arange(nb, device=xs.device) * b  # (nb,)
+    block_expert = torch.searchsorted(ends, first_row, right=True).clamp_(max=E - 1)  # (nb,) owner of each block
+    h = torch.bmm(xb, ew.w1.index_select(0, block_expert))  # (nb, b, h_in)
+    if ew.b1 is not None:
+        h = h + ew.b1.index_select(0, block_expert).unsqueeze(1)
+    y = torch.bmm(ACTIVATIONS[ew.activation](h), ew.w2.index_select(0, block_expert))  # (nb, b, d_out)
+    if ew.b2 is not None:
+        y = y + ew.b2.index_select(0, block_expert).unsqueeze(1)
+    return y.view(nb * b, -1).index_select(0, slot)  # (P, d_out)
+
+
 # ---------------------------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +269,12 @@ def _run_sorted(x: torch.Tensor, s: _Sorted, ew: ExpertWeights, backend: str, ca
     if backend == "grouped":
         ys = _ffn_grouped(xs, s.expert, s.counts, ew, weight)
     else:
-        ys = _ffn_loop(xs, s.expert, s.counts, ew) if backend == "loop" else _ffn_padded(xs, s.expert, s.counts, ew, capacity)
+        if backend == "loop":
+            ys = _ffn_loop(xs, s.expert, s.counts, ew)
+        elif backend == "blocked":
+            ys = _ffn_blocked(xs, s.expert, s.counts, ew)
+        else:
+            ys = _ffn_padded(xs, s.expert, s.counts, ew, capacity)
         if weight is not None:
             ys = ys * weight.to(ys.dtype).unsqueeze(-1)
     if zero_dropped and s.keep is not None and weight is None and backend != "padded":
@@ -231,7 +305,7 @@ def run_experts(
     x : Tensor of shape (T, d_model)
     token, expert : LongTensor of shape (P,)
     ew : ExpertWeights
-    backend : {"auto", "grouped", "loop", "padded"}, default "auto"
+    backend : {"auto", "grouped", "loop", "padded", "blocked"}, default "auto"
         See the module docstring.
     capacity : int, optional
         Pairs per expert; later pairs are dropped (output 0). None means dropless.

@@ -38,6 +38,32 @@ __all__ = ["GROUPED_MM", "GroupedFFN", "SortedCombine", "LoopFFN", "CompeteFFN"]
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)  # None before torch 2.8
 
 
+def _fake_grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if a.dim() == 2 and b.dim() == 3:  # (P, d) x (E, d, h) -> (P, h)
+        return a.new_empty(a.shape[0], b.shape[2])
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[1])  # (d, P) x (P, h) -> (E, d, h)
+
+
+if GROUPED_MM is not None and hasattr(torch.library, "custom_op"):
+    # Under torch.compile the products go through this opaque op: torch's own fake kernel of
+    # _grouped_mm accepts bfloat16 only, while the CPU kernel also runs float32. Eager calls
+    # GROUPED_MM directly (no dispatcher detour).
+    @torch.library.custom_op("mixsim::grouped_mm", mutates_args=())
+    def _grouped_mm_op(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        return GROUPED_MM(a, b, offs=offs)
+
+    _grouped_mm_op.register_fake(_fake_grouped_mm)
+else:  # pragma: no cover - torch < 2.8 has no grouped_mm at all
+    _grouped_mm_op = None
+
+
+def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """``grouped_mm(a, b, offs=offs)``: 2D x 3D -> per-slice products; 2D x 2D -> per-slice outer sums (E, ., .)."""
+    if torch.compiler.is_compiling():
+        return _grouped_mm_op(a, b, offs)
+    return GROUPED_MM(a, b, offs=offs)
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     return torch.mm(x, w, out=out) if b is None else torch.addmm(b, x, w, out=out)
 
@@ -52,7 +78,7 @@ def _segment_sum(t: torch.Tensor, sizes: list[int], E: int) -> torch.Tensor:
 
 def _host_sizes(offs: torch.Tensor) -> list[int] | None:
     """Slice sizes on the host where reading them costs no synchronisation (CPU), else None."""
-    if offs.device.type != "cpu":
+    if offs.device.type != "cpu" or torch.compiler.is_compiling():  # a data-dependent read breaks a graph
         return None
     return torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
 
@@ -81,11 +107,11 @@ class GroupedFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xs, expert_sorted, offs, weight, act, w1, b1, w2, b2):
         sizes = None if b1 is None and b2 is None else _host_sizes(offs)
-        pre = GROUPED_MM(xs, w1, offs=offs)  # (P, h)
+        pre = _gmm(xs, w1, offs)  # (P, h)
         if b1 is not None:
             _add_bias(pre, b1, expert_sorted, sizes)
         post = ACTIVATIONS[act](pre)  # (P, h)
-        y = GROUPED_MM(post, w2, offs=offs)  # (P, o)
+        y = _gmm(post, w2, offs)  # (P, o)
         if b2 is not None:
             _add_bias(y, b2, expert_sorted, sizes)
         ctx.act, ctx.bias = act, (b1 is not None, b2 is not None)
@@ -103,12 +129,12 @@ class GroupedFFN(torch.autograd.Function):
                 g_weight = torch.linalg.vecdot(g, y).to(weight.dtype)  # (P,)
             g = g * weight.to(g.dtype).unsqueeze(-1)  # (P, o), gradient of the unweighted output
         g = g.contiguous()
-        g_post = GROUPED_MM(g, w2.transpose(-2, -1), offs=offs)  # (P, h)
-        g_w2 = GROUPED_MM(post.t(), g, offs=offs)  # (E, h, o)
+        g_post = _gmm(g, w2.transpose(-2, -1), offs)  # (P, h)
+        g_w2 = _gmm(post.t(), g, offs)  # (E, h, o)
         g_pre = act_backward(ctx.act, g_post, pre, post)  # (P, h)
         del g_post
-        g_w1 = GROUPED_MM(xs.t(), g_pre, offs=offs)  # (E, d, h)
-        g_xs = GROUPED_MM(g_pre, w1.transpose(-2, -1), offs=offs) if ctx.needs_input_grad[0] else None  # (P, d)
+        g_w1 = _gmm(xs.t(), g_pre, offs)  # (E, d, h)
+        g_xs = _gmm(g_pre, w1.transpose(-2, -1), offs) if ctx.needs_input_grad[0] else None  # (P, d)
         g_b1 = g_pre.new_zeros(E, g_pre.shape[1]).index_add_(0, expert_sorted, g_pre) if ctx.bias[0] else None
         g_b2 = g.new_zeros(E, g.shape[1]).index_add_(0, expert_sorted, g) if ctx.bias[1] else None
         return g_xs, None, None, g_weight, None, g_w1, g_b1, g_w2, g_b2
@@ -156,7 +182,7 @@ class LoopFFN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, sizes, act, shared, w1, b1, w2, b2):
-        E, h, o = w1.shape[0], w1.shape[2], w2.shape[2]
+        E, h, o = w1.shape[0], w1.shape[2], w2.shape[2]  # h: width of the first product (2x for gated units)
         P = sum(sizes)
         pre = xs.new_empty(P, h)  # (P, h)
         y = xs.new_empty(P, o)  # (P, o)
@@ -211,9 +237,9 @@ class CompeteFFN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, act, score_dtype, w1, b1, w2, b2):
-        E, T, h, o = w1.shape[0], x.shape[0], w1.shape[2], w2.shape[2]
+        E, T, h_in, h, o = w1.shape[0], x.shape[0], w1.shape[2], w2.shape[1], w2.shape[2]
         f = ACTIVATIONS[act]
-        pre = x.new_empty(E, T, h)  # (E, T, h)
+        pre = x.new_empty(E, T, h_in)  # (E, T, h_in): h_in = 2h for gated units
         post = x.new_empty(E, T, h)  # (E, T, h)
         y = x.new_empty(E, T, o)  # (E, T, o)
         s = torch.empty(E, T, dtype=score_dtype, device=x.device)  # (E, T)

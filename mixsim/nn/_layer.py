@@ -6,15 +6,17 @@ unweighted, and ``aux`` the routing statistics, so the caller chooses the weight
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..gates import competition_logits
-from ._activations import ACTIVATIONS
+from ._activations import ACTIVATIONS, hidden_in
 from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
                         run_and_combine, run_experts)
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
@@ -69,6 +71,20 @@ def _positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def _compute_dtype(device_type: str, param_dtype: torch.dtype) -> torch.dtype:
+    """The experts' compute dtype: autocast's when autocast is on for this device, else the parameters'."""
+    if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return param_dtype
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off (routing in float32; experts in the dtype chosen by :func:`_compute_dtype`)."""
+    if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _choice(value: object, name: str, options: tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {options}; got {type(value).__name__}")
@@ -99,9 +115,20 @@ class MoE(nn.Module):
         None (default): dropless. Otherwise each expert takes at most
         ``ceil(capacity_factor * T * K / E)`` pairs and the rest are dropped (reported in ``aux``).
         For expert choice it sets C (default 1.0 there: exactly T * K pairs when E divides T * K).
-    activation : {"gelu", "relu", "silu", "tanh"}, default "gelu"
+    activation : {"gelu", "relu", "silu", "tanh", "swiglu"}, default "gelu"
+        ``swiglu``: ``silu(x @ W_gate) * (x @ W_up)`` then ``@ w2``; ``w1`` is then
+        (E, d_model, 2 * d_hidden), columns ``[gate | up]``, so an expert has 1.5x the parameters
+        of a two-matrix one of the same ``d_hidden``.
     bias : bool, default True
         Biases in the experts (the router has none, as in the authors' code).
+    n_shared_experts : int, default 0
+        Always-on experts added to every token's output with weight 1 (DeepSeekMoE), each of
+        width ``d_hidden``; stored as one dense block of width ``n_shared_experts * d_hidden``
+        (``shared_w1`` (d_model, S*h_in), ``shared_w2`` (S*d_hidden, d_out); for SwiGLU the
+        columns of ``shared_w1`` are all S gates, then all S ups). Not routed, not in any aux loss.
+    router_float32 : bool, default False
+        Keep the router weights in float32 whatever ``dtype`` is, also after ``.to(bfloat16)``
+        or ``.half()`` (the experts follow ``dtype``).
     usmoe_alpha : float in [0, 1], default 0.5
         USMoE: weight of the expert-choice normalisation in the unified score [C].
     usmoe_weighting : {"token", "score"}, default "token"
@@ -114,11 +141,14 @@ class MoE(nn.Module):
         5 % of a CPU step at d_model = 256; when off, ``aux.losses["diversity"]`` is 0 there.
     schedule : CompetitionSchedule, optional
         Competition: when this layer competes during training. Without one, every training
-        forward competes (pure competition); in eval mode the learned router decides.
+        forward competes (pure competition); in eval mode, and under ``torch.no_grad()``, the
+        learned router decides. :meth:`CompetitionSchedule.attach` gives every competition layer
+        of a model one schedule.
     layer_id : int, optional
         This layer's id in ``schedule`` (default: ``schedule.register()``).
-    dispatch : {"auto", "grouped", "loop", "padded"}, default "auto"
-        Dispatch backend (:mod:`mixsim.nn._dispatch`).
+    dispatch : {"auto", "grouped", "loop", "padded", "blocked"}, default "auto"
+        Dispatch backend; ``auto`` follows the dtype x device table of :mod:`mixsim.nn._dispatch`
+        (sync-free everywhere except the CPU ``loop``, where reading sizes costs nothing).
     router_init_std : float, default 0.02
         Standard deviation of the router weights at initialisation (authors: 0.02).
     generator : torch.Generator, optional
@@ -128,8 +158,31 @@ class MoE(nn.Module):
 
     Notes
     -----
-    ``forward(x, compete=None)`` takes ``x`` of shape (..., d_model) and returns
-    ``(output (..., d_out), aux: MoEAux)``. Routing scores are computed in float32 at least.
+    ``forward(x, compete=None, mask=None)`` takes ``x`` of shape (..., d_model) and returns
+    ``(output (..., d_out), aux: MoEAux)``.
+
+    Precision: the experts run in the autocast dtype inside ``torch.autocast`` (float32 master
+    weights are cast per call; the gradients reach them in float32), else in the experts'
+    parameter dtype (inputs of another dtype are cast). The router product, logits, routing
+    scores and weights, affinities and every auxiliary loss are computed outside autocast in
+    float32 (float64 for float64 parameters).
+
+    Causality: token choice and competition route each token by its own features only, so they
+    can serve a causal (autoregressive) model. Expert choice and USMoE select tokens by comparing
+    them across the whole batch (a softmax over tokens, a top-C per expert or a global top-k), so
+    a token's routing depends on other tokens, future ones included: use them in encoders, or
+    apply them per prefix at inference. The same holds for a capacity factor (drops depend on the
+    order of arrival of all tokens of the batch).
+
+    ``torch.compile``: every router, train and eval, float32 and bfloat16, compiles into one
+    graph with no graph break (``tests/test_nn_compile.py`` counts them); the competition
+    decision is a Python bool read from :attr:`CompetitionSchedule.decisions`, so a compiled
+    CompeteSMoE keeps two graphs (compete, route) and switches between them by a guard. A
+    ``mask`` adds one break (``nonzero``); the ``loop`` backend breaks too (its sizes are read
+    on the host), so under compile ``auto`` never picks it where another path runs.
+
+    Checkpoints: the schedule's step is saved in ``state_dict()`` (``get_extra_state``) and
+    restored by ``load_state_dict``.
     """
 
     def __init__(
@@ -152,6 +205,8 @@ class MoE(nn.Module):
         layer_id: int | None = None,
         dispatch: str = "auto",
         router_init_std: float = 0.02,
+        n_shared_experts: int = 0,
+        router_float32: bool = False,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -197,14 +252,27 @@ class MoE(nn.Module):
         if not (isinstance(router_init_std, numbers.Real) and router_init_std >= 0):
             raise ValueError(f"router_init_std must be a float >= 0; got {router_init_std!r}")
         self.router_init_std = float(router_init_std)
+        if isinstance(n_shared_experts, bool) or not isinstance(n_shared_experts, numbers.Integral) or n_shared_experts < 0:
+            raise ValueError(f"n_shared_experts must be an int >= 0; got {n_shared_experts!r}")
+        self.n_shared_experts = int(n_shared_experts)
+        if not isinstance(router_float32, bool):
+            raise TypeError(f"router_float32 must be a bool; got {type(router_float32).__name__}")
+        self.router_float32 = router_float32
 
         kw = {"device": device, "dtype": dtype}
         E, d, h, o = self.n_experts, self.d_model, self.d_hidden, self.d_out
-        self.gate = nn.Parameter(torch.empty(E, d, **kw))  # router weights (E, d_model)
-        self.w1 = nn.Parameter(torch.empty(E, d, h, **kw))
+        hi = hidden_in(self.activation, h)  # 2h for SwiGLU ([gate | up])
+        gate_dtype = torch.float32 if router_float32 else dtype
+        self.gate = nn.Parameter(torch.empty(E, d, device=device, dtype=gate_dtype))  # router weights (E, d_model)
+        self.w1 = nn.Parameter(torch.empty(E, d, hi, **kw))
         self.w2 = nn.Parameter(torch.empty(E, h, o, **kw))
-        self.b1 = nn.Parameter(torch.empty(E, h, **kw)) if bias else None
+        self.b1 = nn.Parameter(torch.empty(E, hi, **kw)) if bias else None
         self.b2 = nn.Parameter(torch.empty(E, o, **kw)) if bias else None
+        S = self.n_shared_experts
+        self.shared_w1 = nn.Parameter(torch.empty(d, S * hi, **kw)) if S else None
+        self.shared_w2 = nn.Parameter(torch.empty(S * h, o, **kw)) if S else None
+        self.shared_b1 = nn.Parameter(torch.empty(S * hi, **kw)) if S and bias else None
+        self.shared_b2 = nn.Parameter(torch.empty(o, **kw)) if S and bias else None
         self.reset_parameters(generator)
 
     # -- parameters ------------------------------------------------------------------------------
@@ -221,23 +289,47 @@ class MoE(nn.Module):
         if self.b1 is not None:
             uniform(self.b1, self.d_model)
             uniform(self.b2, self.d_hidden)
+        if self.shared_w1 is not None:
+            uniform(self.shared_w1, self.d_model)
+            uniform(self.shared_w2, self.d_hidden)
+            if self.shared_b1 is not None:
+                uniform(self.shared_b1, self.d_model)
+                uniform(self.shared_b2, self.d_hidden)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "MoE":
+        super()._apply(fn, recurse)
+        if self.router_float32 and self.gate.dtype in (torch.float16, torch.bfloat16):  # .to(bf16), .half()
+            self.gate.data = self.gate.data.float()
+        return self
+
+    # -- checkpoint ------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        """The schedule's step (None without a schedule), saved by ``state_dict()``."""
+        return {"schedule_step": None if self.schedule is None else self.schedule.current_step}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the schedule's step from ``load_state_dict``."""
+        if not isinstance(state, dict) or "schedule_step" not in state:
+            raise ValueError(f"extra state must be a dict with 'schedule_step'; got {state!r}")
+        if state["schedule_step"] is not None and self.schedule is not None:
+            self.schedule.set_step(int(state["schedule_step"]))
 
     def set_router(self, router: str) -> "MoE":
         """Switch the routing policy in place (the parameters are the same for every router).
 
-        For instance a layer trained with token choice can route with ``"usmoe"`` at inference,
-        the training-free swap of USMoE. Switching to ``"competition"`` keeps no schedule, so every
-        training forward competes. Returns ``self``.
+        For instance a layer trained with token choice, or a CompeteSMoE layer (whose router
+        steps are token choice), can route with ``"usmoe"`` at inference, the training-free swap
+        of USMoE. A schedule is kept but not consulted until the layer is switched back to
+        ``"competition"``; without a schedule every training forward of a competition layer
+        competes. Returns ``self``.
         """
-        router = _choice(router, "router", ROUTERS)
-        if self.schedule is not None and router != "competition":
-            raise ValueError(f"this layer has a competition schedule; it cannot route with {router!r}")
-        self.router = router
+        self.router = _choice(router, "router", ROUTERS)
         return self
 
-    def expert_weights(self) -> ExpertWeights:
-        """The stacked expert parameters as an :class:`ExpertWeights`."""
-        return ExpertWeights(self.w1, self.b1, self.w2, self.b2, self.activation)
+    def expert_weights(self, dtype: torch.dtype | None = None) -> ExpertWeights:
+        """The stacked expert parameters as an :class:`ExpertWeights` (cast to ``dtype`` if given, differentiably)."""
+        cast = (lambda t: t) if dtype is None else (lambda t: None if t is None else t.to(dtype))  # noqa: E731
+        return ExpertWeights(cast(self.w1), cast(self.b1), cast(self.w2), cast(self.b2), self.activation)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, n_experts={self.n_experts}, top_k={self.top_k}, "
@@ -251,9 +343,13 @@ class MoE(nn.Module):
             if compete and self.router != "competition":
                 raise ValueError(f"compete=True needs router='competition'; this layer has router={self.router!r}")
             return compete
-        if self.router != "competition" or not self.training:
-            return False
-        return True if self.schedule is None else self.schedule.competes(self.layer_id)
+        if self.router != "competition" or not self.training or not torch.is_grad_enabled():
+            return False  # the authors compete only when gradients flow
+        if self.schedule is None:
+            return True
+        if not torch.compiler.is_compiling():  # host bookkeeping, kept out of traced graphs
+            self.schedule.note_forward(self.layer_id)
+        return self.schedule.decisions[self.layer_id]  # a Python bool: a guard, not a traced op
 
     def _capacity(self, n_tokens: int) -> int | None:
         if self.capacity_factor is None:
@@ -271,15 +367,23 @@ class MoE(nn.Module):
             return route_usmoe(logits, min(T * self.top_k, T * self.n_experts), self.usmoe_alpha, self.usmoe_weighting)
         return route_token_choice(logits, self.top_k)  # token choice; competition's router steps
 
-    def forward(self, x: torch.Tensor, compete: bool | None = None) -> tuple[torch.Tensor, MoEAux]:
+    def forward(self, x: torch.Tensor, compete: bool | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
         """Route and run the experts.
 
         Parameters
         ----------
         x : Tensor of shape (..., d_model)
         compete : bool, optional
-            Force (True) or forbid (False) a competition step; None asks the schedule (training)
-            or uses the router (eval). Only for ``router="competition"``.
+            Force (True) or forbid (False) a competition step; None asks the schedule (training
+            with gradients) or uses the router (eval, ``torch.no_grad()``). Only for
+            ``router="competition"``.
+        mask : BoolTensor of shape (...), optional
+            True for real tokens, False for padding (the attention-mask convention). Padding is
+            neither routed nor run nor counted in any auxiliary loss or statistic, and its output
+            is 0: the result equals the layer run on the real tokens alone. Costs one
+            ``nonzero`` (a host sync on an accelerator, a graph break under ``torch.compile``):
+            pack sequences instead where that matters.
 
         Returns
         -------
@@ -295,27 +399,45 @@ class MoE(nn.Module):
         competing = self._competes(compete)
         lead = x.shape[:-1]
         xt = x.reshape(-1, self.d_model)  # (T, d_model)
-        score_dtype = torch.promote_types(x.dtype, torch.float32)  # route in float32 even for bf16 inputs
-        logits = xt.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E)
-        if competing:
-            out, aux = self._competition_step(xt, logits)
-        else:
-            out, aux = self._router_step(xt, logits)
+        keep = None
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != lead:
+                raise ValueError(f"mask must be a bool tensor of shape {tuple(lead)} (x without its last dim); "
+                                 f"got {type(mask).__name__} {getattr(mask, 'dtype', '')} {tuple(getattr(mask, 'shape', ()))}")
+            keep = mask.reshape(-1).nonzero().squeeze(-1)  # (T',) real tokens
+            xt = xt.index_select(0, keep)  # (T', d_model)
+        dtype = _compute_dtype(x.device.type, self.w1.dtype)  # autocast's, else the experts'
+        score_dtype = torch.promote_types(dtype, torch.float32)  # route in float32 even for bf16
+        with _autocast_off(x.device.type):
+            logits = xt.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E), from the inputs as given
+            xt = xt.to(dtype)
+            ew = self.expert_weights(dtype)
+            out, aux = self._competition_step(xt, logits, ew) if competing else self._router_step(xt, logits, ew)
+            if self.shared_w1 is not None:
+                out = out + self._shared(xt, dtype)  # (T, d_out)
+        if keep is not None:
+            out = out.new_zeros(lead.numel(), self.d_out).index_copy(0, keep, out)  # padding gets 0
         return out.reshape(*lead, self.d_out), aux
 
-    def _router_step(self, xt: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+    def _shared(self, xt: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        w1, w2 = self.shared_w1.to(dtype), self.shared_w2.to(dtype)
+        pre = xt @ w1 if self.shared_b1 is None else torch.addmm(self.shared_b1.to(dtype), xt, w1)  # (T, S*h_in)
+        post = ACTIVATIONS[self.activation](pre)  # (T, S*h); SwiGLU: all gates, then all ups
+        return post @ w2 if self.shared_b2 is None else torch.addmm(self.shared_b2.to(dtype), post, w2)  # (T, d_out)
+
+    def _router_step(self, xt: torch.Tensor, logits: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, MoEAux]:
         T = xt.shape[0]
         routing = self._route(logits)
         # expert choice: every expert has exactly C pairs, so the padded bmm wastes nothing
         capacity = self._ec_capacity(T) if self.router == "expert_choice" else self._capacity(T)
         kw = {"backend": self.dispatch, "capacity": capacity, "sorted_by_expert": routing.sorted_by_expert}
         if self.router_step_diversity:  # the diversity loss needs the unweighted outputs of the pairs
-            y, keep, counts = run_experts(xt, routing.token, routing.expert, self.expert_weights(), **kw)  # (P, d_out)
+            y, keep, counts = run_experts(xt, routing.token, routing.expert, ew, **kw)  # (P, d_out)
             weight = routing.weight if keep is None else routing.weight * keep
             out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
             diversity = diversity_loss(y, routing.token, T, routing.per_token, keep)
         else:
-            out, keep, counts = run_and_combine(xt, routing.token, routing.expert, routing.weight, self.expert_weights(),
+            out, keep, counts = run_and_combine(xt, routing.token, routing.expert, routing.weight, ew,
                                                 per_token=routing.per_token, **kw)  # (T, d_out)
             diversity = logits.new_zeros(())
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
@@ -327,9 +449,9 @@ class MoE(nn.Module):
         }
         return out, self._aux(losses, routing, keep, T, counts, competition=False)
 
-    def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+    def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, MoEAux]:
         T, E, K = xt.shape[0], self.n_experts, self.top_k
-        y_all, mean_softplus = run_all_experts(xt, self.expert_weights())  # (E, T, d_out), (T, E); computed once
+        y_all, mean_softplus = run_all_experts(xt, ew)  # (E, T, d_out), (T, E); computed once
         affinity = competition_logits(mean_softplus, None, phi="identity")  # (T, E), THEORY s_i
         routing = route_competition(affinity, K)  # T*K token-major pairs
         y = y_all.reshape(E * T, self.d_out).index_select(0, routing.expert * T + routing.token)  # (T*K, d_out), reused
@@ -379,8 +501,11 @@ class CompeteSMoE(MoE):
         As in :class:`MoE`.
     schedule : CompetitionSchedule, optional
         Shared by all CompeteSMoE layers of a model; default: a new one-layer schedule with the
-        authors' rate, ``CompetitionSchedule(warmup=0, rate=0.05, seed=0)``. Call
-        ``schedule.step()`` once per optimiser step.
+        authors' rate, ``CompetitionSchedule(warmup=0, rate=0.05, seed=0)``, to be replaced by
+        one schedule for the whole model with ``CompetitionSchedule(...).attach(model)`` (else
+        every such layer competes on the same steps). Call ``schedule.step()`` once per
+        optimiser step, or pass ``optimizer=`` to ``attach``; a schedule that is never stepped
+        warns.
     **kwargs
         Any other :class:`MoE` argument (``router`` is fixed).
     """

@@ -14,10 +14,22 @@ Rule at step ``s`` with ``L`` registered layers:
    compete (a uniformly random subset, since the ``u`` are iid). The authors instead shift excess
    competitions to neighbouring steps; dropping them is simpler and stateless, and lowers the
    realised rate only when ``rate * L`` approaches the cap [C].
+
+One schedule per model: :meth:`CompetitionSchedule.attach` numbers the competition layers of a
+model ``0 .. L-1`` in module order and makes them all ask this schedule, so the cap applies across
+them and one ``step()`` per training step drives them all (pass ``optimizer=`` and the optimiser's
+steps do it). Attaching a second model of the same architecture (an EMA or eval copy) maps its
+layers onto the same ids: the twin layers compete together and the table does not change.
+
+Decisions are precomputed as a tuple of Python bools (:attr:`decisions`) whenever the step or the
+layers change, so a layer's forward reads a constant; under ``torch.compile`` the decision is a
+guarded Python value, outside the traced graph (two cached graphs: compete or not).
 """
 from __future__ import annotations
 
 import numbers
+import warnings
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +42,23 @@ def _check_int(value: object, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value}")
     return int(value)
+
+
+class _instance_or_class:
+    """Method descriptor: ``obj.f(...)`` as usual; ``Cls.f(*args, **kwargs)`` calls ``Cls(**kwargs).f(*args)``."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, cls: type) -> Any:
+        if obj is not None:
+            return self.func.__get__(obj, cls)
+
+        def build_then_call(model: Any, *, optimizer: Any = None, **kwargs: Any) -> Any:
+            return self.func(cls(**kwargs), model, optimizer=optimizer)
+        build_then_call.__doc__ = self.func.__doc__
+        return build_then_call
 
 
 class CompetitionSchedule:
@@ -48,6 +77,12 @@ class CompetitionSchedule:
         Root seed; the draws of step ``s`` depend only on ``(seed, s)``.
     total_steps : int, optional
         Needed only when ``warmup`` is a fraction.
+    warn_after : int or None, default 32
+        Warn (``RuntimeWarning``, once) when a layer has run this many training forwards at one
+        step: :meth:`step` is probably never called, and a layer that competes at that step
+        would compete on every batch at E times the feed-forward cost. Raise it for gradient
+        accumulation over more micro-batches; None turns the check off. Not checked inside
+        ``torch.compile`` (it is host bookkeeping).
 
     Attributes
     ----------
@@ -55,9 +90,19 @@ class CompetitionSchedule:
         Number of layers registered so far (:meth:`register`).
     current_step : int
         The step that :meth:`competes` answers for; advance it with :meth:`step`.
+    decisions : tuple of bool
+        Which layers compete at :attr:`current_step` (``layers_at(current_step)`` as Python bools).
 
     Examples
     --------
+    One schedule per model, stepped by the optimiser:
+
+    >>> model = nn.Sequential(CompeteSMoE(64, 128, 8, 2), CompeteSMoE(64, 128, 8, 2))  # doctest: +SKIP
+    >>> sched = CompetitionSchedule(rate=0.05, max_layers_per_step=1).attach(model, optimizer=opt)  # doctest: +SKIP
+    >>> CompetitionSchedule.attach(model, rate=0.05)  # class form: a new schedule with these arguments  # doctest: +SKIP
+
+    Or by hand:
+
     >>> sched = CompetitionSchedule(warmup=100, rate=0.05, max_layers_per_step=2, seed=0)
     >>> layers = [CompeteSMoE(64, 128, 8, 2, schedule=sched) for _ in range(4)]  # doctest: +SKIP
     >>> for batch in data:  # doctest: +SKIP
@@ -72,6 +117,7 @@ class CompetitionSchedule:
         seed: int = 0,
         *,
         total_steps: int | None = None,
+        warn_after: int | None = 32,
     ) -> None:
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
             raise TypeError(f"rate must be a float in [0, 1]; got {type(rate).__name__}")
@@ -93,9 +139,14 @@ class CompetitionSchedule:
         self.rate = float(rate)
         self.max_layers_per_step = max_layers_per_step
         self.seed = _check_int(seed, "seed", 0)
+        self.warn_after = None if warn_after is None else _check_int(warn_after, "warn_after", 1)
         self.n_layers = 0
         self.current_step = 0
         self._cache: tuple[int, int, np.ndarray] | None = None  # (step, n_layers, mask)
+        self._forwards: list[int] = []  # training forwards per layer since the last step
+        self._warned = False
+        self._hooks: list[Any] = []
+        self._refresh()
 
     def __repr__(self) -> str:
         return (f"CompetitionSchedule(warmup={self.warmup}, rate={self.rate}, "
@@ -106,15 +157,87 @@ class CompetitionSchedule:
         """Add a layer; returns its id (0, 1, ...)."""
         self.n_layers += 1
         self._cache = None
+        self._refresh()
         return self.n_layers - 1
+
+    @_instance_or_class
+    def attach(self, model: Any, *, optimizer: Any = None) -> "CompetitionSchedule":
+        """Drive every competition layer of ``model`` by this schedule; returns the schedule.
+
+        The layers (``MoE`` with ``router="competition"``, e.g. :class:`CompeteSMoE`) are
+        numbered ``0 .. L-1`` in ``model.modules()`` order, replacing any schedule they had
+        (a ``CompeteSMoE`` built without one has its own one-layer schedule). Attaching another
+        model of the same architecture (an EMA copy) gives its layers the same ids, so the table of
+        the first model does not change. Called on the class, ``CompetitionSchedule.attach(model,
+        **kwargs)`` first builds ``CompetitionSchedule(**kwargs)``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+        optimizer : torch.optim.Optimizer, optional
+            Step the schedule after each of its steps (``register_step_post_hook``), so no
+            ``schedule.step()`` call is needed.
+
+        Raises
+        ------
+        ValueError
+            ``model`` has no competition layer.
+        """
+        from ._layer import MoE  # the layer module imports this one
+
+        layers = [m for m in model.modules() if isinstance(m, MoE) and m.router == "competition"]
+        if not layers:
+            raise ValueError("model: no competition layer found (MoE with router='competition' or CompeteSMoE)")
+        for i, layer in enumerate(layers):
+            layer.schedule, layer.layer_id = self, i
+        if len(layers) > self.n_layers:
+            self.n_layers = len(layers)
+            self._cache = None
+        if optimizer is not None:
+            if not hasattr(optimizer, "register_step_post_hook"):
+                raise TypeError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}")
+            self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.step()))
+        self._refresh()
+        return self
 
     def step(self) -> None:
         """Advance to the next training step (call once per optimiser step)."""
         self.current_step += 1
+        self._refresh()
 
     def set_step(self, step: int) -> None:
         """Jump to ``step`` (e.g. when resuming from a checkpoint)."""
         self.current_step = _check_int(step, "step", 0)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.decisions = tuple(bool(b) for b in self.layers_at(self.current_step))
+        self._forwards = [0] * max(self.n_layers, 1)
+
+    def note_forward(self, layer_id: int) -> None:
+        """Count a training forward of ``layer_id`` at the current step (for the never-stepped warning)."""
+        if self.warn_after is None or self._warned or layer_id >= len(self._forwards):
+            return
+        self._forwards[layer_id] += 1
+        if self._forwards[layer_id] >= self.warn_after:
+            self._warned = True
+            warnings.warn(f"CompetitionSchedule: layer {layer_id} ran {self._forwards[layer_id]} training forwards at "
+                          f"step {self.current_step}; call schedule.step() once per optimiser step (or attach(model, "
+                          f"optimizer=opt)), else it competes on every batch or never (warn_after={self.warn_after})",
+                          RuntimeWarning, stacklevel=4)
+
+    def state_dict(self) -> dict[str, int]:
+        """The schedule's state: its current step (the rest is configuration)."""
+        return {"current_step": self.current_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
+        if not isinstance(state, dict) or "current_step" not in state:
+            raise ValueError(f"state must be a dict with 'current_step'; got {state!r}")
+        self.set_step(state["current_step"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_hooks": []}  # optimiser hooks stay with the original
 
     # -- queries ---------------------------------------------------------------------------------
     def layers_at(self, step: int) -> np.ndarray:
