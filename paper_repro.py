@@ -313,7 +313,9 @@ def draw_groups(fig, estimates: dict, studies: tuple[str, str], weighting: str, 
                 data.append({"group": g, "gate": gate, "study": study, "n": n, "mean_error": mean[k],
                              "low": est.average_low[k], "high": est.average_high[k], "rate": est.rate})
         top.set(xscale="log", yscale="log", title=GROUP_LABELS[g], xlabel="n")
-        bottom.set(xscale="log", xlabel="n", ylabel="local slope" if j == 0 else None)
+        bottom.set(xscale="log", xlim=top.get_xlim(), xlabel="n (between neighbouring sizes)",
+                   ylabel="local slope (95% bootstrap)" if j == 0 else None)
+        bottom.minorticks_off()
         bottom.axhline(-0.5, color="grey", ls=":", lw=0.8)
         top.legend(fontsize=7)
         top.grid(alpha=0.3)
