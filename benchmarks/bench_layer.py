@@ -19,8 +19,16 @@ Variants, each timed as one forward + backward (gradients set to None before eve
                  losses. A real dispatch does all of this and more, so it bounds the reachable fraction of the limit
 ``naive``        a ``ModuleList`` of experts and a Python loop with ``torch.where`` per expert
                  (the authors' ``compute_moe``)
-``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included)
+``moe[b]``       :class:`mixsim.nn.MoE`, token choice, dispatch backend ``b`` (aux losses included);
+                 ``blocked`` is the sync-free path for GPUs and dtypes without a sync-free grouped
+                 kernel, timed here on CPU only to show its padding and weight-gather overhead
+``moe compiled`` ``torch.compile`` (inductor) of the ``moe[grouped]`` forward, whose backward
+                 AOTAutograd compiles too; compiled in the warm-up call, not timed
 ``router step`` / ``competition step``: :class:`mixsim.nn.CompeteSMoE` with ``compete=False/True``
+
+Targets (issue 14), for the default path ``moe[grouped]`` and for ``moe compiled``, printed as
+met / NOT met after each table: E = 8 at least 0.90 of the dense limit; E = 64 at least 0.90 of
+the routing-free floor and at least 1.15x the naive loop.
 
 Measured on the shared 2-core CPU this was written on (one thread, ``--malloc-tuned``, 7 rounds,
 ``--repeats 5``: medians over the five runs, min-max over runs in brackets; two such sessions)::
@@ -135,16 +143,19 @@ def variants(E: int, T: int, seed: int) -> dict[str, tuple[Callable[[], None], l
     naive = NaiveMoE(D_MODEL, D_HIDDEN, E, TOP_K)
     out["naive"] = (lambda: (naive(x) * g).sum().backward(), list(naive.parameters()))
 
-    for backend in ("grouped", "loop", "padded"):
+    for backend in ("grouped", "loop", "padded", "blocked"):
         moe = mnn.MoE(D_MODEL, D_HIDDEN, E, TOP_K, dispatch=backend)
         with torch.no_grad():
             moe.gate.copy_(naive.gate.weight)
 
-        def step(moe: mnn.MoE = moe) -> None:
+        def loss(x: torch.Tensor, moe: mnn.MoE = moe) -> torch.Tensor:
             y, aux = moe(x)
-            ((y * g).sum() + aux.total()).backward()
+            return (y * g).sum() + aux.total()
 
-        out[f"moe[{backend}]"] = (step, list(moe.parameters()))
+        out[f"moe[{backend}]"] = (lambda loss=loss: loss(x).backward(), list(moe.parameters()))
+        if backend == "grouped":  # inductor: forward and backward graphs compiled in the warm-up call
+            compiled = torch.compile(loss, dynamic=False)
+            out["moe compiled"] = (lambda: compiled(x).backward(), list(moe.parameters()))
 
     comp = mnn.CompeteSMoE(D_MODEL, D_HIDDEN, E, TOP_K)
     for name, flag in (("router step", False), ("competition step", True)):
@@ -177,7 +188,8 @@ def run(E: int, T: int, rounds: int, seed: int, threads: int | None) -> list[dic
     """All variants, in two fresh processes (the two CompeteSMoE steps apart, since the competition
     step's large buffers change the allocator's state for whatever runs after it); each process
     also times the references, and a variant is compared with the references of its own process."""
-    main_names = [*REFERENCES, "experts only", "floor", "moe[grouped]", "moe[loop]", "moe[padded]"]
+    main_names = [*REFERENCES, "experts only", "floor", "moe[grouped]", "moe compiled", "moe[loop]", "moe[padded]",
+                  "moe[blocked]"]
     step_names = [*REFERENCES, "router step", "competition step"]
     step_rounds = rounds if E <= 16 else max(3, rounds // 2)  # a competition step costs E/K router steps
     ctx = multiprocessing.get_context("spawn")
@@ -201,11 +213,25 @@ def summarise(groups: list[dict[str, list[tuple[float, float]]]], T: int) -> dic
             rounds = [lim / t for (lim, _), (t, _) in zip(times["limit"], ts)]  # same round, same conditions
             out[name] = {"tokens/s": T / wall[name], "limit": wall["limit"] / wall[name], "naive": wall["naive"] / wall[name],
                          "lo": min(rounds), "hi": max(rounds),
-                         "cpu limit": cpu["limit"] / cpu[name], "cpu naive": cpu["naive"] / cpu[name]}
+                         "cpu limit": cpu["limit"] / cpu[name], "cpu naive": cpu["naive"] / cpu[name],
+                         "floor": wall["floor"] / wall[name] if "floor" in wall else float("nan")}
         if "competition step" in times:
             out["competition step"]["vs router"] = wall["competition step"] / wall["router step"]
             out["competition step"]["cpu vs router"] = cpu["competition step"] / cpu["router step"]
     return out
+
+
+def targets(E: int, limit: dict[str, float], naive: dict[str, float], floor: dict[str, float]) -> str:
+    """The issue-14 targets for the eager layer (``moe[grouped]``, the default path) and the compiled one."""
+    lines = []
+    for name in ("moe[grouped]", "moe compiled"):
+        if E <= 8:
+            checks = [(f"{limit[name]:.2f} of the dense limit", limit[name] >= 0.90, ">= 0.90")]
+        else:
+            checks = [(f"{floor[name]:.2f} of the routing-free floor", floor[name] >= 0.90, ">= 0.90"),
+                      (f"{naive[name]:.2f}x the naive loop", naive[name] >= 1.15, ">= 1.15x")]
+        lines += [f"{E:>3}  target {name}: {text} (target {goal}) -> {'met' if ok else 'NOT met'}" for text, ok, goal in checks]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -239,7 +265,7 @@ def main() -> None:
           f"d_model={D_MODEL}, d_hidden={D_HIDDEN}, median of {args.rounds} interleaved rounds, "
           f"{args.repeats} run(s), {malloc} malloc\n")
     header = (f"{'E':>3}  {'variant':<17}{'tokens/s':>10}  {'vs limit':>8}  {'(' + spread + ')':>22}  {'vs naive':>8}"
-              f"  {'cpu: vs limit':>13}  {'vs naive':>8}")
+              f"  {'vs floor':>8}  {'cpu: vs limit':>13}  {'vs naive':>8}")
     print(header)
     print("-" * len(header))
     for E in args.experts:
@@ -250,7 +276,10 @@ def main() -> None:
             lo, hi = ((min(s[name]["limit"] for s in runs), max(s[name]["limit"] for s in runs)) if args.repeats > 1
                       else (med["lo"], med["hi"]))
             print(f"{E:>3}  {name:<17}{med['tokens/s']:>10.0f}  {med['limit']:>8.2f}  {f'{lo:.2f}-{hi:.2f}':>22}  "
-                  f"{med['naive']:>8.2f}  {med['cpu limit']:>13.2f}  {med['cpu naive']:>8.2f}")
+                  f"{med['naive']:>8.2f}  {med['floor']:>8.2f}  {med['cpu limit']:>13.2f}  {med['cpu naive']:>8.2f}")
+        print(targets(E, {name: statistics.median(s[name]["limit"] for s in runs) for name in runs[0]},
+                      {name: statistics.median(s[name]["naive"] for s in runs) for name in runs[0]},
+                      {name: statistics.median(s[name]["floor"] for s in runs) for name in runs[0]}))
         comp = [s["competition step"]["vs router"] for s in runs]
         comp_cpu = statistics.median(s["competition step"]["cpu vs router"] for s in runs)
         print(f"{E:>3}  competition / router step = {statistics.median(comp):.1f}x wall"
