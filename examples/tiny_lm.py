@@ -222,27 +222,30 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: str, cfg: Config) -> None:
+    """Validation loss against the step: the whole run (left) and its second half, zoomed (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for i, variant in enumerate(dict.fromkeys(r["variant"] for r in results)):
-        curves = torch.tensor([[v for _, v in r["curve"]] for r in results if r["variant"] == variant])  # (seeds, points)
-        steps = [s for s, _ in next(r for r in results if r["variant"] == variant)["curve"]]
-        mean = curves.mean(0)
-        ax.plot(steps, mean, label=f"{variant} (n={len(curves)})", color=f"C{i}")
-        if len(curves) > 1:
-            ax.fill_between(steps, curves.min(0).values, curves.max(0).values, color=f"C{i}", alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation loss (nats per byte)")
-    ax.set_title(f"tiny char LM, {cfg.n_layers} layers, d={cfg.d_model}, E={cfg.n_experts}, K={cfg.top_k} "
-                 f"(mean, min-max over seeds)", fontsize=8)
-    ax.set_ylim(top=min(float(ax.get_ylim()[1]), 4.0))
-    ax.legend()
+        rs = [r for r in results if r["variant"] == variant]
+        curves = torch.tensor([[v for _, v in r["curve"]] for r in rs])  # (seeds, points)
+        steps = torch.tensor([s for s, _ in rs[0]["curve"]])
+        for ax, keep in ((axes[0], steps >= 0), (axes[1], steps >= cfg.steps // 2)):
+            ax.plot(steps[keep], curves.mean(0)[keep], label=f"{variant} (n={len(rs)})", color=f"C{i}", marker=".")
+            if len(rs) > 1:
+                ax.fill_between(steps[keep], curves.min(0).values[keep], curves.max(0).values[keep], color=f"C{i}", alpha=0.15)
+    axes[0].set_ylabel("validation loss (nats per byte)")
+    axes[1].set_title("second half (shaded: min-max over seeds)", fontsize=9)
+    axes[0].set_title(f"tiny char LM: {cfg.n_layers} layers, d={cfg.d_model}, E={cfg.n_experts}, K={cfg.top_k}, "
+                      f"equal active params", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("training step")
+    axes[1].legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -75,6 +75,9 @@ def test_attach_with_optimizer_steps_the_schedule():
         (out.square().mean() + aux.total()).backward()
         opt.step()
         assert sched.current_step == i + 1
+    copied = copy.deepcopy(model)  # an EMA copy: its schedule copy leaves the optimiser hook behind
+    opt.step()
+    assert sched.current_step == 4 and copied[0].schedule.current_step == 3
     with pytest.raises(ValueError, match="no competition layer"):
         sched.attach(nn.Linear(3, 3))
     with pytest.raises(TypeError, match="optimizer"):

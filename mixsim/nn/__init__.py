@@ -24,6 +24,10 @@ Example
 >>> loss = y.square().mean() + aux.total()  # authors' weights; or aux.total({"balance": 0.01, ...})
 >>> loss.backward(); sched.step()
 
+In a model: one schedule for all its competition layers, stepped by the optimiser
+(``CompetitionSchedule(rate=0.05, max_layers_per_step=2).attach(model, optimizer=opt)``); its
+step travels in ``model.state_dict()``. ``examples/tiny_lm.py`` trains a small language model so.
+
 Design
 ------
 * Experts are stored stacked: ``w1 (E, d_model, d_hidden)``, ``w2 (E, d_hidden, d_out)`` and
@@ -35,10 +39,13 @@ Design
 * Running E experts on their slices without a host-device sync: a loop over experts needs the
   slice sizes on the host (a sync on GPU); a padded ``bmm`` has static shapes only with a capacity
   (dropless it needs the maximum count, a sync, and computes the padding); ``grouped_mm`` takes the
-  offsets as a device tensor. Backends ``grouped`` (default where supported: float32/bfloat16 on
-  CPU, bfloat16 on CUDA >= sm80, feature sizes multiples of 16 bytes), ``loop`` (every dtype;
-  the float64 fallback), ``padded`` (default with a capacity factor, and for expert choice, whose
-  slices all have exactly C tokens). On this 2-core CPU ``benchmarks/bench_layer.py`` measured
+  offsets as a device tensor. Backends ``grouped`` (default where its kernel is sync-free:
+  float32/bfloat16 on CPU, bfloat16 on CUDA 9.x/10.x; feature sizes multiples of 16 bytes),
+  ``loop`` (every dtype; the CPU float16/float64 default), ``padded`` (default with a capacity
+  factor, and for expert choice, whose slices all have exactly C tokens), ``blocked`` (dropless,
+  static shapes, sync-free for every dtype: the default on other GPUs and dtypes, and under
+  ``torch.compile`` where ``loop`` would break the graph). The dtype x device table is in
+  :mod:`mixsim.nn._dispatch`; ``auto_backend`` returns its choice. On this 2-core CPU ``benchmarks/bench_layer.py`` measured
   ``grouped`` and ``loop`` within noise of each other (0.90-0.93 of a dense block of the same
   FLOPs at E = 8; at E = 64, where E separate 128-row products already cost 0.90-0.95, 0.81-0.85
   before the token-choice path was trimmed and 0.78-0.87 after, on a busier machine)
@@ -50,7 +57,14 @@ Design
 * Distillation target ``softmax(affinity)`` is detached; the router learns from the distillation
   loss on competition steps and from the task loss through the weights on router steps.
 * The schedule is host data (a numpy Philox stream keyed by ``(seed, step)``): asking whether a
-  layer competes never touches the device.
+  layer competes never touches the device, and under ``torch.compile`` the answer is a guarded
+  Python bool (two cached graphs, no graph break). No competition under ``torch.no_grad()``.
+* Mixed precision: under ``torch.autocast`` the experts run in the autocast dtype from float32
+  master weights; the router product, logits, routing weights, affinities and auxiliary losses
+  are computed outside autocast in float32 (``router_float32=True`` also stores the router in
+  float32 when the experts are bfloat16).
+* ``mask`` (padding), ``n_shared_experts`` (always-on experts) and ``activation="swiglu"``;
+  expert choice and USMoE are not causal (they compare tokens across the batch).
 * Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
   ``distill_alpha``, the diversity coefficient, the cap rule of the schedule.
 """
