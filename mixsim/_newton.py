@@ -225,6 +225,30 @@ def _gradient(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Te
     return g
 
 
+def _value_and_gradient(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                        Phi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample log-likelihood (B,) and its gradient (B, P): closed form (one pass, no Hessian)
+    for softmax and competition gates, autograd otherwise."""
+    if not _closed(layout):
+        theta = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = _mean_loglik(layout, theta, X, y)
+            (g,) = torch.autograd.grad(f.sum(), theta)
+        return f.detach(), g
+    loc, feat, *_ = _Bands.of(layout, theta.device)
+    Phi = _features(X) if Phi is None else Phi
+    C = _coefficients(layout, theta.detach())
+    n = y.shape[1]
+    total = theta.new_zeros(theta.shape[0])
+    acc = theta.new_zeros(theta.shape[0], layout.n_local, layout.d + 1)
+    for sl in _chunks(n):
+        Pc = Phi[..., sl]
+        ll, gt, pt, _ = _local_terms(layout, C, Pc, y[:, sl])
+        total += ll.sum(1)
+        acc += (gt - pt) @ Pc.transpose(1, 2)
+    return total / n, acc[:, loc, feat] / n
+
+
 def _scaled_eigen(g: torch.Tensor, H: torch.Tensor):
     """The quadratic model g.s + s.H.s/2 in the metric of -H's diagonal: s = scale * (U @ w) turns
     it into c.w - sum(lam w^2)/2 with lam ascending. Returns (scale, lam, U, c)."""
@@ -306,7 +330,9 @@ def stationarity(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floo
 _FLAT = 1e-12  # curvature (in the unit-diagonal metric) below which a direction counts as flat
 
 
-_EXTRAPOLATE_MAX = 64.0  # largest extrapolation factor along a valley
+_LEAP = True  # extrapolate along valleys (False: plain trust region, for comparisons)
+_RADIUS_MAX = 1e6  # trust radius bounds, in the metric of -H's diagonal (a step of radius r
+_RADIUS_START = 1.0  # changes the quadratic model by about r^2 / 2 nats per sample)
 
 
 def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: float, gtol: float, n_steps: int, state: dict) -> torch.Tensor:
@@ -320,10 +346,11 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
 
     Over-fitted models have long, narrow, nearly straight valleys (an atom losing its mass or
     shrinking onto a few points) along which the trust region crawls. After a step that hit the
-    trust-region boundary the next iteration is taken from an extrapolated point
-    ``theta_k + t (theta_k - theta_{k-1})`` instead of ``theta_k`` (its Newton step pulls it
-    back into the valley), ``t`` doubling while this pays; its result is accepted only if it beats
-    ``theta_k``, otherwise the iteration is redone from ``theta_k``.
+    trust-region boundary (or a paying extrapolation) the next iteration is taken from the
+    extrapolated point ``2 theta_k - theta_{k-1}`` instead of ``theta_k``; its trust-region step
+    pulls it back into the valley, so while this pays the step length doubles every iteration.
+    Its result is accepted only if it beats ``theta_k``; otherwise the next iteration starts
+    from ``theta_k`` again.
 
     A row converges when it is stationary (Newton decrement per sample <= ``gtol``, measured at
     the point returned, never at an extrapolated one) and its last accepted iteration changed the
@@ -333,9 +360,8 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
     starts the trace if it is empty.
     """
     k = layout.k
-    radius = torch.ones_like(state["f"])
-    factor = torch.zeros_like(state["f"])  # extrapolation factor t of the next iteration (0: none)
-    resume = torch.ones_like(state["f"])  # factor of the next extrapolation after a plain iteration
+    radius = torch.full_like(state["f"], _RADIUS_START)
+    leap = torch.zeros_like(state["done"])  # the next iteration starts from 2 theta_k - theta_{k-1}
     previous = theta.clone()  # the accepted theta before the current one
     ran = torch.nonzero(~state["done"]).squeeze(1)
     if ran.numel() == 0:
@@ -349,10 +375,10 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
         idx = torch.nonzero(~state["done"]).squeeze(1)
         if idx.numel() == 0:
             break
-        Xa, ya, th, fa, rad, t = X[idx], y[idx], theta[idx], state["f"][idx], radius[idx], factor[idx]
+        Xa, ya, th, fa, rad = X[idx], y[idx], theta[idx], state["f"][idx], radius[idx]
         Pa = None if Phi is None else Phi[idx]
-        plain = t == 0
-        base = torch.where(plain[:, None], th, _project(th + t[:, None] * (th - previous[idx]), log_floor[idx], k))
+        plain = ~leap[idx]
+        base = torch.where(plain[:, None], th, _project(2 * th - previous[idx], log_floor[idx], k))
         g, H, fb = _grad_hess(layout, base, Xa, ya, Pa, value=True)
         finite = torch.isfinite(fb) & torch.isfinite(g).all(1) & torch.isfinite(H).all(2).all(1)
         g = torch.where(finite[:, None], g, torch.zeros_like(g))
@@ -390,7 +416,7 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
             rho = torch.where(torch.isfinite(gain), gain, torch.full_like(gain, -1.0)) / pred.clamp_min(1e-300)
             grown = torch.where((rho > 0.75) & (size > 0.9 * rad), 2 * rad, rad)
             shrunk = torch.where(rho < 0.25, 0.25 * size, grown)
-            rad = torch.where(pending, shrunk.clamp(1e-12, 1e6), rad)
+            rad = torch.where(pending, shrunk.clamp(1e-12, _RADIUS_MAX), rad)
             pending &= ~ok
             if attempt >= 1:  # an extrapolated start that does not pay soon is dropped
                 pending &= plain
@@ -403,13 +429,9 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
         radius = radius.index_copy(0, idx, rad)
         previous = previous.index_copy(0, idx, torch.where(accepted[:, None], th, previous[idx]))
         change = new_f - fa
-        # Extrapolate next time after a boundary step (or a paying extrapolation) that changed
-        # the likelihood by more than tol; redo from theta_k after an extrapolation that failed.
-        keep_on = accepted & (dec > gtol) & (boundary | ~plain) & (state["n_iter"][idx] + 2 < state["max_iter"])
-        # A failed factor t restarts at t / 2 after the plain iteration that follows it.
-        resume = resume.index_copy(0, idx, torch.where(ran_step & ~plain & ~accepted, (t / 2).clamp_min(1), resume[idx]))
-        t_next = torch.where(plain, resume[idx], (2 * t).clamp_max(_EXTRAPOLATE_MAX))
-        factor = factor.index_copy(0, idx, torch.where(keep_on, t_next, torch.zeros_like(t)))
+        # Leap next time after an accepted boundary step or leap, away from stationarity; the
+        # last iteration allowed is plain, so that the decrement is measured at the result.
+        leap[idx] = _LEAP & accepted & (dec > gtol) & (boundary | ~plain) & (state["n_iter"][idx] + 2 < state["max_iter"])
         state["f"] = state["f"].index_copy(0, idx, new_f)
         state["last_change"][idx] = torch.where(accepted, change, state["last_change"][idx])
         state["n_iter"][idx] += ran_step.long()
