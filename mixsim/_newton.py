@@ -261,7 +261,7 @@ def _scaled_eigen(g: torch.Tensor, H: torch.Tensor):
     return scale, lam, U, c
 
 
-def _trust_step(lam: torch.Tensor, c: torch.Tensor, radius: torch.Tensor, n_iter: int = 40):
+def _trust_step(lam: torch.Tensor, c: torch.Tensor, radius: torch.Tensor, n_iter: int = 12):
     """Exact trust-region step in eigen-coordinates (More and Sorensen): maximise
     ``c.w - sum(lam w^2)/2`` over ``|w| <= radius``, for any curvature ``lam`` (B, P), ascending.
 
@@ -274,16 +274,15 @@ def _trust_step(lam: torch.Tensor, c: torch.Tensor, radius: torch.Tensor, n_iter
     """
     tiny = 1e-12 * lam.abs().amax(1).clamp_min(1e-300)
     low = (-lam[:, 0]).clamp_min(0) + tiny  # (B,)
-    norm = lambda mu: (c / (lam + mu[:, None])).norm(dim=1)  # noqa: E731
+    norm = lambda mu: (c / (lam + mu[:, None])).square().sum(1).sqrt()  # noqa: E731
     newton = (lam[:, 0] > tiny) & (norm(torch.zeros_like(low)) <= radius)
     hard = ~newton & (norm(low) <= radius)
-    mu = low.clone()
-    for _ in range(n_iter):
-        inv = 1 / (lam + mu[:, None])
-        w = c * inv
-        nw = w.norm(dim=1).clamp_min(1e-300)
-        slope = (w * w * inv).sum(1) / nw**3
-        mu = torch.maximum(mu - (1 / nw - 1 / radius) / slope.clamp_min(1e-300), low)
+    mu = low
+    for _ in range(n_iter):  # mu <- mu - phi / phi' with phi = 1/|w| - 1/radius
+        inv = (lam + mu[:, None]).reciprocal()
+        w2 = (c * inv).square()
+        s2, s3 = w2.sum(1), (w2 * inv).sum(1).clamp_min(1e-300)
+        mu = torch.maximum(mu + s2 * (s2.sqrt() - radius) / (radius * s3), low)
     mu = torch.where(newton, torch.zeros_like(mu), mu)
     w = c / (lam + mu[:, None])
     w[:, 0] = torch.where(hard, torch.zeros_like(mu), w[:, 0])
