@@ -1,18 +1,18 @@
-"""Levenberg-Marquardt Newton on the observed log-likelihood, for every gate and expert.
+"""Trust-region Newton on the observed log-likelihood, for every gate and expert.
 
 Gradients and exact Hessians in closed form from a few per-sample "local" quantities (softmax
-and competition gates), by autograd for the sigmoid gate; chunked over samples to bound memory.
+and competition gates), by autograd for the sigmoid gate; chunked over samples (a fixed number
+per chunk, so a row's sums do not depend on its batch). The closed forms work expert-major,
+on (B, locals, samples) tensors, so every reduction runs over contiguous samples.
 """
 from __future__ import annotations
 
 import torch
 
 from ._layout import _Layout, _mean_loglik, _project, _record
-from .model import _LOG_2PI
 from .experts import EXPERT_DERIVATIVES
 from .gates import PHI_DERIVATIVES, competition_logits, masked_log_softmax
-
-
+from .model import _LOG_2PI
 
 _CHUNK = 2**13  # samples per chunk: temporaries stay in cache, and a row's sums do not depend on its batch
 
@@ -40,7 +40,7 @@ def _n_varying(layout: _Layout) -> int:
     return layout.k * (1 if layout.gate == "competition" else 2)
 
 
-def _local_terms(layout: _Layout, C: torch.Tensor, Phi: torch.Tensor, y: torch.Tensor, derivatives: bool = True):
+def _local_terms(layout: _Layout, C: torch.Tensor, Phi: torch.Tensor, y: torch.Tensor, order: int = 2):
     """Per-sample log-density and closed-form derivative pieces, expert-major (softmax, competition).
 
     ``C`` (B, m, q) are the local coefficients, ``Phi`` (B, q, c) the features, ``y`` (B, c).
@@ -49,8 +49,9 @@ def _local_terms(layout: _Layout, C: torch.Tensor, Phi: torch.Tensor, y: torch.T
     ``Diag + pi~ pi~^T - g~ g~^T`` with g~ = (r, r D, r V), pi~ = (pi, 0, 0) and ``Diag`` diagonal
     over experts in each pair of local types; the gradient is g~ - pi~. For competition the
     scores are s = phi(g(eta)) + c, and the chain rule keeps this form. Returns the log-density
-    (B, c) and, with ``derivatives``, g~ (B, m, c), pi~ (B, m, c) and the diagonal bands
-    {(type_a, type_b): (B, k, c or 1)}, types indexing the locals in the layout's order.
+    (B, c), then for ``order`` >= 1 g~ (B, m, c) and pi~ (B, m, c), and for ``order`` 2 the
+    diagonal bands {(type_a, type_b): (B, k, c or 1)} (else {}), types indexing the locals in the
+    layout's order.
     """
     k, nv, d = layout.k, _n_varying(layout), layout.d
     comp = layout.gate == "competition"
@@ -74,32 +75,34 @@ def _local_terms(layout: _Layout, C: torch.Tensor, Phi: torch.Tensor, y: torch.T
     r = torch.exp(a - top)
     s = r.sum(1, keepdim=True)
     loglik = (torch.log(s) + top).squeeze(1) - 0.5 * _LOG_2PI
-    if not derivatives:
+    if order == 0:
         return loglik
     r = r / s
     pi = torch.exp(log_gate)  # 0 outside the top-K
     D = ew * d1  # d log N_j / d eta_j
     V2 = 0.5 * (e * ew - 1)  # d log N_j / d lv_j
     rD, rV = r * D, r * V2
+    zero = torch.zeros_like(pi)
+    if not comp:  # locals (s, eta, lv) = types 0, 1, 2
+        gt, pt = torch.cat([r, rD, rV], 1), torch.cat([pi, zero, zero], 1)
+    else:  # locals (eta, lv[, c]) = types 0, 1[, 2]; s = kap * eta + c to first order
+        p1, p2 = PHI_DERIVATIVES[layout.phi](mu)
+        kap = p1 * d1  # d s / d eta
+        gt, pt = [rD + kap * r, rV] + [r] * layout.gate_bias, [kap * pi, zero] + [pi] * layout.gate_bias
+        gt, pt = torch.cat(gt, 1), torch.cat(pt, 1)
+    if order == 1:
+        return loglik, gt, pt, {}
     ss, sv = r - pi, rV
     ee = rD * D + r * w * (e * d2 - d1 * d1)
     ev = rD * V2 - r * ew * d1
     vv = rV * V2 - 0.5 * r * e * ew
-    zero = torch.zeros_like(pi)
-    if not comp:  # locals (s, eta, lv) = types 0, 1, 2
-        bands = {(0, 0): ss, (0, 1): rD, (0, 2): sv, (1, 1): ee, (1, 2): ev, (2, 2): vv}
-        return loglik, torch.cat([r, rD, rV], 1), torch.cat([pi, zero, zero], 1), bands
-    p1, p2 = PHI_DERIVATIVES[layout.phi](mu)
-    kap, kap2 = p1 * d1, p2 * d1 * d1 + p1 * d2  # d s / d eta and d2 s / d eta2
-    # locals (eta, lv[, c]) = types 0, 1[, 2]; s = kap * eta + c to first order.
+    if not comp:
+        return loglik, gt, pt, {(0, 0): ss, (0, 1): rD, (0, 2): sv, (1, 1): ee, (1, 2): ev, (2, 2): vv}
+    kap2 = p2 * d1 * d1 + p1 * d2  # d2 s / d eta2
     bands = {(0, 0): kap * kap * ss + 2 * kap * rD + ee + ss * kap2, (0, 1): kap * sv + ev, (1, 1): vv}
-    g = [rD + kap * r, rV]
-    p = [kap * pi, zero]
     if layout.gate_bias:
         bands |= {(0, 2): kap * ss + rD, (1, 2): sv, (2, 2): ss}
-        g.append(r)
-        p.append(pi)
-    return loglik, torch.cat(g, 1), torch.cat(p, 1), bands
+    return loglik, gt, pt, bands
 
 
 def _closed(layout: _Layout) -> bool:
@@ -114,7 +117,7 @@ def _loglik(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tens
     C = _coefficients(layout, theta)
     total = theta.new_zeros(theta.shape[0])
     for sl in _chunks(y.shape[1]):
-        total += _local_terms(layout, C, Phi[..., sl], y[:, sl], derivatives=False).sum(1)
+        total += _local_terms(layout, C, Phi[..., sl], y[:, sl], order=0).sum(1)
     return total / y.shape[1]
 
 
@@ -243,7 +246,7 @@ def _value_and_gradient(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y
     acc = theta.new_zeros(theta.shape[0], layout.n_local, layout.d + 1)
     for sl in _chunks(n):
         Pc = Phi[..., sl]
-        ll, gt, pt, _ = _local_terms(layout, C, Pc, y[:, sl])
+        ll, gt, pt, _ = _local_terms(layout, C, Pc, y[:, sl], order=1)
         total += ll.sum(1)
         acc += (gt - pt) @ Pc.transpose(1, 2)
     return total / n, acc[:, loc, feat] / n
