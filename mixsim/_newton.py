@@ -29,9 +29,8 @@ def _features(X: torch.Tensor) -> torch.Tensor:
 def _coefficients(layout: _Layout, theta: torch.Tensor) -> torch.Tensor:
     """Local coefficients (B, m, q): local u_a = C[a] . phi, with theta[t] at (loc[t], feat[t])."""
     B, q, m = theta.shape[0], layout.d + 1, layout.n_local
-    loc, feat = layout.local_map()
-    at = torch.tensor([a * q + f for a, f in zip(loc, feat)], device=theta.device)
-    return theta.new_zeros(B, m * q).index_copy_(1, at, theta).reshape(B, m, q)
+    loc, feat, *_ = _Bands.of(layout, theta.device)
+    return theta.new_zeros(B, m * q).index_copy_(1, loc * q + feat, theta).reshape(B, m, q)
 
 
 def _n_varying(layout: _Layout) -> int:
