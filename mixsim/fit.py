@@ -17,15 +17,18 @@ is affine in x), so fits do not depend on the units of X. Two engines:
     in closed form, the gate by one Newton (IRLS) step per iteration. The gate step is halved until
     the log-likelihood does not decrease, so the trace never decreases.
 ``newton``
-    Levenberg-Marquardt damped Newton on the observed log-likelihood with exact Hessians
-    (closed-form per-sample derivatives, autograd for the sigmoid gate), for every gate and
-    expert (the competition gate shares its parameters with the experts, so it has no
-    closed-form M-step). A step is accepted only if it does not decrease the log-likelihood;
-    otherwise the damping grows.
+    Trust-region Newton on the observed log-likelihood with exact Hessians (closed-form
+    per-sample derivatives, autograd for the sigmoid gate), for every gate and expert (the
+    competition gate shares its parameters with the experts, so it has no closed-form M-step).
+    Each step solves the trust-region problem exactly in the Hessian's eigenbasis, so indefinite
+    Hessians give steps along negative curvature; along the slow valleys of over-fitted models the
+    iterations leap ahead by extrapolation. A step is accepted only if it does not decrease the
+    log-likelihood.
 ``auto`` (default)
     ``em`` for up to ``em_warmup`` iterations where it applies (or until its change is small or
-    its step refused), then ``newton``, which certifies: plain EM crawls on over-fitted problems
-    (thousands of iterations) where Newton needs tens.
+    its step refused), then ``newton``, which certifies: plain EM crawls on
+    over-fitted problems (thousands of iterations) where Newton needs tens. A few EM iterations
+    (cheap: one pass over the data) bring a rough start near a basin; more only delay Newton.
 
 Rows are fitted in sub-batches of about 2**18 data points (cache-sized); ``compile=True`` fuses the
 EM pass with ``torch.compile``. The engines live in ``_em.py`` and ``_newton.py``, the parameter
@@ -82,7 +85,7 @@ class FitResult:
         ``stationarity``.
     status : str
         ``converged``, ``max_iter`` (iteration cap reached first) or ``stalled`` (neither EM nor
-        damped Newton found an improving step, and the point is not stationary).
+        trust-region Newton found an improving step, and the point is not stationary).
     variance_floor : float
         Lower bound applied to every variance (``variance_floor`` argument times var(y)).
     variance_floored : bool
@@ -155,7 +158,7 @@ def fit_batch(
     gtol: float = 1e-10,
     max_iter: int = 2000,
     method: str = "auto",
-    em_warmup: int = 50,
+    em_warmup: int = 20,
     variance_floor: float = 1e-6,
     gate_bias: bool = True,
     phi: str = "softplus",
@@ -199,7 +202,7 @@ def fit_batch(
         Iteration cap per start (EM and Newton iterations together).
     method : {"auto", "em", "newton"}, default "auto"
         See the module docstring. ``em`` needs a softmax gate and linear experts.
-    em_warmup : int, default 50
+    em_warmup : int, default 20
         With ``auto``: EM iterations before switching to Newton.
     variance_floor : float, default 1e-6
         Variances are kept >= ``variance_floor * var(y)``; results on the floor are flagged.
