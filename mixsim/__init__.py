@@ -7,7 +7,7 @@ from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean
 from .model import MoEParams, list_presets, log_density, log_likelihood, preset, sample
 from .fit import ConvergenceWarning, FitResult, NearTruthInit, fit, fit_batch
-from .estimator import GaussianMoE
+from .estimator import GaussianMoE, KSelection, NotFittedError, select_n_experts
 from .losses import group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
 from .rates import fit_rate, theory_rate
 from .study import StudySpec, load_results, load_study, run_study
@@ -18,6 +18,7 @@ __all__ = [
     "GATES", "EXPERTS", "log_gate_weights", "expert_mean",
     "MoEParams", "preset", "list_presets", "log_density", "log_likelihood", "sample",
     "fit", "fit_batch", "FitResult", "NearTruthInit", "ConvergenceWarning", "GaussianMoE",
+    "NotFittedError", "select_n_experts", "KSelection",
     "voronoi_cells", "voronoi_loss", "group_errors", "hellinger", "total_variation",
     "fit_rate", "theory_rate",
     "StudySpec", "load_study", "run_study", "load_results",
