@@ -30,6 +30,7 @@ parameter, so it can be changed):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -154,6 +155,12 @@ def _unit_mass(a: Atoms, log_w: np.ndarray) -> Atoms:
 
 def _log_weights(params: MoEParams) -> np.ndarray:
     return np.zeros(params.n_experts) if params.gate_bias is None else np.asarray(params.gate_bias, dtype=np.float64)
+
+
+def _aligned_log_weights(params: MoEParams) -> np.ndarray:
+    """Log of the weights of :func:`aligned_atoms` (scaled to sum to one where the gate has a shift symmetry)."""
+    log_w = _log_weights(params)
+    return log_w - logsumexp(log_w) if GATE_SYMMETRY[params.gate] is not None else log_w
 
 
 def aligned_atoms(est: MoEParams, truth: MoEParams) -> tuple[Atoms, Atoms]:
@@ -407,11 +414,15 @@ def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
     cells, owner = _cells(a_est, a_true)
     diffs = _abs_diffs(a_est, a_true, owner)
     weight_err = _cell_weight_errors(a_est, a_true, cells)
+    log_est, log_true = _aligned_log_weights(est), _aligned_log_weights(truth)
     out = dict.fromkeys(group_error_keys(est.gate), 0.0)
     for j, cell in enumerate(cells):
         kind = "single" if len(cell) == 1 else "multi"
         out[f"weight_{kind}_weighted"] += float(weight_err[j])
-        out[f"weight_{kind}_unweighted"] += float(weight_err[j] / a_true.weight[j])
+        # |S_j / w*_j - 1| from log weights: a true weight that underflows (beta0 = -800) stays exact
+        log_s = logsumexp(log_est[cell]) if len(cell) else -np.inf
+        with np.errstate(over="ignore"):
+            out[f"weight_{kind}_unweighted"] += float(abs(np.expm1(log_s - log_true[j])))
         for g, d in diffs.items():
             out[f"{g}_{kind}_weighted"] += float(a_est.weight[cell] @ d[cell])
             out[f"{g}_{kind}_unweighted"] += float(d[cell].sum())
@@ -442,10 +453,12 @@ def _components(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _log_pdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """log p(y) of a Gaussian mixture; y (n, m), log_w and mean (n, k), sd (k,) -> (n, m)."""
-    z = (y[:, :, None] - mean[:, None, :]) / sd
-    terms = (log_w - np.log(sd * np.sqrt(2.0 * np.pi)))[:, None, :] - 0.5 * z * z  # (n, m, k)
-    top = terms.max(axis=-1)  # finite: every input keeps at least one expert
-    return top + np.log(np.exp(terms - top[..., None]).sum(axis=-1))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # far from every component z * z may overflow: density 0
+        z = (y[:, :, None] - mean[:, None, :]) / sd
+        terms = (log_w - np.log(sd * np.sqrt(2.0 * np.pi)))[:, None, :] - 0.5 * z * z  # (n, m, k)
+        top = terms.max(axis=-1)  # -inf only where every component's density underflows
+        safe = np.where(np.isfinite(top), top, 0.0)
+        return np.where(np.isfinite(top), safe + np.log(np.exp(terms - safe[..., None]).sum(axis=-1)), -np.inf)
 
 
 def _cdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -473,6 +486,7 @@ def _quadrature_grid(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.n
 def _hellinger_rows(p: tuple, q: tuple) -> np.ndarray:
     """Hellinger distance per input between two conditional mixtures (each (log_w, mean, sd))."""
     nodes, weights = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
+    _check_mass(nodes, weights, p, q)
     root_p = np.exp(0.5 * _log_pdf(nodes, *p))
     root_q = np.exp(0.5 * _log_pdf(nodes, *q))
     h2 = 0.5 * np.sum(weights * (root_p - root_q) ** 2, axis=1)
@@ -502,7 +516,8 @@ def _tv_rows(p: tuple, q: tuple) -> np.ndarray:
     ``TV = 1/2 sum over sign-constant intervals |D(r_{m+1}) - D(r_m)|`` (``D = 0`` at +-inf), exact
     up to crossings closer together than the grid spacing.
     """
-    nodes, _ = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
+    nodes, weights = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
+    _check_mass(nodes, weights, p, q)
     f = np.exp(_log_pdf(nodes, *p)) - np.exp(_log_pdf(nodes, *q))  # (n, m)
     s = f >= 0  # a node where p == q exactly counts as positive, so no crossing is missed
     bracket = s[:, :-1] != s[:, 1:]  # (n, m - 1)
@@ -541,11 +556,53 @@ def _inputs(est: Any, truth: Any, X: Any, n_mc: int, rng: Any, x_dist: str) -> n
     return X
 
 
+def _centred(p: tuple, q: tuple) -> tuple[tuple, tuple]:
+    """Both conditional mixtures shifted by the mean of the truth's heaviest component, per input.
+
+    The distances are translation invariant; working relative to a centre keeps the quadrature
+    grid resolved when the means share a large offset (intercepts 1e17 + b): the difference of
+    two close floats is exact (Sterbenz), while ``1e17 + 0.3`` is not.
+    """
+    centre = np.take_along_axis(q[1], np.argmax(q[0], axis=1)[:, None], axis=1)  # (n, 1)
+    with np.errstate(invalid="ignore"):
+        return (p[0], p[1] - centre, p[2]), (q[0], q[1] - centre, q[2])
+
+
+def _check_mass(nodes: np.ndarray, weights: np.ndarray, *parts: tuple) -> None:
+    """Warn when the quadrature grid misses a density's mass (components narrower than the float
+    spacing at their distance from the centre, e.g. variances 1e300 next to 1e-300)."""
+    for part in parts:
+        mass = np.sum(weights * np.exp(_log_pdf(nodes, *part)), axis=1)
+        if not np.all(np.abs(mass - 1.0) < 1e-6):
+            warnings.warn(
+                f"density distance: the quadrature grid captures only {float(np.min(mass)):.3g} of a density's mass at "
+                "some inputs (component scales too far apart for float64); the distance there is inaccurate",
+                RuntimeWarning, stacklevel=4,
+            )
+            return
+
+
+def _shift_intercepts(est: MoEParams, truth: MoEParams) -> tuple[MoEParams, MoEParams]:
+    """Subtract a common offset (the truth's mean intercept) from both models' expert intercepts.
+
+    With linear experts and a gate that does not read the experts' outputs this shifts every
+    conditional density in y by the same amount, which leaves the distances unchanged, and it keeps
+    ``a x + b`` exact when the intercepts share a large offset (1e17 + b rounds b to a multiple of 16).
+    """
+    if est.expert != "linear" or truth.expert != "linear" or "competition" in (est.gate, truth.gate):
+        return est, truth
+    offset = float(np.mean(truth.expert_bias))
+    if offset == 0.0:
+        return est, truth
+    return est.replace(expert_bias=est.expert_bias - offset), truth.replace(expert_bias=truth.expert_bias - offset)
+
+
 def _expected_distance(rows_fn: Callable, est: MoEParams, truth: MoEParams, X: np.ndarray) -> float:
+    est, truth = _shift_intercepts(est, truth)
     total = 0.0
     for start in range(0, X.shape[0], _CHUNK):
         block = X[start:start + _CHUNK]
-        total += float(rows_fn(_components(est, block), _components(truth, block)).sum())
+        total += float(rows_fn(*_centred(_components(est, block), _components(truth, block))).sum())
     return total / X.shape[0]
 
 
