@@ -236,7 +236,7 @@ class GaussianMoE:
     def _check_shape(self, X: Any) -> int:
         """Number of rows of X; errors in scikit-learn's words for a scalar or a wrong width."""
         dim = self._fitted().dim
-        shape = np.shape(X)
+        shape = tuple(getattr(X, "shape", None) or np.asarray(X).shape)
         if len(shape) == 0:
             raise ValueError(f"X must have shape (n_samples, {dim}); got a scalar {X!r}")
         if len(shape) == 1 and dim != 1:

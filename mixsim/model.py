@@ -238,15 +238,16 @@ def log_likelihood(params: MoEParams, X: Any, y: Any) -> float:
 
 def _float_array(value: Any, name: str) -> np.ndarray:
     """A writable float64 array (pandas and read-only inputs are copied; torch warns on read-only
-    arrays); TypeError naming ``name`` when the values are not numbers."""
+    arrays); an error naming ``name`` for sparse, complex or non-numeric values."""
     if hasattr(value, "tocsr"):  # scipy.sparse matrices and arrays
         raise TypeError(f"{name}: sparse input is not supported; pass a dense array ({name}.toarray())")
-    if np.iscomplexobj(value):
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name}: Complex data not supported; got a complex array")
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be an array of numbers; got {type(value).__name__} ({exc})") from exc
+        raise type(exc)(f"{name} must be an array of numbers; got {type(value).__name__} ({exc})") from exc
     return arr if arr.flags.writeable else arr.copy()
 
 
@@ -266,7 +267,7 @@ def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> 
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X and y must have the same number of samples; got shapes {X.shape} and {y.shape}")
     if X.shape[1] == 0:
-        raise ValueError(f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required")
+        raise ValueError(f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
     if dim is not None and X.shape[1] != dim:
         raise ValueError(f"X must have {dim} features (the model's dim); got {X.shape[1]}")
     if X.shape[0] < min_samples:
