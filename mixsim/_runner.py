@@ -420,7 +420,7 @@ def _parallel_backend(backend: str, n_jobs: int, scheduler: str | None) -> Itera
 
 
 def _progress_bar(total: int, initial_done: int, name: str, progress: bool) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a terminal bar (tqdm.auto warns in notebooks without ipywidgets; the bar is off there)
 
     enabled = progress and sys.stderr.isatty()
     return tqdm(total=total, desc=f"{name} ({initial_done} units already done)" if initial_done else name,
