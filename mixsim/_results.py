@@ -501,8 +501,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ----------
     path : str or Path
         A results directory (``mixsim run --out DIR``), or a ``results.parquet`` / ``results.csv``.
-        For a directory, the collected table is used when it is up to date with the task files;
-        otherwise (a run in progress, or killed) the rows are assembled from the task files.
+        For a directory, the combined file (``results.parquet``) is used when it is up to date
+        with the task files and unaltered (its SHA-256 is recorded in ``study.json``); otherwise
+        (a run in progress or killed, an edited or truncated file) the rows are assembled from the
+        task files and the combined file is rewritten (when no run holds the directory's lock).
+        Corrupt task files are left out with a RuntimeWarning (``mixsim run`` redoes them).
 
     Returns
     -------
@@ -519,12 +522,20 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if (collected and target.is_file() and collected.get("tasks_digest") == _listing_digest(path)
             and collected.get("sha256") == _file_digest(target)):
         return _read_table(target)
-    # The combined file is missing, stale (task files changed), edited or truncated: rebuild from the tasks.
+    # The combined file is missing, stale (task files changed), edited or truncated: rebuild it from the
+    # task files, and rewrite it when no run holds the directory (a read-only one is left as it is).
     index = scan_tasks(path, meta["spec_hash"], quarantine=False)
     if index.corrupt:
         warnings.warn(
             f"{path}: {len(index.corrupt)} corrupt task file(s) (e.g. {index.corrupt[0].name}) are left out, so their "
             "units are missing from this table; run the study again to redo them", RuntimeWarning, stacklevel=2)
+        return assemble(index)
+    if collected or target.is_file():
+        try:
+            with locked(path):
+                return collect(path)
+        except (StudyLockedError, OSError):
+            pass
     return assemble(index)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 import mixsim
 import test_study_support as sup
-from mixsim._results import StudyLockedError, locked
+from mixsim._results import StudyLockedError, _read_table, locked
 from mixsim.cli import main
 from mixsim.study import load_results, run_study
 
@@ -190,6 +190,7 @@ def test_edited_combined_file_is_rebuilt_from_the_tasks(finished):
     edited.loc[0, "value"] = 123.0
     edited.to_parquet(out / "results.parquet", index=False)
     pd.testing.assert_frame_equal(load_results(out), reference)
+    pd.testing.assert_frame_equal(_read_table(out / "results.parquet"), reference)  # rewritten
 
 
 def test_truncated_combined_file_is_rebuilt_from_the_tasks(finished):
@@ -197,6 +198,7 @@ def test_truncated_combined_file_is_rebuilt_from_the_tasks(finished):
     raw = (out / "results.parquet").read_bytes()
     (out / "results.parquet").write_bytes(raw[: len(raw) // 2])
     pd.testing.assert_frame_equal(load_results(out), reference)
+    pd.testing.assert_frame_equal(_read_table(out / "results.parquet"), reference)  # rewritten
 
 
 def test_corrupt_task_files_are_reported_not_silently_dropped(finished):
