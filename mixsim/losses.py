@@ -419,10 +419,12 @@ def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
     for j, cell in enumerate(cells):
         kind = "single" if len(cell) == 1 else "multi"
         out[f"weight_{kind}_weighted"] += float(weight_err[j])
-        # |S_j / w*_j - 1| from log weights: a true weight that underflows (beta0 = -800) stays exact
-        log_s = logsumexp(log_est[cell]) if len(cell) else -np.inf
-        with np.errstate(over="ignore"):
-            out[f"weight_{kind}_unweighted"] += float(abs(np.expm1(log_s - log_true[j])))
+        if a_true.weight[j] >= np.finfo(float).tiny:
+            out[f"weight_{kind}_unweighted"] += float(weight_err[j] / a_true.weight[j])
+        else:  # the true weight underflows (beta0 = -800): |S_j / w*_j - 1| from the log weights
+            log_s = logsumexp(log_est[cell]) if len(cell) else -np.inf
+            with np.errstate(over="ignore"):
+                out[f"weight_{kind}_unweighted"] += float(abs(np.expm1(log_s - log_true[j])))
         for g, d in diffs.items():
             out[f"{g}_{kind}_weighted"] += float(a_est.weight[cell] @ d[cell])
             out[f"{g}_{kind}_unweighted"] += float(d[cell].sum())
