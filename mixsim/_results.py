@@ -255,8 +255,12 @@ def prepare_out_dir(out_dir: str | Path, spec: Any, force: bool = False, block_s
                 )
             _wipe(out)
         else:
-            _remove_stale_temporaries(out / TASKS)
+            _remove_stale_temporaries(out / TASKS)  # (the caller holds the directory's lock)
             recorded = meta.get("block_size")
+            if recorded is not None and (isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 1):
+                # written by mixsim <= 0.1, which accepted --block-size -1 and then ran nothing: repair it
+                meta["block_size"] = recorded = block_size if block_size is not None else spec.block_size
+                write_meta(out, meta)
             if block_size is not None and recorded is not None and block_size != recorded:
                 raise StudyMismatchError(
                     f"{out} was run with block_size = {recorded}; a rerun must use the same block size "

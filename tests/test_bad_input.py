@@ -147,6 +147,21 @@ def test_read_only_locations_exit_2_naming_the_path(capsys, done_dir, read_only,
     assert not target.exists()
 
 
+def test_a_directory_with_a_bad_recorded_block_size_is_repaired(tmp_path):
+    out = tmp_path / "o"
+    spec = sup.tiny_spec()
+    full = run_study(spec, tmp_path / "ref", engine=sup.FAKE, progress=False)
+    run_study(spec, out, engine=sup.FAKE, progress=False)
+    meta = json.loads((out / "study.json").read_text())
+    meta["block_size"] = -1  # what `--block-size -1` used to save; every rerun then did nothing
+    (out / "study.json").write_text(json.dumps(meta))
+    for p in sorted((out / "tasks").glob("*.json"))[:2]:
+        p.unlink()
+    df = run_study(spec, out, engine=sup.FAKE, progress=False)
+    assert json.loads((out / "study.json").read_text())["block_size"] == spec.block_size
+    pd.testing.assert_frame_equal(sup.without_timing(df), sup.without_timing(full), check_exact=True)
+
+
 def test_block_size_is_checked_by_run_study_too(tmp_path):
     for bad in (-1, 0, 2.5, True):
         with pytest.raises(ValueError, match="block_size"):
