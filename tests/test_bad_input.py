@@ -250,11 +250,33 @@ def test_distances_at_huge_inputs_are_numbers_not_nan(distance):
     assert np.isfinite(value) and 0.0 <= value <= 1.0
 
 
-def test_distance_warns_when_the_grid_cannot_resolve_the_scales():
-    wild = TRUTH.replace(variance=[1e300, 1e-300])
-    with pytest.warns(RuntimeWarning, match="quadrature grid captures only"):
-        value = mixsim.hellinger(TRUTH, wild, n_mc=8)
-    assert np.isfinite(value)
+def test_distances_with_a_component_narrower_than_the_float_spacing():
+    # Expert 1 of `spiky` has variance 1e-300 (a spike at its mean), expert 0 equals the truth's, so
+    # p - q = pi_1 (spike - N_1) and TV(x) = pi_1(x), the gate weight of expert 1 (closed form); the
+    # spike adds nothing to int sqrt(p q), so hellinger^2 = 1 - int sqrt(pi_0 N_0 (pi_0 N_0 + pi_1 N_1)),
+    # computed here by scipy's adaptive quadrature.
+    spiky = TRUTH.replace(variance=[TRUTH.variance[0], 1e-300])
+    X_eval = np.linspace(0.0, 1.0, 41)[:, None]
+    logits = X_eval @ TRUTH.gate_weight.T + TRUTH.gate_bias
+    pi1 = np.exp(logits[:, 1] - np.logaddexp(logits[:, 0], logits[:, 1]))
+    assert mixsim.total_variation(spiky, TRUTH, X=X_eval) == pytest.approx(pi1.mean(), abs=1e-9)
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
+    def h_oracle(x, w1):
+        m0, m1 = TRUTH.expert_weight[:, 0] * x + TRUTH.expert_bias
+        s0, s1 = np.sqrt(TRUTH.variance)
+        f = lambda y: np.sqrt((1 - w1) * norm.pdf(y, m0, s0) * ((1 - w1) * norm.pdf(y, m0, s0) + w1 * norm.pdf(y, m1, s1)))  # noqa: E731
+        bc = quad(f, m0 - 12 * s0, m0 + 12 * s0, epsabs=1e-13, epsrel=1e-13, limit=200)[0]
+        return np.sqrt(max(1.0 - bc, 0.0))
+
+    X_few = X_eval[::8]
+    expected = np.mean([h_oracle(x, w) for x, w in zip(X_few[:, 0], pi1[::8])])
+    assert mixsim.hellinger(spiky, TRUTH, X=X_few) == pytest.approx(expected, abs=1e-7)
+    wild = TRUTH.replace(variance=[1e300, 1e-300])  # nothing in common with the truth: both distances 1
+    assert mixsim.hellinger(TRUTH, wild, n_mc=8) == pytest.approx(1.0, abs=1e-9)
+    assert mixsim.total_variation(TRUTH, wild, n_mc=8) == pytest.approx(1.0, abs=1e-9)
+    assert mixsim.hellinger(wild, wild, n_mc=8) == 0.0
 
 
 def test_group_errors_with_an_underflowing_true_weight():
