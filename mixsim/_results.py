@@ -18,6 +18,7 @@ rerun, whatever its block size or number of jobs, does exactly the missing or fa
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -25,11 +26,13 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,8 @@ import pandas as pd
 __all__ = [
     "COLUMNS",
     "StudyMismatchError",
+    "StudyLockedError",
+    "locked",
     "ResultsIndex",
     "prepare_out_dir",
     "read_meta",
@@ -81,6 +86,51 @@ FAILED_STATUSES = ("error", "metric_error")
 
 class StudyMismatchError(RuntimeError):
     """The output directory holds results of a different spec (or of no known spec)."""
+
+
+class StudyLockedError(RuntimeError):
+    """Another run holds the lock of a results directory."""
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(out_dir: str | Path, wait: bool = False, poll: float = 0.5) -> Iterator[Path]:
+    """Hold the lock ``OUT/.lock`` of a results directory (an exclusive ``flock``, released by the
+    kernel when the process dies, so a killed run never leaves a stale lock).
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        An existing results directory.
+    wait : bool, default False
+        Wait for the lock instead of raising :class:`StudyLockedError`.
+    """
+    import fcntl
+
+    path = Path(out_dir) / LOCK
+    fh = open(path, "a+")
+    try:
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown process"
+                    raise StudyLockedError(
+                        f"{path} is held by another run ({holder}); wait for it to finish, "
+                        "or pass --wait (run_study(..., wait=True)) to queue behind it") from None
+                time.sleep(poll)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()} since {_now()}\n")
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # releases the flock
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +190,14 @@ def read_meta(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / META
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} is not a study results directory (no {META})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StudyMismatchError(f"{path} is damaged (not valid JSON: {exc}); use a new --out directory, "
+                                 "or --force to delete this directory's results") from exc
+    if not isinstance(meta, dict) or "spec_hash" not in meta:
+        raise StudyMismatchError(f"{path} is damaged (no spec_hash); use a new --out directory, or --force to delete its results")
+    return meta
 
 
 def write_meta(out_dir: str | Path, meta: dict[str, Any]) -> None:
@@ -163,7 +220,7 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _wipe(out: Path) -> None:
     """Remove what this package writes in a results directory (nothing else)."""
-    for name in (TASKS, CORRUPT):
+    for name in (TASKS, CORRUPT, "figures"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (*RESULTS, "rates.csv", META):
         (out / name).unlink(missing_ok=True)
@@ -186,7 +243,12 @@ def prepare_out_dir(out_dir: str | Path, spec: Any, force: bool = False, block_s
     meta_path = out / META
     has_tasks = (out / TASKS).is_dir() and any((out / TASKS).glob("*.json"))
     if meta_path.is_file():
-        meta = read_meta(out)
+        try:
+            meta = read_meta(out)
+        except StudyMismatchError:
+            if not force:
+                raise
+            meta = {"spec_hash": None}
         if meta.get("spec_hash") != spec.hash:
             if not force:
                 changed = _changed_keys(meta.get("spec", {}), spec.to_dict())
@@ -198,8 +260,12 @@ def prepare_out_dir(out_dir: str | Path, spec: Any, force: bool = False, block_s
                 )
             _wipe(out)
         else:
-            _remove_stale_temporaries(out / TASKS)
+            _remove_stale_temporaries(out / TASKS)  # (the caller holds the directory's lock)
             recorded = meta.get("block_size")
+            if recorded is not None and (isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 1):
+                # written by mixsim <= 0.1, which accepted --block-size -1 and then ran nothing: repair it
+                meta["block_size"] = recorded = block_size if block_size is not None else spec.block_size
+                write_meta(out, meta)
             if block_size is not None and recorded is not None and block_size != recorded:
                 raise StudyMismatchError(
                     f"{out} was run with block_size = {recorded}; a rerun must use the same block size "
@@ -402,6 +468,10 @@ def _listing_digest(out: Path) -> str:
     return h.hexdigest()
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _have_pyarrow() -> bool:
     try:
         import pyarrow  # noqa: F401
@@ -436,7 +506,8 @@ def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
         if other != target.name:
             (out / other).unlink(missing_ok=True)
     meta = read_meta(out)
-    meta["collected"] = {"file": target.name, "tasks_digest": _listing_digest(out), "rows": len(df), "at": _now()}
+    meta["collected"] = {"file": target.name, "tasks_digest": _listing_digest(out), "rows": len(df), "at": _now(),
+                         "sha256": _file_digest(target)}
     write_meta(out, meta)
     return df
 
@@ -467,8 +538,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
     ----------
     path : str or Path
         A results directory (``mixsim run --out DIR``), or a ``results.parquet`` / ``results.csv``.
-        For a directory, the collected table is used when it is up to date with the task files;
-        otherwise (a run in progress, or killed) the rows are assembled from the task files.
+        For a directory, the combined file (``results.parquet``) is used when it is up to date
+        with the task files and unaltered (its SHA-256 is recorded in ``study.json``); otherwise
+        (a run in progress or killed, an edited or truncated file) the rows are assembled from the
+        task files and the combined file is rewritten (when no run holds the directory's lock).
+        Corrupt task files are left out with a RuntimeWarning (``mixsim run`` redoes them).
 
     Returns
     -------
@@ -482,9 +556,24 @@ def load_results(path: str | Path) -> pd.DataFrame:
     meta = read_meta(path)
     collected = meta.get("collected") or {}
     target = path / str(collected.get("file", ""))
-    if collected and target.is_file() and collected.get("tasks_digest") == _listing_digest(path):
+    if (collected and target.is_file() and collected.get("tasks_digest") == _listing_digest(path)
+            and collected.get("sha256") == _file_digest(target)):
         return _read_table(target)
-    return assemble(scan_tasks(path, meta["spec_hash"], quarantine=False), scan_evals(path, meta["spec_hash"]))
+    # The combined file is missing, stale (task files changed), edited or truncated: rebuild it from the
+    # task files, and rewrite it when no run holds the directory (a read-only one is left as it is).
+    index = scan_tasks(path, meta["spec_hash"], quarantine=False)
+    if index.corrupt:
+        warnings.warn(
+            f"{path}: {len(index.corrupt)} corrupt task file(s) (e.g. {index.corrupt[0].name}) are left out, so their "
+            "units are missing from this table; run the study again to redo them", RuntimeWarning, stacklevel=2)
+        return assemble(index, scan_evals(path, meta["spec_hash"]))
+    if collected or target.is_file():
+        try:
+            with locked(path):
+                return collect(path)
+        except (StudyLockedError, OSError):
+            pass
+    return assemble(index, scan_evals(path, meta["spec_hash"]))
 
 
 def iter_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import threading
 import time
@@ -455,7 +456,7 @@ def _parallel_backend(backend: str, n_jobs: int, scheduler: str | None) -> Itera
 
 
 def _progress_bar(total: int, initial_done: int, name: str, progress: bool) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a terminal bar (tqdm.auto warns in notebooks without ipywidgets; the bar is off there)
 
     enabled = progress and sys.stderr.isatty()
     return tqdm(total=total, desc=f"{name} ({initial_done} units already done)" if initial_done else name,
@@ -473,6 +474,7 @@ def run_study(
     force: bool = False,
     block_size: int | None = None,
     engine: Engine | None = None,
+    wait: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) a study and return its tidy results table.
 
@@ -498,17 +500,60 @@ def run_study(
         created with: a rerun uses it, and an explicit different one is refused.
     engine : Engine, optional
         Replacement fit/loss functions (tests, extensions).
+    wait : bool, default False
+        A run holds the lock ``out_dir/.lock`` while it works. When another run holds it, wait
+        for it (then resume: only the units it left are done) instead of raising
+        :class:`mixsim._results.StudyLockedError`.
+
+    Every argument is checked before anything is written: a refused run leaves no directory.
 
     Returns
     -------
     pandas.DataFrame
         The table of :func:`load_results`, also written to ``out_dir/results.parquet`` (or ``.csv``).
     """
-    from joblib import Parallel, delayed
-
     if not isinstance(spec, StudySpec):
         spec = load_study(spec)
+    _check_run_args(n_jobs, backend, scheduler, block_size)
     out = Path(out_dir)
+    _check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _results.locked(out, wait=wait):
+        return _run_locked(spec, out, n_jobs, backend, scheduler, progress, force, block_size, engine)
+
+
+def _check_run_args(n_jobs: Any, backend: str, scheduler: str | None, block_size: Any) -> None:
+    """Refuse bad run arguments before anything is written (ValueError naming the argument)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"a scheduler address (--scheduler) needs backend='dask' (got backend={backend!r})")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+        raise ValueError(f"n_jobs (--n-jobs) must be a non-zero int (-1 = all cores); got {n_jobs!r}")
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1):
+        raise ValueError(f"block_size (--block-size) must be an int >= 1; got {block_size!r}")
+    if backend == "dask":
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("backend 'dask' needs dask[distributed]: pip install 'mixsim[dask]'") from exc
+
+
+def _check_out_dir(out: Path) -> None:
+    """The results directory must be (or be creatable as) a writable folder; OSError naming the path."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"--out {out}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"--out {out}: {parent} is not writable")
+            return
+
+
+def _run_locked(spec: StudySpec, out: Path, n_jobs: int, backend: str, scheduler: str | None, progress: bool,
+                force: bool, block_size: int | None, engine: Engine | None) -> pd.DataFrame:
+    from joblib import Parallel, delayed
+
     meta = _results.prepare_out_dir(out, spec, force=force, block_size=block_size)
     index = _results.scan_tasks(out, spec.hash)
     tasks = plan_tasks(spec, index.complete(), meta.get("block_size", spec.block_size))

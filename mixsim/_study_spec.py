@@ -70,7 +70,9 @@ import numpy as np
 
 from .experts import EXPERTS
 from .gates import canonical_gate
-from .fit import NearTruthInit, fit_batch
+from ._layout import _Layout
+from .fit import METHODS, NearTruthInit, fit_batch
+from .gates import PHI
 from .losses import WEIGHTINGS
 from .model import X_DISTS, MoEParams, list_presets, preset
 from .rates import SLOPE_AVERAGES
@@ -443,6 +445,7 @@ def _parse(doc: Mapping[str, Any], source: str | None, default_name: str | None)
     if x_dist == "grid" and any(t.dim != 1 for t in truths):
         raise SpecError(f"x_dist = 'grid' is defined for d = 1 only; a truth has d = {max(t.dim for t in truths)}", "x_dist")
     fit = _parse_fit(top.get("fit", _any), truth)
+    _check_sizes(common["n_values"], fit, truth)
     default_metrics = [m for m, ok in (("D1", truth.n_experts in fit.fitted_k), ("D2", max(fit.fitted_k) > truth.n_experts)) if ok]
     metrics = tuple(top.get("metrics", _list(_str(tuple(METRICS))), default_metrics + ["groups", "loglik"]))
     _check_metrics(metrics, fit, truth)
@@ -650,8 +653,28 @@ def _parse_fit_options(doc: Any, key: str, allowed_extra: Sequence[str] = ()) ->
             raise SpecError(f"unknown key {key + '.' + name!r}; fit options are {sorted(names)}", f"{key}.{name}")
         if name == "device":
             raise SpecError(f"{key}.device: studies run on the CPU (results must not depend on the device)", f"{key}.device")
-        out.append((name, doc[name]))
+        value = doc[name]
+        if name in _OPTION_TYPES:
+            value = _OPTION_TYPES[name](value, f"{key}.{name}")
+        out.append((name, value))
     return tuple(out)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong(key, "true or false", value)
+    return value
+
+
+# Types of the fit_batch options a spec may set, checked here so that a bad value is refused by name
+# before a run starts (instead of failing every unit).
+_OPTION_TYPES: dict[str, Callable[[Any, str], Any]] = {
+    "variance_floor": _float(positive=True),
+    "em_warmup": _int(0),
+    "phi": _str(tuple(PHI)),
+    "gate_bias": _bool,
+    "compile": _bool,
+}
 
 
 def _parse_fit(doc: Any, truth: MoEParams) -> FitSpec:
@@ -686,12 +709,24 @@ def _parse_fit(doc: Any, truth: MoEParams) -> FitSpec:
         tol=t.get("tol", _float(positive=True), 1e-8),
         gtol=t.get("gtol", _float(positive=True), 1e-10),
         max_iter=t.get("max_iter", _int(1), 2000),
-        method=t.get("method", _str(), "auto"),
+        method=t.get("method", _str(METHODS), "auto"),
         near_truth=near_truth,
         options=_parse_fit_options(options_doc, "fit.options"),
     )
     t.finish()
     return spec
+
+
+def _check_sizes(n_values: tuple[int, ...], fit: FitSpec, truth: MoEParams) -> None:
+    """Every fitted model must have fewer free parameters than the smallest sample size."""
+    for g in fit.gates:
+        opts = dict(fit.options) | dict(g.options)
+        for k in fit.fitted_k:
+            layout = _Layout(g.name, g.top_k, fit.expert, opts.get("phi", "softplus"), k, truth.dim, bool(opts.get("gate_bias", True)))
+            if min(n_values) <= layout.n_params:
+                raise SpecError(
+                    f"grid: n = {min(n_values)} is too small for gate {g.label!r} with fitted_k = {k} "
+                    f"({layout.n_params} free parameters); every sample size must exceed that", "grid.values")
 
 
 def _check_metrics(metrics: tuple[str, ...], fit: FitSpec, truth: MoEParams) -> None:

@@ -3,7 +3,7 @@
 ::
 
     mixsim run STUDY.toml --out DIR [--n-jobs N] [--backend loky|threading|sequential|dask]
-                                    [--scheduler ADDRESS] [--set key=value ...] [--force]
+                                    [--scheduler ADDRESS] [--set key=value ...] [--force] [--wait]
     mixsim status DIR
     mixsim evaluate DIR --metric M [--metric M2 ...] [--force]   (metrics from the stored estimates)
     mixsim rates DIR [--metric M ...] [--min-n N] [--csv FILE]
@@ -11,7 +11,9 @@
     mixsim plot DIR            (figures; provided by mixsim.plots)
 
 ``STUDY`` is a TOML file or the name of one in a ``studies/`` folder (``mixsim run smoke``).
-Errors in a spec name the key and exit with status 2.
+Errors in a spec, a bad argument or an unusable path name the key, argument or path and exit with
+status 2, before anything is written. A run holds ``DIR/.lock``: a second run into the same
+directory refuses (naming the lock), or with ``--wait`` waits for the first and then resumes.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / spec.name
     print(f"mixsim: running study {spec.name!r} into {out} (backend {args.backend}, n_jobs {args.n_jobs})", file=sys.stderr)
     df = run_study(spec, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler,
-                   progress=not args.no_progress, force=args.force, block_size=args.block_size)
+                   progress=not args.no_progress, force=args.force, block_size=args.block_size, wait=args.wait)
     status = study_status(out)
     print(status.summary())
     print(f"{len(df)} rows in {out}")
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--block-size", type=int, help="replicates fitted together (default: the spec's run.block_size)")
     run.add_argument("--force", action="store_true", help="delete results of a different spec in --out instead of refusing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--wait", action="store_true",
+                     help="if another run holds the directory's lock (DIR/.lock), wait for it and then resume, instead of refusing")
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="complete / failed / missing units of a results directory")
@@ -194,15 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mixsim`` console script; returns the exit status."""
-    from ._results import StudyMismatchError
+    from ._results import StudyLockedError, StudyMismatchError
     from ._study_spec import SpecError
 
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
-    except (SpecError, StudyMismatchError, FileNotFoundError, ValueError) as exc:
+    except (SpecError, StudyMismatchError, StudyLockedError, ValueError, ImportError) as exc:
         print(f"mixsim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a missing, read-only or non-directory path: name it, no traceback
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) not in str(exc) else ""
+        print(f"mixsim: error: {where}{exc.strerror or exc}" if where else f"mixsim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mixsim: interrupted; completed tasks are saved, run the same command again to resume", file=sys.stderr)

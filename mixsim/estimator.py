@@ -1,7 +1,17 @@
-"""GaussianMoE: a scikit-learn style estimator over :func:`mixsim.fit` for notebooks."""
+"""GaussianMoE: a scikit-learn compatible estimator over :func:`mixsim.fit` for notebooks.
+
+It follows scikit-learn's estimator contract without importing scikit-learn (which stays an
+optional dependency): ``__init__`` only stores its arguments, ``get_params`` / ``set_params`` read
+them back (so ``sklearn.base.clone``, ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``
+work), what ``fit`` learns ends in ``_``, and an unfitted model raises :class:`NotFittedError`
+(a ``sklearn.exceptions.NotFittedError`` when scikit-learn is installed). :func:`select_n_experts`
+chooses the number of experts by BIC or a cross-validated score and returns the candidates table.
+"""
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -9,32 +19,78 @@ import numpy as np
 from .fit import FitResult, NearTruthInit, fit
 from .model import MoEParams, check_data, gate_and_mean, log_density, sample
 
-__all__ = ["GaussianMoE"]
+__all__ = ["GaussianMoE", "NotFittedError", "KSelection", "select_n_experts"]
+
+
+class NotFittedError(ValueError, AttributeError, RuntimeError):
+    """A GaussianMoE was used before ``fit``.
+
+    The error actually raised also derives from ``sklearn.exceptions.NotFittedError`` when
+    scikit-learn is installed, so ``except NotFittedError`` works with either class.
+    (RuntimeError is kept as a base for code written against mixsim 0.1, which raised it.)
+    """
+
+
+_NOT_FITTED: list[type] = []
+
+
+def _not_fitted_class() -> type:
+    if not _NOT_FITTED:
+        try:
+            from sklearn.exceptions import NotFittedError as SkNotFitted
+        except ImportError:
+            _NOT_FITTED.append(NotFittedError)
+        else:
+            _NOT_FITTED.append(type("NotFittedError", (NotFittedError, SkNotFitted), {"__module__": __name__}))
+    return _NOT_FITTED[0]
+
+
+def _feature_names(X: Any) -> np.ndarray | None:
+    """Column names of a pandas-like X when they are all strings (scikit-learn's rule), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None:
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    return names if len(names) and all(isinstance(c, str) for c in names) else None
+
+
+def _seed_from(random_state: Any) -> Any:
+    """A seed for :func:`mixsim.fit` from ``rng`` / ``random_state`` (a legacy RandomState draws one)."""
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    return random_state
 
 
 class GaussianMoE:
-    """Gaussian mixture of experts fitted by maximum likelihood.
+    """Gaussian mixture of experts fitted by maximum likelihood (a scikit-learn compatible regressor).
 
     Parameters
     ----------
-    n_experts : int
+    n_experts : int, default 2
         Number of experts k.
     gate : {"softmax", "competition", "sigmoid", "topk"}, default "softmax"
     top_k : int or None, default None
         Experts kept per input (None = dense).
     expert : {"linear", "tanh"}, default "linear"
-    tol : float, default 1e-6
-        Tolerance on the change of the per-sample log-likelihood.
+    tol : float, default 1e-8
+        Convergence needs the last iteration to change the per-sample log-likelihood by at most
+        ``tol`` ...
+    gtol : float, default 1e-10
+        ... and the Newton decrement per sample at the estimate to be at most ``gtol`` (a certified
+        stationary point; see :func:`mixsim.fit_batch`).
     max_iter : int, default 2000
     n_init : int, default 1
         Number of starts; the best likelihood is kept.
     init : {"auto", "near_truth"}, default "auto"
-    rng : None, int or numpy Generator
+    rng : None, int or numpy Generator, default None
         Seeds the starts.
     truth : MoEParams, optional
         Needed by ``init="near_truth"``.
     method : {"auto", "em", "newton"}, default "auto"
     init_options : NearTruthInit, optional
+    random_state : None, int, numpy Generator or RandomState, default None
+        scikit-learn's name for ``rng`` (``GridSearchCV`` and the estimator checks set it). Used
+        when ``rng`` is None; giving both (different) is an error.
 
     Attributes
     ----------
@@ -45,6 +101,15 @@ class GaussianMoE:
     n_iter_ : int
     result_ : FitResult
         Everything the fitter reported (trace, gradient norm, status, variance floor).
+    n_features_in_ : int
+        Number of input features seen by ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, only when ``fit`` got a pandas DataFrame with string column names.
+
+    Notes
+    -----
+    :meth:`score` is the mean per-sample log-likelihood (higher is better), so
+    ``cross_val_score`` and ``GridSearchCV`` compare models by held-out likelihood, not R^2.
 
     Examples
     --------
@@ -57,12 +122,13 @@ class GaussianMoE:
 
     def __init__(
         self,
-        n_experts: int,
+        n_experts: int = 2,
         *,
         gate: str = "softmax",
         top_k: int | None = None,
         expert: str = "linear",
-        tol: float = 1e-6,
+        tol: float = 1e-8,
+        gtol: float = 1e-10,
         max_iter: int = 2000,
         n_init: int = 1,
         init: str = "auto",
@@ -70,12 +136,14 @@ class GaussianMoE:
         truth: MoEParams | None = None,
         method: str = "auto",
         init_options: NearTruthInit | None = None,
+        random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
         self.gate = gate
         self.top_k = top_k
         self.expert = expert
         self.tol = tol
+        self.gtol = gtol
         self.max_iter = max_iter
         self.n_init = n_init
         self.init = init
@@ -83,12 +151,59 @@ class GaussianMoE:
         self.truth = truth
         self.method = method
         self.init_options = init_options
+        self.random_state = random_state
+
+    # -- scikit-learn's parameter protocol ------------------------------------------------------
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments as a dict (scikit-learn's protocol; ``deep`` has nothing to recurse into)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> "GaussianMoE":
+        """Set constructor arguments by name; returns self. Unknown names raise ValueError."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for GaussianMoE; valid parameters are {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "params_")
+
+    def __sklearn_tags__(self) -> Any:  # only called by scikit-learn, so it may import it
+        from sklearn.utils import RegressorTags, Tags, TargetTags
+
+        return Tags(estimator_type="regressor", target_tags=TargetTags(required=True),
+                    regressor_tags=RegressorTags(poor_score=True))
+
+    _estimator_type = "regressor"  # scikit-learn < 1.6
+
+    # -- fitting ------------------------------------------------------------------------------
+    def _seed(self) -> Any:
+        if self.rng is not None and self.random_state is not None and self.rng is not self.random_state:
+            if not (isinstance(self.rng, (int, np.integer)) and isinstance(self.random_state, (int, np.integer))
+                    and int(self.rng) == int(self.random_state)):
+                raise ValueError(f"rng and random_state are the same argument; give one (got rng={self.rng!r}, "
+                                 f"random_state={self.random_state!r})")
+        return _seed_from(self.rng if self.rng is not None else self.random_state)
 
     def fit(self, X: Any, y: Any) -> "GaussianMoE":
-        """Fit to X of shape (n_samples, n_features) and y of shape (n_samples,); returns self."""
+        """Fit to X of shape (n_samples, n_features) and y of shape (n_samples,); returns self.
+
+        X and y may be numpy arrays, lists or pandas objects; a DataFrame's string column names
+        are kept in ``feature_names_in_`` and checked by the prediction methods.
+        """
+        if y is None:
+            raise ValueError("GaussianMoE requires y to be passed, but the target y is None")
+        names = _feature_names(X)
+        Xt, yt = check_data(X, y)
         result: FitResult = fit(
-            X, y, self.n_experts, gate=self.gate, top_k=self.top_k, expert=self.expert, tol=self.tol,
-            max_iter=self.max_iter, n_init=self.n_init, init=self.init, truth=self.truth, rng=self.rng,
+            Xt.numpy(), yt.numpy(), self.n_experts, gate=self.gate, top_k=self.top_k, expert=self.expert, tol=self.tol,
+            gtol=self.gtol, max_iter=self.max_iter, n_init=self.n_init, init=self.init, truth=self.truth, rng=self._seed(),
             method=self.method, init_options=self.init_options,
         )
         self.result_ = result
@@ -96,29 +211,76 @@ class GaussianMoE:
         self.log_likelihood_ = result.log_likelihood
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
+        self.n_features_in_ = int(Xt.shape[1])
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         return self
 
     def _fitted(self) -> MoEParams:
         if not hasattr(self, "params_"):
-            raise RuntimeError("this GaussianMoE is not fitted yet: call fit(X, y) first")
+            raise _not_fitted_class()(
+                "This GaussianMoE instance is not fitted yet. Call 'fit' with appropriate arguments before using this estimator."
+            )
         return self.params_
 
-    def _parts(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _check_names(self, X: Any) -> None:
+        """scikit-learn's feature-name rules: mismatching names raise, a missing side warns."""
+        fitted, given = getattr(self, "feature_names_in_", None), _feature_names(X)
+        if fitted is None and given is None:
+            return
+        if fitted is None:
+            warnings.warn("X has feature names, but GaussianMoE was fitted without feature names", UserWarning, stacklevel=3)
+        elif given is None:
+            warnings.warn("X does not have valid feature names, but GaussianMoE was fitted with feature names",
+                          UserWarning, stacklevel=3)
+        elif len(fitted) != len(given) or np.any(fitted != given):
+            raise ValueError(f"The feature names should match those that were passed during fit: fitted with "
+                             f"{list(fitted)}, got {list(given)}")
+
+    def _check_shape(self, X: Any) -> int:
+        """Number of rows of X; errors in scikit-learn's words for a scalar or a wrong width."""
+        dim = self._fitted().dim
+        shape = tuple(getattr(X, "shape", None) or np.asarray(X).shape)
+        if len(shape) == 0:
+            raise ValueError(f"X must have shape (n_samples, {dim}); got a scalar {X!r}")
+        if len(shape) == 1 and dim != 1:
+            raise ValueError(f"X is 1-d (read as one feature), but GaussianMoE is expecting {dim} features as input; "
+                             f"Reshape your data with X.reshape(1, -1) for a single sample")
+        if len(shape) == 2 and shape[1] != dim:
+            raise ValueError(f"X has {shape[1]} features, but GaussianMoE is expecting {dim} features as input")
+        return shape[0]
+
+    def _X(self, X: Any) -> np.ndarray:
         p = self._fitted()
-        Xt, _ = check_data(X, np.zeros(np.shape(X)[0]), dim=p.dim)
-        return gate_and_mean(p, Xt.numpy())
+        self._check_names(X)
+        Xt, _ = check_data(X, np.zeros(self._check_shape(X)), dim=p.dim)
+        return Xt.numpy()
+
+    def _Xy(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._fitted()
+        self._check_names(X)
+        self._check_shape(X)
+        Xt, yt = check_data(X, y, dim=p.dim)
+        return Xt.numpy(), yt.numpy()
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Gate weights pi(x), array of shape (n_samples, n_experts); rows sum to 1."""
-        return self._parts(X)[0]
+        return gate_and_mean(self._fitted(), self._X(X))[0]
 
     def predict(self, X: Any) -> np.ndarray:
         """Conditional mean E[y | x] = sum_i pi_i(x) h_i(x), array of shape (n_samples,)."""
-        gate, mean = self._parts(X)
+        gate, mean = gate_and_mean(self._fitted(), self._X(X))
         return (gate * mean).sum(axis=1)
 
     def score(self, X: Any, y: Any) -> float:
-        """Mean log-likelihood per sample."""
+        """Mean per-sample log-likelihood ``(1/n) sum_i log p(y_i | x_i)`` (higher is better).
+
+        This is what ``cross_val_score`` and ``GridSearchCV`` maximise by default: held-out
+        likelihood, which (unlike R^2 of the conditional mean) rewards a correct noise model.
+        """
+        X, y = self._Xy(X, y)
         return float(log_density(self._fitted(), X, y).mean())
 
     def sample(self, n: int, rng: Any = None, x_dist: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
@@ -127,14 +289,120 @@ class GaussianMoE:
 
     def bic(self, X: Any, y: Any) -> float:
         """Bayesian information criterion: -2 log L + p log n (lower is better)."""
+        X, y = self._Xy(X, y)
         p = self._fitted()
-        n = np.shape(y)[0]
-        return -2.0 * float(log_density(p, X, y).sum()) + p.n_free_params * math.log(n)
+        return -2.0 * float(log_density(p, X, y).sum()) + p.n_free_params * math.log(len(y))
 
     def aic(self, X: Any, y: Any) -> float:
         """Akaike information criterion: -2 log L + 2 p (lower is better)."""
+        X, y = self._Xy(X, y)
         p = self._fitted()
         return -2.0 * float(log_density(p, X, y).sum()) + 2.0 * p.n_free_params
 
     def __repr__(self) -> str:
         return f"GaussianMoE(n_experts={self.n_experts}, gate={self.gate!r}, top_k={self.top_k}, expert={self.expert!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the number of experts
+# ---------------------------------------------------------------------------------------------
+
+CRITERIA = ("bic", "aic", "cv")
+
+
+class KSelection:
+    """Outcome of :func:`select_n_experts`.
+
+    Attributes
+    ----------
+    n_experts : int
+        The chosen number of experts.
+    model : GaussianMoE
+        That model, fitted on all the data.
+    table : pandas.DataFrame
+        One row per candidate: n_experts, n_free_params, log_likelihood, bic, aic, converged,
+        cv_score (mean held-out per-sample log-likelihood; NaN unless ``criterion="cv"``),
+        cv_std, and chosen (bool).
+    """
+
+    def __init__(self, n_experts: int, model: GaussianMoE, table: Any) -> None:
+        self.n_experts, self.model, self.table = n_experts, model, table
+
+    def __repr__(self) -> str:
+        return f"KSelection(n_experts={self.n_experts})\n{self.table.to_string(index=False)}"
+
+
+def _folds(n: int, cv: int, seed: Any) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, cv)]
+
+
+def select_n_experts(
+    X: Any,
+    y: Any,
+    candidates: Any = (1, 2, 3, 4),
+    *,
+    criterion: str = "bic",
+    cv: int = 5,
+    rng: Any = 0,
+    **options: Any,
+) -> KSelection:
+    """Choose the number of experts k in one call: fit every candidate, tabulate, keep the best.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    y : array of shape (n_samples,)
+    candidates : sequence of int, default (1, 2, 3, 4)
+        Numbers of experts to try.
+    criterion : {"bic", "aic", "cv"}, default "bic"
+        ``bic`` / ``aic``: lowest information criterion of the fit on all the data. ``cv``: highest
+        mean held-out per-sample log-likelihood over ``cv`` folds (the same folds for every k).
+    cv : int, default 5
+        Folds for ``criterion="cv"`` (>= 2).
+    rng : None, int or Generator, default 0
+        Seeds the folds and every fit (the same seed for each candidate, so the table is reproducible).
+    **options
+        Other :class:`GaussianMoE` arguments (gate, n_init, tol, ...).
+
+    Returns
+    -------
+    KSelection
+        ``.n_experts``, ``.model`` (refitted on all the data) and ``.table`` (one row per candidate).
+    """
+    import pandas as pd
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}")
+    ks = list(np.atleast_1d(np.asarray(candidates)))
+    if not ks or any(isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"candidates must be a non-empty sequence of ints >= 1; got {candidates!r}")
+    if len(set(int(k) for k in ks)) != len(ks):
+        raise ValueError(f"candidates has duplicates: {list(candidates)}")
+    if criterion == "cv" and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+        raise ValueError(f"cv must be an int >= 2; got {cv!r}")
+    if "n_experts" in options or "random_state" in options:
+        raise ValueError("select_n_experts sets n_experts and the seed itself; pass candidates= and rng=")
+    Xt, yt = check_data(X, y)
+    Xn, yn = Xt.numpy(), yt.numpy()
+    rows, models = [], {}
+    for k in sorted(int(k) for k in ks):
+        model = GaussianMoE(k, rng=rng, **options).fit(Xn, yn)
+        models[k] = model
+        ll = model.log_likelihood_
+        row = {"n_experts": k, "n_free_params": model.params_.n_free_params, "log_likelihood": ll,
+               "bic": -2 * ll + model.params_.n_free_params * math.log(len(yn)),
+               "aic": -2 * ll + 2 * model.params_.n_free_params, "converged": model.converged_,
+               "cv_score": math.nan, "cv_std": math.nan}
+        if criterion == "cv":
+            scores = []
+            for test in _folds(len(yn), int(cv), rng):
+                train = np.setdiff1d(np.arange(len(yn)), test)
+                part = GaussianMoE(k, rng=rng, **options).fit(Xn[train], yn[train])
+                scores.append(part.score(Xn[test], yn[test]))
+            row["cv_score"], row["cv_std"] = float(np.mean(scores)), float(np.std(scores))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    best = int(table.loc[table["cv_score"].idxmax() if criterion == "cv" else table[criterion].idxmin(), "n_experts"])
+    table["chosen"] = table["n_experts"] == best
+    return KSelection(best, models[best], table)

@@ -50,7 +50,7 @@ from ._layout import _Layout
 from ._newton import _grad_hess, _run_newton, stationarity
 from .experts import check_expert
 from .gates import canonical_gate, check_phi
-from .model import MoEParams, as_rng, check_data
+from .model import MoEParams, _float_array, as_rng, check_data
 
 __all__ = ["ConvergenceWarning", "NearTruthInit", "FitResult", "fit", "fit_batch", "METHODS"]
 
@@ -118,28 +118,50 @@ def _rngs(rng: Any, B: int) -> list[np.random.Generator]:
     if isinstance(rng, (list, tuple)) or (isinstance(rng, np.ndarray) and rng.ndim == 1):
         if len(rng) != B:
             raise ValueError(f"rng must hold one seed or generator per data set ({B}); got {len(rng)}")
+        bad = [r for r in rng if isinstance(r, (int, np.integer)) and not isinstance(r, bool) and r < 0]
+        if bad:
+            raise ValueError(f"rng: seeds must be >= 0; got {bad[0]!r}")
         return [as_rng(np.random.SeedSequence(int(r)) if isinstance(r, (int, np.integer)) else r) for r in rng]
     if isinstance(rng, np.random.Generator):
         return [np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(B)]
+    if rng is not None and not isinstance(rng, np.random.SeedSequence):
+        as_rng(rng)  # TypeError / ValueError naming rng for anything but a seed >= 0
     seq = rng if isinstance(rng, np.random.SeedSequence) else np.random.SeedSequence(rng)
     return [np.random.default_rng(s) for s in seq.spawn(B)]
 
 
 def _check_batch(Xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(Xs, dtype=np.float64)
-    y = np.asarray(ys, dtype=np.float64)
+    X = _float_array(Xs, "Xs")
+    y = _float_array(ys, "ys")
     if y.ndim != 2:
         raise ValueError(f"ys must have shape (n_datasets, n_samples); got {y.shape}")
     if X.ndim == 2:
         X = X[..., None]
     if X.ndim != 3 or X.shape[:2] != y.shape:
         raise ValueError(f"Xs must have shape (n_datasets, n_samples, n_features) matching ys {y.shape}; got {X.shape}")
+    if y.shape[0] == 0 or y.shape[1] == 0 or X.shape[2] == 0:
+        raise ValueError(f"Xs and ys need at least one data set, one sample and one feature; got Xs of shape {X.shape}")
     for name, arr in (("Xs", X), ("ys", y)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or inf")
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = np.var(arr, axis=1)
+        if not np.all(np.isfinite(spread)):
+            raise ValueError(f"{name}: values too large (their variance overflows float64); rescale {name[0]}")
+    return X, y
+
+
+def _check_all_equal(y: np.ndarray) -> None:
     if np.any(np.ptp(y, axis=1) == 0):
         raise ValueError("ys: a data set has all responses equal; its likelihood is unbounded (no variance to estimate)")
-    return X, y
+
+
+def _check_real(value: Any, name: str, minimum: float, strict: bool) -> float:
+    """A finite real number (Python or numpy) >= / > ``minimum``; ValueError naming ``name``."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}; got {value!r}")
+    return float(value)
 
 
 def fit_batch(
@@ -249,11 +271,14 @@ def fit_batch(
         raise ValueError(f"n_init must be an int >= 1; got {n_init!r}")
     if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1; got {max_iter!r}")
-    for name, value in (("tol", tol), ("gtol", gtol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 < value < np.inf:
-            raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    tol = _check_real(tol, "tol", 0.0, strict=True)
+    gtol = _check_real(gtol, "gtol", 0.0, strict=True)
+    variance_floor = _check_real(variance_floor, "variance_floor", 0.0, strict=True)
+    if isinstance(em_warmup, bool) or not isinstance(em_warmup, (int, np.integer)) or em_warmup < 0:
+        raise ValueError(f"em_warmup must be an int >= 0; got {em_warmup!r}")
     if n <= layout.n_params:
         raise ValueError(f"n_samples={n} is too small: the model has {layout.n_params} free parameters; need more samples than that")
+    _check_all_equal(y_np)
     if init not in ("auto", "near_truth"):
         raise ValueError(f"unknown init {init!r}; expected 'auto' or 'near_truth'")
     if init == "near_truth":

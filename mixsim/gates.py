@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,8 +87,9 @@ def canonical_gate(gate: str, top_k: int | None, n_experts: int) -> tuple[str, i
     if gate in _ALIASES and top_k is None:
         raise ValueError(f"gate {gate!r} needs top_k (an int in 1..n_experts)")
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise TypeError(f"top_k must be an int or None; got {type(top_k).__name__}")
+        top_k = int(top_k)
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be in 1..n_experts={n_experts}; got {top_k}")
         if top_k == n_experts:

@@ -158,6 +158,12 @@ def _log_weights(params: MoEParams) -> np.ndarray:
     return np.zeros(params.n_experts) if params.gate_bias is None else np.asarray(params.gate_bias, dtype=np.float64)
 
 
+def _aligned_log_weights(params: MoEParams) -> np.ndarray:
+    """Log of the weights of :func:`aligned_atoms` (scaled to sum to one where the gate has a shift symmetry)."""
+    log_w = _log_weights(params)
+    return log_w - logsumexp(log_w) if GATE_SYMMETRY[params.gate] is not None else log_w
+
+
 def aligned_atoms(est: MoEParams, truth: MoEParams) -> tuple[Atoms, Atoms]:
     """Atoms of ``est`` and ``truth`` in the canonical gate frame used by every loss here.
 
@@ -382,11 +388,10 @@ def group_error_keys(gate: str) -> tuple[str, ...]:
     return tuple(f"{g}_{c}_{w}" for g in groups for c in ("single", "multi") for w in WEIGHTINGS)
 
 
-def _cell_shares(a_est: Atoms, cell: np.ndarray) -> np.ndarray:
-    """Each atom's share ``w_i / W_j`` of its cell's mass (equal shares if the mass underflows)."""
-    w = a_est.weight[cell]
-    total = w.sum()
-    return w / total if total > 0 else np.full(len(cell), 1.0 / len(cell))
+def _cell_shares(log_weights: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Each atom's share ``w_i / W_j`` of its cell's mass, from the log weights (no underflow)."""
+    log_w = log_weights[cell]
+    return np.exp(log_w - logsumexp(log_w))
 
 
 def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
@@ -433,15 +438,22 @@ def group_errors(est: MoEParams, truth: MoEParams) -> dict[str, float]:
     cells, owner = _cells(a_est, a_true)
     diffs = _abs_diffs(a_est, a_true, owner)
     weight_err = _cell_weight_errors(a_est, a_true, cells)
+    log_est, log_true = _aligned_log_weights(est), _aligned_log_weights(truth)
     out = dict.fromkeys(group_error_keys(est.gate), 0.0)
     for j, cell in enumerate(cells):
         kind = "single" if len(cell) == 1 else "multi"
         out[f"weight_{kind}_weighted"] += float(weight_err[j])
+        if a_true.weight[j] >= np.finfo(float).tiny:
+            relative = float(weight_err[j] / a_true.weight[j])
+        else:  # the true weight underflows (beta0 = -800): |S_j / w*_j - 1| from the log weights
+            log_s = logsumexp(log_est[cell]) if len(cell) else -np.inf
+            with np.errstate(over="ignore"):
+                relative = float(abs(np.expm1(log_s - log_true[j])))
         for w in ("unweighted", "share", "centre"):
-            out[f"weight_{kind}_{w}"] += float(weight_err[j] / a_true.weight[j])
+            out[f"weight_{kind}_{w}"] += relative
         if len(cell) == 0:
             continue
-        shares = _cell_shares(a_est, cell)
+        shares = _cell_shares(log_est, cell)
         for g, d in diffs.items():
             out[f"{g}_{kind}_weighted"] += float(a_est.weight[cell] @ d[cell])
             out[f"{g}_{kind}_unweighted"] += float(d[cell].sum())
@@ -471,10 +483,11 @@ def cell_diagnosis(est: MoEParams, truth: MoEParams) -> dict[str, float]:
     """
     a_est, a_true = aligned_atoms(est, truth)
     cells, _ = _cells(a_est, a_true)
+    log_est = _aligned_log_weights(est)
     out: dict[str, float] = {}
     for j, cell in enumerate(cells):
         out[f"cell{j}_atoms"] = float(len(cell))
-        out[f"cell{j}_min_share"] = float(_cell_shares(a_est, cell).min()) if len(cell) else 0.0
+        out[f"cell{j}_min_share"] = float(_cell_shares(log_est, cell).min()) if len(cell) else 0.0
     return out
 
 
@@ -500,41 +513,80 @@ def _components(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return log_w.numpy(), mean.numpy(), np.sqrt(np.asarray(params.variance))
 
 
-def _log_pdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """log p(y) of a Gaussian mixture; y (n, m), log_w and mean (n, k), sd (k,) -> (n, m)."""
-    z = (y[:, :, None] - mean[:, None, :]) / sd
-    terms = (log_w - np.log(sd * np.sqrt(2.0 * np.pi)))[:, None, :] - 0.5 * z * z  # (n, m, k)
-    top = terms.max(axis=-1)  # finite: every input keeps at least one expert
-    return top + np.log(np.exp(terms - top[..., None]).sum(axis=-1))
+def _z(y: np.ndarray, mean: np.ndarray, sd: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:
+    """Standardised distances (n, m, k) of the points ``anchor + y`` (or ``y``) from every component.
 
-
-def _cdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """CDF of a Gaussian mixture; y (n, m) -> (n, m)."""
-    return np.einsum("nk,nmk->nm", np.exp(log_w), ndtr((y[:, :, None] - mean[:, None, :]) / sd))
-
-
-def _quadrature_grid(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes and weights in y for each input, both (n, m), nodes increasing.
-
-    Breakpoints are every component's ``mean + s * sd`` for ``s = -10, -8, ..., 10``; between
-    consecutive breakpoints an 8-point rule is used. Inside any component's +-10 sd range a panel is
-    at most two of its sds wide, so the integrand is resolved to ~1e-12 whatever the scales (checked
-    against closed forms in the tests); outside every range the densities are below e^-50.
+    A point is an anchor (a component mean) plus an offset, so that ``anchor - mean`` is exact for
+    the anchor's own component and a component far narrower than the float spacing at its distance
+    from the centre (variances 1e300 next to 1e-300) is still resolved.
     """
+    if anchor is None:
+        return (y[:, :, None] - mean[:, None, :]) / sd
+    return ((anchor[:, :, None] - mean[:, None, :]) + y[:, :, None]) / sd
+
+
+def _log_pdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray, anchor: np.ndarray | None = None) -> np.ndarray:
+    """log p(y) of a Gaussian mixture; y (n, m) (offsets from ``anchor`` if given), log_w and mean (n, k), sd (k,) -> (n, m)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # far from every component z * z may overflow: density 0
+        z = _z(y, mean, sd, anchor)
+        terms = (log_w - np.log(sd * np.sqrt(2.0 * np.pi)))[:, None, :] - 0.5 * z * z  # (n, m, k)
+        top = terms.max(axis=-1)  # -inf only where every component's density underflows
+        safe = np.where(np.isfinite(top), top, 0.0)
+        return np.where(np.isfinite(top), safe + np.log(np.exp(terms - safe[..., None]).sum(axis=-1)), -np.inf)
+
+
+def _cdf(y: np.ndarray, log_w: np.ndarray, mean: np.ndarray, sd: np.ndarray, anchor: np.ndarray | None = None) -> np.ndarray:
+    """CDF of a Gaussian mixture; y (n, m) (offsets from ``anchor`` if given) -> (n, m)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.einsum("nk,nmk->nm", np.exp(log_w), ndtr(_z(y, mean, sd, anchor)))
+
+
+def _quadrature_grid(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights in y for each input: anchors, offsets and weights, all (n, m).
+
+    Node ``i`` is ``anchor[:, i] + offset[:, i]`` (increasing in i), where the anchor is the mean of
+    the component whose breakpoint starts the node's panel. Breakpoints are every component's
+    ``mean + s * sd`` for ``s = -10, -8, ..., 10``; between consecutive breakpoints an 8-point rule
+    is used. Inside any component's +-10 sd range a panel is at most two of its sds wide, so the
+    integrand is resolved to ~1e-12 whatever the scales (checked against closed forms in the
+    tests); outside every range the densities are below e^-50. Panel widths are computed from the
+    anchors' differences, so a component narrower than the float spacing at its mean keeps its panels.
+    """
+    n, k = mean.shape
     steps = np.arange(-_PANELS_PER_SIDE, _PANELS_PER_SIDE + 1) * (_TAIL_SD / _PANELS_PER_SIDE)
-    breaks = np.sort((mean[:, :, None] + sd[None, :, None] * steps).reshape(mean.shape[0], -1), axis=1)
-    lo, hi = breaks[:, :-1, None], breaks[:, 1:, None]  # (n, panels, 1)
-    half = 0.5 * (hi - lo)
-    nodes = (lo + half * (_GL_NODES + 1.0)).reshape(mean.shape[0], -1)
-    weights = (half * _GL_WEIGHTS).reshape(mean.shape[0], -1)
-    return nodes, weights
+    comp = np.broadcast_to(np.repeat(np.arange(k), steps.size), (n, k * steps.size))  # component of each breakpoint
+    step = np.broadcast_to(np.tile(steps, k), comp.shape)  # its s
+    # A breakpoint of a wider component inside a narrower one's +-10 sd range is not needed (the narrow
+    # component's panels are finer) and, where the narrow range is below the float spacing, it cannot be
+    # placed in it: it becomes a copy of the narrow component's first breakpoint (a panel of width 0).
+    offset = (np.take_along_axis(mean, comp, axis=1)[:, :, None] - mean[:, None, :]) + (sd[comp] * step)[:, :, None]  # (n, k * S, k)
+    inside = (np.abs(offset) < _TAIL_SD * sd) & (sd < sd[comp][:, :, None])
+    narrowest = np.argmin(np.where(inside, sd, np.inf), axis=-1)
+    moved = inside.any(axis=-1)
+    comp, step = np.where(moved, narrowest, comp), np.where(moved, -_TAIL_SD, step)
+    value = np.take_along_axis(mean, comp, axis=1) + sd[comp] * step  # (n, k * S)
+    order = np.lexsort((comp, step, value), axis=-1)
+    c, s = np.take_along_axis(comp, order, axis=1), np.take_along_axis(step, order, axis=1)  # sorted along the line
+    anchor = np.take_along_axis(mean, c, axis=1)
+    lo_c, hi_c, lo_s, hi_s = c[:, :-1], c[:, 1:], s[:, :-1], s[:, 1:]
+    lo_off = lo_s * sd[lo_c]
+    width = (anchor[:, 1:] - anchor[:, :-1]) + hi_s * sd[hi_c] - lo_off  # exact within one component
+    half = 0.5 * np.maximum(width, 0.0)[:, :, None]  # (n, panels, 1)
+    # Nodes are offsets from the panel end of the narrower component (so that near a narrow
+    # component they are resolved at its scale, not at the float spacing of a far anchor).
+    hi_end = (sd[hi_c] < sd[lo_c])[:, :, None]
+    hi_off = (hi_s * sd[hi_c])[:, :, None]
+    offset = np.where(hi_end, hi_off - half * (1.0 - _GL_NODES), lo_off[:, :, None] + half * (_GL_NODES + 1.0)).reshape(n, -1)
+    weights = (half * _GL_WEIGHTS).reshape(n, -1)
+    anchors = np.where(hi_end, anchor[:, 1:, None], anchor[:, :-1, None]) * np.ones_like(_GL_NODES)
+    return anchors.reshape(n, -1), offset, weights
 
 
 def _hellinger_rows(p: tuple, q: tuple) -> np.ndarray:
     """Hellinger distance per input between two conditional mixtures (each (log_w, mean, sd))."""
-    nodes, weights = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
-    root_p = np.exp(0.5 * _log_pdf(nodes, *p))
-    root_q = np.exp(0.5 * _log_pdf(nodes, *q))
+    anchor, nodes, weights = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
+    root_p = np.exp(0.5 * _log_pdf(nodes, *p, anchor=anchor))
+    root_q = np.exp(0.5 * _log_pdf(nodes, *q, anchor=anchor))
     h2 = 0.5 * np.sum(weights * (root_p - root_q) ** 2, axis=1)
     return np.sqrt(np.clip(h2, 0.0, 1.0))
 
@@ -562,8 +614,8 @@ def _tv_rows(p: tuple, q: tuple) -> np.ndarray:
     ``TV = 1/2 sum over sign-constant intervals |D(r_{m+1}) - D(r_m)|`` (``D = 0`` at +-inf), exact
     up to crossings closer together than the grid spacing.
     """
-    nodes, _ = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
-    f = np.exp(_log_pdf(nodes, *p)) - np.exp(_log_pdf(nodes, *q))  # (n, m)
+    anchor, nodes, weights = _quadrature_grid(np.concatenate([p[1], q[1]], axis=1), np.concatenate([p[2], q[2]]))
+    f = np.exp(_log_pdf(nodes, *p, anchor=anchor)) - np.exp(_log_pdf(nodes, *q, anchor=anchor))  # (n, m)
     s = f >= 0  # a node where p == q exactly counts as positive, so no crossing is missed
     bracket = s[:, :-1] != s[:, 1:]  # (n, m - 1)
     rows, cols = np.nonzero(bracket)
@@ -571,9 +623,11 @@ def _tv_rows(p: tuple, q: tuple) -> np.ndarray:
     if rows.size:
         sub = lambda part: tuple(a[rows] if a.ndim == 2 else a for a in part)  # noqa: E731
         p_r, q_r = sub(p), sub(q)
-        diff = lambda y: (np.exp(_log_pdf(y[:, None], *p_r)) - np.exp(_log_pdf(y[:, None], *q_r)))[:, 0]  # noqa: E731
-        root = _bisect_roots(nodes[rows, cols], nodes[rows, cols + 1], f[rows, cols], diff)
-        d_at[rows, cols] = (_cdf(root[:, None], *p_r) - _cdf(root[:, None], *q_r))[:, 0]
+        a = anchor[rows, cols][:, None]  # offsets below are from the bracket's left anchor
+        diff = lambda y: (np.exp(_log_pdf(y[:, None], *p_r, anchor=a)) - np.exp(_log_pdf(y[:, None], *q_r, anchor=a)))[:, 0]  # noqa: E731
+        hi = nodes[rows, cols + 1] + (anchor[rows, cols + 1] - anchor[rows, cols])
+        root = _bisect_roots(nodes[rows, cols], hi, f[rows, cols], diff)
+        d_at[rows, cols] = (_cdf(root[:, None], *p_r, anchor=a) - _cdf(root[:, None], *q_r, anchor=a))[:, 0]
     # forward-fill D between crossings, so that |diff| is non-zero only at crossings
     vals = np.concatenate([np.zeros((bracket.shape[0], 1)), d_at], axis=1)
     idx = np.where(np.concatenate([np.ones((bracket.shape[0], 1), bool), bracket], axis=1), np.arange(vals.shape[1]), 0)
@@ -601,11 +655,39 @@ def _inputs(est: Any, truth: Any, X: Any, n_mc: int, rng: Any, x_dist: str) -> n
     return X
 
 
+def _centred(p: tuple, q: tuple) -> tuple[tuple, tuple]:
+    """Both conditional mixtures shifted by the mean of the truth's heaviest component, per input.
+
+    The distances are translation invariant; working relative to a centre keeps the quadrature
+    grid resolved when the means share a large offset (intercepts 1e17 + b): the difference of
+    two close floats is exact (Sterbenz), while ``1e17 + 0.3`` is not.
+    """
+    centre = np.take_along_axis(q[1], np.argmax(q[0], axis=1)[:, None], axis=1)  # (n, 1)
+    with np.errstate(invalid="ignore"):
+        return (p[0], p[1] - centre, p[2]), (q[0], q[1] - centre, q[2])
+
+
+def _shift_intercepts(est: MoEParams, truth: MoEParams) -> tuple[MoEParams, MoEParams]:
+    """Subtract a common offset (the truth's mean intercept) from both models' expert intercepts.
+
+    With linear experts and a gate that does not read the experts' outputs this shifts every
+    conditional density in y by the same amount, which leaves the distances unchanged, and it keeps
+    ``a x + b`` exact when the intercepts share a large offset (1e17 + b rounds b to a multiple of 16).
+    """
+    if est.expert != "linear" or truth.expert != "linear" or "competition" in (est.gate, truth.gate):
+        return est, truth
+    offset = float(np.mean(truth.expert_bias))
+    if offset == 0.0:
+        return est, truth
+    return est.replace(expert_bias=est.expert_bias - offset), truth.replace(expert_bias=truth.expert_bias - offset)
+
+
 def _expected_distance(rows_fn: Callable, est: MoEParams, truth: MoEParams, X: np.ndarray) -> float:
+    est, truth = _shift_intercepts(est, truth)
     total = 0.0
     for start in range(0, X.shape[0], _CHUNK):
         block = X[start:start + _CHUNK]
-        total += float(rows_fn(_components(est, block), _components(truth, block)).sum())
+        total += float(rows_fn(*_centred(_components(est, block), _components(truth, block))).sum())
     return total / X.shape[0]
 
 

@@ -242,13 +242,28 @@ def log_likelihood(params: MoEParams, X: Any, y: Any) -> float:
     return float(log_density(params, X, y).sum())
 
 
+def _float_array(value: Any, name: str) -> np.ndarray:
+    """A writable float64 array (pandas and read-only inputs are copied; torch warns on read-only
+    arrays); an error naming ``name`` for sparse, complex or non-numeric values."""
+    if hasattr(value, "tocsr"):  # scipy.sparse matrices and arrays
+        raise TypeError(f"{name}: sparse input is not supported; pass a dense array ({name}.toarray())")
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name}: Complex data not supported; got a complex array")
+    try:
+        arr = arr.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be an array of numbers; got {type(value).__name__} ({exc})") from exc
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a data set and return float64 tensors ``X`` (n, d) and ``y`` (n,).
 
     Raises ValueError naming the argument for wrong shapes, NaN/inf, or too few samples.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    X = _float_array(X, "X")
+    y = _float_array(y, "y")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -257,6 +272,8 @@ def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> 
         raise ValueError(f"y must have shape (n_samples,); got shape {y.shape}")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X and y must have the same number of samples; got shapes {X.shape} and {y.shape}")
+    if X.shape[1] == 0:
+        raise ValueError(f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
     if dim is not None and X.shape[1] != dim:
         raise ValueError(f"X must have {dim} features (the model's dim); got {X.shape[1]}")
     if X.shape[0] < min_samples:
@@ -275,7 +292,11 @@ def as_rng(rng: Any) -> np.random.Generator:
     """A numpy Generator from a Generator, SeedSequence, int seed, or None (fresh entropy)."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng must be a seed >= 0 (or a Generator / SeedSequence / None); got {rng!r}")
+        return np.random.default_rng(int(rng))
+    if rng is None or isinstance(rng, np.random.SeedSequence):
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy Generator, SeedSequence, int or None; got {type(rng).__name__}")
 
@@ -312,27 +333,53 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
         Number of samples.
     rng : numpy Generator, int seed or None
     x_dist : {"uniform", "grid", "normal"}, default "uniform"
+
+    Raises
+    ------
+    TypeError
+        ``params`` is not a MoEParams.
+    ValueError
+        The gate weights or the expert means are not finite at some drawn input (logits or means
+        overflow float64: the parameters are too large for the inputs); never a silent NaN or inf.
     """
+    if not isinstance(params, MoEParams):
+        raise TypeError(f"params must be a MoEParams (e.g. mixsim.preset('softmax_k2')); got {type(params).__name__}")
     rng = as_rng(rng)
     X = sample_x(n, params.dim, x_dist, rng)
-    prob, mean = gate_and_mean(params, X)
-    cum = np.cumsum(prob, axis=1)
+    log_prob, mean = _log_gate_and_mean(params, X)
+    bad = ~np.isfinite(mean).all(axis=1)
+    if bad.any():
+        raise ValueError(f"params: the expert means overflow float64 at {int(bad.sum())} of {len(X)} inputs "
+                         "(expert_weight / expert_bias too large for x_dist); rescale them")
+    bad = np.isnan(log_prob).any(axis=1) | ~(log_prob < np.inf).all(axis=1)
+    if bad.any():
+        raise ValueError(f"params: the gate weights are not finite at {int(bad.sum())} of {len(X)} inputs "
+                         "(gate logits overflow float64: gate_weight / gate_bias too large for x_dist); rescale them")
+    cum = np.cumsum(np.exp(log_prob), axis=1)  # same draws as ever: one uniform per input
     z = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
     rows = np.arange(n)
-    y = mean[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
+    with np.errstate(over="ignore"):
+        y = mean[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
+    if not np.all(np.isfinite(y)):
+        raise ValueError("params: the drawn responses overflow float64 (expert means or variance too large); rescale them")
     return X, y
 
 
 def gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gate weights pi(x) and expert means h(x), both arrays of shape (n, k), at inputs X (n, d)."""
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
+    log_gate, mean = _log_gate_and_mean(params, X)
+    return np.exp(log_gate), mean
+
+
+def _log_gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    Xt = torch.as_tensor(_float_array(X, "X"))
     t = params.tensors()
     mean = expert_mean(params.expert, Xt, t["expert_weight"], t["expert_bias"])
     log_gate = log_gate_weights(
         params.gate, Xt, gate_weight=t["gate_weight"], gate_bias=t["gate_bias"],
         expert_mean=mean, top_k=params.top_k, phi=params.phi,
     )
-    return torch.exp(log_gate).numpy(), mean.numpy()
+    return log_gate.numpy(), mean.numpy()
 
 
 # ---------------------------------------------------------------------------------------------

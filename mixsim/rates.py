@@ -166,7 +166,7 @@ def fit_rate(
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {tuple(AVERAGES)}; got {average!r}")
-    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (float, int, np.floating, np.integer)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1); got {level!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be an int >= 0; got {n_boot!r}")
@@ -437,7 +437,7 @@ def _check_window(window: Any, m: int, where: str = "") -> int:
 
 
 def _check_common(level: Any, n_boot: Any, interval: Any, fallback: Any) -> None:
-    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (float, int, np.floating, np.integer)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1); got {level!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
         raise ValueError(f"n_boot must be an int >= 2 (thousands for a 95% interval); got {n_boot!r}")

@@ -130,6 +130,11 @@ def _usable(df: pd.DataFrame, metrics: Sequence[str] | None, min_n: int | None) 
     """Rows that can enter a rate: finished fits with finite positive values, chosen metrics, n >= min_n."""
     ok = ~df["status"].isin(FAILED_STATUSES) & np.isfinite(df["value"]) & (df["value"] > 0)
     if metrics is not None:
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        unknown = sorted(set(metrics) - set(df["metric"]))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown} (--metric); this table has {sorted(set(df['metric']))}")
         ok &= df["metric"].isin(list(metrics))
     else:
         ok &= ~df["metric"].isin(RATE_EXCLUDED_METRICS)

@@ -177,3 +177,12 @@ def test_theory_rates_agree_with_d2_exponents(key):
 
 def test_public_names():
     assert mixsim.fit_rate is R.fit_rate and mixsim.theory_rate is R.theory_rate
+
+
+def test_numpy_scalars_are_accepted_for_level():
+    # numpy floats are accepted wherever Python ones are (issue 15, item 9).
+    n = np.repeat([100, 1000, 10000], 5)
+    errors = n ** -0.5 * np.exp(np.random.default_rng(0).normal(0, 0.1, n.size))
+    a = mixsim.fit_rate(n, errors, level=np.float32(0.9))
+    b = mixsim.fit_rate(n, errors, level=0.9)
+    assert a.ci_low == pytest.approx(b.ci_low, rel=1e-6) and a.level == pytest.approx(0.9)
