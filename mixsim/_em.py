@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._layout import _Layout, _record
-from ._newton import _grad_hess, stationarity
+from ._newton import measure
 from .gates import masked_log_softmax, top_k_mask
 
 # Arguments of exp() are floored at -700 (exp(-700) ~ 1e-304, an absolute error no sum of
@@ -352,8 +352,7 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, gtol: float, n_st
         if certify and bool(small.any()):
             rows = torch.nonzero(small).squeeze(1)
             theta = layout.pack(_take(accepted, rows))
-            g, H = _grad_hess(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1])
-            dec = stationarity(g, H, theta, torch.log(fl[rows]), layout.k)
+            g, dec = measure(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1], torch.log(fl[rows]))
             state["grad"][idx[rows]], state["stationarity"][idx[rows]] = g, dec
             conv = torch.zeros_like(small)
             conv[rows] = dec <= gtol

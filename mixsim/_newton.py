@@ -308,6 +308,11 @@ def newton_decrement(g: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     maximum) count with curvature ``1e-12``, so a gradient along them is never read as small.
     """
     _, lam, _, c = _scaled_eigen(g, H)
+    return _decrement(lam, c)
+
+
+def _decrement(lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The decrement from the eigen-form of the model (:func:`_scaled_eigen`), flat directions floored."""
     return 0.5 * (c * c / lam.clamp_min(_FLAT)).sum(-1)
 
 
@@ -326,6 +331,12 @@ def _free_of_floor(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_fl
 def stationarity(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
     """Newton decrement per sample (:func:`newton_decrement`) of the problem with variance floor."""
     return newton_decrement(*_free_of_floor(g, H, theta, log_floor, k))
+
+
+def measure(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, log_floor: torch.Tensor):
+    """Gradient (B, P) and :func:`stationarity` (B,) at ``theta``: what certifies a fit."""
+    g, H = _grad_hess(layout, theta, X, y)
+    return g, stationarity(g, H, theta, log_floor, layout.k)
 
 
 _FLAT = 1e-12  # curvature (in the unit-diagonal metric) below which a direction counts as flat
@@ -386,7 +397,7 @@ def _run_newton(layout: _Layout, theta: torch.Tensor, X, y, log_floor, tol: floa
         H = torch.where(finite[:, None, None], H, -torch.eye(H.shape[1], dtype=H.dtype, device=H.device))
         gf, Hf = _free_of_floor(g, H, base, log_floor[idx], k)
         scale, lam, U, c = _scaled_eigen(gf, Hf)
-        dec = 0.5 * (c * c / lam.clamp_min(_FLAT)).sum(-1)
+        dec = _decrement(lam, c)
         state["grad"][idx] = torch.where(plain[:, None], g, state["grad"][idx])
         state["stationarity"][idx] = torch.where(plain, dec, state["stationarity"][idx])
         stationary = plain & (dec <= gtol)

@@ -47,7 +47,7 @@ import torch
 from ._em import _compiled_em_stats, _em_stats, _run_em
 from ._init import NearTruthInit, _init_auto, _init_near_truth
 from ._layout import _Layout
-from ._newton import _grad_hess, _run_newton, stationarity
+from ._newton import _run_newton, measure
 from .experts import check_expert
 from .gates import canonical_gate, check_phi
 from .model import MoEParams, _float_array, as_rng, check_data
@@ -373,12 +373,12 @@ def _engine(layout: _Layout, theta, X, y, floor, *, tol, gtol, max_iter, method,
             p = _run_em(layout, layout.unpack(theta), X, y, floor, tol, gtol, steps, state, stats_fn, certify=method == "em")
         theta = layout.pack(p)
     # Newton takes over whatever EM left undone (in "em" mode: the rows whose EM step was refused).
-    theta = _run_newton(layout, theta, X, y, torch.log(floor), tol, gtol, max_iter, state)
+    log_floor = torch.log(floor)
+    theta = _run_newton(layout, theta, X, y, log_floor, tol, gtol, max_iter, state)
     missing = torch.nonzero(torch.isnan(state["stationarity"])).squeeze(1)
     if missing.numel():  # rows that ran out of EM iterations: measure where they stopped
-        g, H = _grad_hess(layout, theta[missing], X[missing], y[missing])
-        state["grad"][missing] = g
-        state["stationarity"][missing] = stationarity(g, H, theta[missing], torch.log(floor[missing]), layout.k)
+        state["grad"][missing], state["stationarity"][missing] = measure(
+            layout, theta[missing], X[missing], y[missing], log_floor[missing])
     values = torch.stack([v for v, _ in state["trace"]], 1).cpu().numpy()
     flags = torch.stack([m for _, m in state["trace"]], 1).cpu().numpy()
     return {
