@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import _results
-from ._runner import METRIC_FNS, Engine, _error_text, _row
+from ._runner import Engine, _progress_bar, metric_applies, metric_rows
 from ._study_spec import METRICS, StudySpec
 from .model import MoEParams
 
@@ -120,7 +120,9 @@ def evaluate(
     atomically) and from there into the results table, where they replace the
     rows of the same metric of that fit (equal values when the metric was recorded during the
     run: the same estimate, truth and Monte Carlo inputs). Resumable: files already written are
-    kept unless ``force``, so an interrupted call is finished by calling it again.
+    kept unless ``force``, so an interrupted call is finished by calling it again. It holds the
+    directory's lock while it writes, so it refuses to run beside a run of the study
+    (:class:`mixsim._results.StudyLockedError`).
 
     Parameters
     ----------
@@ -141,9 +143,6 @@ def evaluate(
     pandas.DataFrame
         The updated results table (:func:`mixsim.load_results`), also written to the directory.
     """
-    from tqdm.auto import tqdm
-    import sys
-
     metrics = _check_metrics(metrics)
     out = Path(path)
     meta = _results.read_meta(out)
@@ -155,6 +154,14 @@ def evaluate(
     by_task: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
     for (n, r, fit), unit in units:
         by_task.setdefault((n, fit), []).append((r, unit))
+    with _results.locked(out):  # not while a run writes into the directory
+        _evaluate_jobs(out, spec, meta["spec_hash"], by_task, metrics, force, progress, engine)
+        return _results.collect(out)
+
+
+def _evaluate_jobs(out: Path, spec: StudySpec, spec_hash: str, by_task: dict, metrics: list[str], force: bool,
+                   progress: bool, engine: Engine) -> None:
+    """Write the missing ``evals/METRIC/*.json`` files (all of them with ``force``)."""
     jobs = []
     for metric in metrics:
         (out / _results.EVALS / metric).mkdir(parents=True, exist_ok=True)
@@ -163,19 +170,17 @@ def evaluate(
             target = out / _results.EVALS / metric / _results._task_file_name(task)
             if force or not _valid(target):
                 jobs.append((metric, task, members))
-    bar = tqdm(total=len(jobs), desc=f"evaluate {spec.name}", unit="file", disable=not (progress and sys.stderr.isatty()))
-    with bar:
+    with _progress_bar(len(jobs), 0, f"evaluate {spec.name}", progress) as bar:
         for metric, task, members in jobs:
             est0 = members[0][1]["estimate"]
             k, label = est0["fitted_k"], est0["gate_label"]
-            applies = {"D1": k == spec.true_k, "D2": k > spec.true_k}.get(metric, True)
+            applies = metric_applies(spec, metric, k)
             truth_spec = spec.for_truth(est0["truth"])
             rows_of = [(r, _metric_rows(truth_spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
                        for r, unit in members]
             payload = [{"replicate": r, "failed": False, "rows": _results.iter_rows(rows), "traceback": None} for r, rows in rows_of]
-            _results.write_task_file(out, meta["spec_hash"], task, payload, folder=f"{_results.EVALS}/{metric}")
+            _results.write_task_file(out, spec_hash, task, payload, folder=f"{_results.EVALS}/{metric}")
             bar.update(1)
-    return _results.collect(out)
 
 
 def _valid(path: Path) -> bool:
@@ -192,8 +197,6 @@ def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: in
     """The rows one metric gives for one stored estimate (a ``metric_error`` row if it raises)."""
     res = SimpleNamespace(params=estimate_params(est), log_likelihood=est["log_likelihood"])
     info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm", "stationarity", "truth")}
-    try:
-        values = METRIC_FNS[metric](spec, res, n, k, est["seed"], engine, {})
-    except Exception as exc:  # noqa: BLE001 - recorded like a run's metric error
-        return [_row(spec, n, r, est["seed"], label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)}))]
-    return [_row(spec, n, r, est["seed"], label, k, name, value, **info) for name, value in values.items()]
+    rows: list[dict[str, Any]] = []
+    metric_rows(spec, metric, n, r, est["seed"], label, k, res, info, engine, {}, rows)
+    return rows

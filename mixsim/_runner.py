@@ -198,10 +198,14 @@ def _row(spec: StudySpec, n: int, r: int, seed: int, gate: str, k: int, metric: 
     return row
 
 
+def metric_applies(spec: StudySpec, metric: str, k: int) -> bool:
+    """Whether a metric is recorded for a model with k experts: D1 only when exact-fitted, D2 only when over-fitted."""
+    return {"D1": k == spec.true_k, "D2": k > spec.true_k}.get(metric, True)
+
+
 def _planned_metrics(spec: StudySpec, k: int) -> list[str]:
-    """Requested metrics that apply to a model with k experts: D1 only when exact-fitted, D2 only when over-fitted."""
-    applies = {"D1": k == spec.true_k, "D2": k > spec.true_k}
-    return [m for m in spec.metrics if applies.get(m, True)]
+    """Requested metrics that apply to a model with k experts (:func:`metric_applies`)."""
+    return [m for m in spec.metrics if metric_applies(spec, m, k)]
 
 
 def _failed_metric_names(spec: StudySpec, gate: GateSpec, k: int, engine: Engine) -> list[str]:
@@ -297,14 +301,23 @@ def _unit_rows(spec: StudySpec, task: Task, r: int, res: Any, engine: Engine) ->
     rows, failed, tb, cache = [], False, None, {}
     info = _fit_info(res) | {"truth": task.truth or 0}
     for m in _planned_metrics(spec, k):
-        try:
-            values = METRIC_FNS[m](spec, res, task.n, k, seed, engine, cache)
-        except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
-            failed, tb = True, traceback.format_exc()[-_ERROR_CHARS:]
-            rows.append(_row(spec, task.n, r, seed, label, k, m, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)})))
-            continue
-        rows.extend(_row(spec, task.n, r, seed, label, k, name, value, **info) for name, value in values.items())
+        metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, res, info, engine, cache, rows)
+        if metric_tb is not None:
+            failed, tb = True, metric_tb
     return rows, failed, tb
+
+
+def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
+                info: dict[str, Any], engine: Engine, cache: dict, rows: list[dict[str, Any]]) -> str | None:
+    """Append the rows of one metric of one fit to ``rows``; a metric that raises gives one
+    ``metric_error`` row, and its traceback is returned (else None): the study goes on."""
+    try:
+        values = METRIC_FNS[metric](spec, res, n, k, seed, engine, cache)
+    except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
+        rows.append(_row(spec, n, r, seed, label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)})))
+        return traceback.format_exc()[-_ERROR_CHARS:]
+    rows.extend(_row(spec, n, r, seed, label, k, name, value, **info) for name, value in values.items())
+    return None
 
 
 def _fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from ._layout import _Layout
 from .fit import METHODS, NearTruthInit, fit_batch
 from .gates import PHI
 from .losses import WEIGHTINGS
-from .model import X_DISTS, MoEParams, list_presets, preset
+from .model import X_DISTS, MoEParams, list_presets, preset, random_truth
 from .rates import SLOPE_AVERAGES
 
 __all__ = [
@@ -550,8 +550,6 @@ def _parse_truths(doc: Any, x_dist: str) -> list[MoEParams]:
         count, seed = t.get("count", _int(1)), t.get("seed", _int(0))
         extra = {name: t.get(name, _float(nonnegative=True)) for name in ("delta", "floor", "mass") if t.has(name)}
         t.finish()
-        from .model import random_truth
-
         for rng in np.random.SeedSequence(seed).spawn(count):
             try:
                 truths.append(random_truth(opts["gate"], opts["k"], opts["d"], np.random.default_rng(rng),
