@@ -114,8 +114,10 @@ def declared(spec) -> dict:
 
 def series(table: pd.DataFrame, metric: str, truth: int = 0) -> pd.DataFrame:
     """One error series: finished fits, finite positive values (failures are counted, not used)."""
+    from mixsim.study import FAILED_STATUSES
+
     rows = table[(table["metric"] == metric) & (table["truth"] == truth)]
-    return rows[~rows["status"].isin(["error", "metric_error"]) & np.isfinite(rows["value"]) & (rows["value"] > 0)]
+    return rows[~rows["status"].isin(FAILED_STATUSES) & np.isfinite(rows["value"]) & (rows["value"] > 0)]
 
 
 def _usable(rows: pd.DataFrame) -> bool:
@@ -141,7 +143,7 @@ def rate_rows(specs: dict, tables: dict, weighting: str) -> tuple[pd.DataFrame, 
                 extra = {}
                 for other in ("median", "mean"):  # reported beside the declared average, never chosen from
                     extra[f"{other}_slope"] = estimate_rate(data["n"], data["value"], average=other, n_boot=2).slope
-                fits = table[(table["truth"] == truth)].drop_duplicates(["n", "replicate"])
+                fits = table[table["truth"] == truth].drop_duplicates(["n", "replicate", "gate", "fitted_k"])
                 rows.append({"study": name, "truth": int(truth), "gate": spec.fit.gates[0].name, "metric": metric,
                              **est.to_row(), **extra, "not_converged": int((~fits["converged"]).sum()),
                              "fits": len(fits)})
@@ -370,8 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     weighting = weightings.pop()
     rates, estimates = rate_rows(specs, tables, weighting)
     claim = comparisons(specs, tables, weighting, OVERFIT[::-1], "claim")  # a = competition, b = softmax
-    control = pd.concat([comparisons(specs, {**tables, "lin": tables[lin]}, weighting, (tanh, "lin"), f"{tanh.split('_')[0]}_tanh")
-                         .query("truth == 0") for tanh, lin in zip(CONTROL, OVERFIT)], ignore_index=True)
+    control = pd.concat([comparisons(specs, tables, weighting, (tanh, lin), f"{tanh.split('_')[0]}_tanh")
+                         for tanh, lin in zip(CONTROL, OVERFIT)], ignore_index=True)  # the tanh studies hold truth 0 only
     comp = pd.concat([claim, control], ignore_index=True)
     write_tables(rates, comp, fig_dir, weighting)
     written = figures(specs, tables, estimates, comp, fig_dir, weighting)
