@@ -17,12 +17,7 @@ T, D, H, E, K = 12, 8, 16, 4, 2
 TOL = 1e-6  # the acceptance criterion; float64 results actually agree to ~1e-14
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,7 @@ from mixsim.nn._activations import ACTIVATIONS
 D, H, E, K, T = 8, 16, 4, 2, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def x_(shape=(T, D), dtype=torch.float32, seed=1):
