@@ -4,34 +4,13 @@ numpy, one data set at a time, each from that data set's own random stream.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ._layout import _Layout
 from .experts import EXPERTS
 from .model import MoEParams
-
-
-@dataclass(frozen=True)
-class NearTruthInit:
-    """Noise of the near-truth start (THEORY.md section 2): sd = scale * n ** -exponent.
-
-    Defaults are the reference protocol's. Exponents of 0 give noise that does not shrink with n.
-    Variances get ``|N(0, sd^2)|`` added; gate and expert parameters get ``N(0, sd^2)``.
-    ``assign`` maps each fitted expert to a true one (length = fitted k, covering every true
-    expert); None puts fitted expert i on true expert i and every extra one on true expert 0, as
-    the reference code does (there, the over-fitted cell is the expert with beta0 = -8).
-    """
-
-    gate_scale: float = 0.005
-    expert_scale: float = 0.05
-    variance_scale: float = 0.005
-    gate_exponent: float = 0.083
-    expert_exponent: float = 0.083
-    variance_exponent: float = 0.25
-    assign: tuple[int, ...] | None = None
+from .options import NearTruthInit
 
 
 def _init_near_truth(truth: MoEParams, k: int, n: int, opts: NearTruthInit, rng: np.random.Generator) -> dict[str, np.ndarray | None]:

@@ -1,0 +1,119 @@
+"""Options of a maximum-likelihood fit, validated once: the one object that :func:`mixsim.fit`,
+:func:`mixsim.fit_batch`, :class:`mixsim.GaussianMoE` and the study spec share.
+
+Pure data (no torch, no fitter), so a study spec can validate its ``[fit]`` table without
+importing the fitting engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .checks import check_bool, check_choice, check_int, check_real
+
+__all__ = ["FitOptions", "NearTruthInit", "METHODS", "PHIS"]
+
+METHODS = ("auto", "em", "newton")
+PHIS = ("softplus", "identity")  # competition transforms (mixsim.gates.PHI has the functions)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How a fit is run (everything but the data, the model and the start).
+
+    Parameters
+    ----------
+    method : {"auto", "em", "newton"}, default "auto"
+        ``auto``: EM for softmax gates with linear experts, handing over to damped Newton;
+        damped Newton for every other model. ``em`` needs a softmax gate and linear experts.
+    n_init : int, default 1
+        Starts per data set; the one with the highest likelihood is kept.
+    tol : float, default 1e-8
+        Convergence needs the last accepted iteration to change the per-sample log-likelihood
+        by at most ``tol`` (nats per sample) ...
+    gtol : float, default 1e-10
+        ... and the Newton decrement per sample to be at most ``gtol`` at the returned estimate
+        (certified stationary; THEORY.md section 8).
+    max_iter : int, default 2000
+        Iteration cap per start (EM and Newton iterations together).
+    em_warmup : int, default 20
+        With ``auto``: EM iterations before switching to Newton.
+    variance_floor : float, default 1e-6
+        Variances are kept >= ``variance_floor * var(y)``; results on the floor are flagged.
+    gate_bias : bool, default True
+        Competition gate only: include the intercepts beta0.
+    phi : {"softplus", "identity"}, default "softplus"
+        Competition transform.
+    compile : bool, default False
+        Run the EM pass through ``torch.compile``.
+    """
+
+    method: str = "auto"
+    n_init: int = 1
+    tol: float = 1e-8
+    gtol: float = 1e-10
+    max_iter: int = 2000
+    em_warmup: int = 20
+    variance_floor: float = 1e-6
+    gate_bias: bool = True
+    phi: str = "softplus"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checked = {
+            "method": check_choice(self.method, "method", METHODS),
+            "n_init": check_int(self.n_init, "n_init", 1),
+            "tol": check_real(self.tol, "tol", 0.0, strict=True),
+            "gtol": check_real(self.gtol, "gtol", 0.0, strict=True),
+            "max_iter": check_int(self.max_iter, "max_iter", 1),
+            "em_warmup": check_int(self.em_warmup, "em_warmup", 0),
+            "variance_floor": check_real(self.variance_floor, "variance_floor", 0.0, strict=True),
+            "gate_bias": check_bool(self.gate_bias, "gate_bias"),
+            "phi": check_choice(self.phi, "phi", PHIS),
+            "compile": check_bool(self.compile, "compile"),
+        }
+        for name, value in checked.items():  # canonical Python types (numpy ints become int, ...)
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> "FitOptions":
+        """A copy with ``changes`` applied (validated again)."""
+        unknown = set(changes) - set(self.names())
+        if unknown:
+            raise TypeError(f"unknown fit option(s) {sorted(unknown)}; fit options are {list(self.names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check_model(self, gate: str, expert: str) -> None:
+        """Refuse options the model cannot use (ValueError naming the option)."""
+        if not self.gate_bias and gate != "competition":
+            raise ValueError(f"gate_bias=False (a gate without intercepts) is for the competition gate only; got gate={gate!r}")
+        if self.method == "em" and not (gate == "softmax" and expert == "linear"):
+            raise ValueError(f"method='em' needs gate='softmax' and expert='linear'; got gate={gate!r}, expert={expert!r}; use 'newton'")
+
+
+@dataclass(frozen=True)
+class NearTruthInit:
+    """Noise of the near-truth start (THEORY.md section 2): sd = scale * n ** -exponent.
+
+    Defaults are the reference protocol's. Exponents of 0 give noise that does not shrink with n.
+    Variances get ``|N(0, sd^2)|`` added; gate and expert parameters get ``N(0, sd^2)``.
+    ``assign`` maps each fitted expert to a true one (length = fitted k, covering every true
+    expert); None puts fitted expert i on true expert i and every extra one on true expert 0, as
+    the reference code does (there, the over-fitted cell is the expert with beta0 = -8).
+    """
+
+    gate_scale: float = 0.005
+    expert_scale: float = 0.05
+    variance_scale: float = 0.005
+    gate_exponent: float = 0.083
+    expert_exponent: float = 0.083
+    variance_exponent: float = 0.25
+    assign: tuple[int, ...] | None = None
