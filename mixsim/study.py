@@ -54,6 +54,7 @@ __all__ = [
     "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
     "replicate_seed", "replicate_streams", "task_data", "plan_units", "plan_tasks", "run_task",
     "StudyStatus", "study_status", "rate_table", "local_rate_table", "RATE_EXCLUDED_METRICS",
+    "FAILED_STATUSES", "as_table", "theory", "RateContext", "rate_context",
 ]
 
 #: Metrics that are not errors (no rate is fitted to them by default).
@@ -279,3 +280,10 @@ def local_rate_table(
             rows.append({"study": study, "gate": gate, "fitted_k": int(k), "metric": metric, "n_low": int(lo),
                          "n_high": int(hi), "n_mid": float(np.sqrt(lo * hi)), "slope": float(slope)})
     return pd.DataFrame(rows, columns=["study", "gate", "fitted_k", "metric", "n_low", "n_high", "n_mid", "slope"])
+
+
+# Public names of the rate-table helpers (for the plots; the redesign of issue 13 makes them the only names).
+as_table = _as_table
+theory = _theory
+RateContext = _Context
+rate_context = _context
