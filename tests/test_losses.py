@@ -347,7 +347,7 @@ def test_two_gaussians_closed_forms(m1, v1, m2, v2):
 
 
 def conditional_pdf(params, x):
-    log_w, mean, sd = L._components(params, np.array([[x]]))
+    log_w, mean, sd = L.conditional_mixture(params, np.array([[x]]))
     return lambda y: float(np.sum(np.exp(log_w[0]) * norm.pdf(y, mean[0], sd)))
 
 
@@ -367,8 +367,8 @@ def test_mixtures_match_scipy_quad(gate):
     h, tv = [], []
     for x in xs:
         p, q = conditional_pdf(est, x), conditional_pdf(truth, x)
-        _, mean_p, sd_p = L._components(est, np.array([[x]]))
-        _, mean_q, sd_q = L._components(truth, np.array([[x]]))
+        _, mean_p, sd_p = L.conditional_mixture(est, np.array([[x]]))
+        _, mean_q, sd_q = L.conditional_mixture(truth, np.array([[x]]))
         means = np.concatenate([mean_p[0], mean_q[0]])
         lo, hi = means.min() - 12 * 2, means.max() + 12 * 2
         pts = sorted(means.tolist())

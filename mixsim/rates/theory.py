@@ -3,16 +3,12 @@ from __future__ import annotations
 
 from ..checks import check_int
 from ..gates import GATES
-from ..losses import GROUPS
+from ..losses import GROUPS, group_exponents
 
 
 # ---------------------------------------------------------------------------------------------
 # what theory predicts
 # ---------------------------------------------------------------------------------------------
-
-
-def _groups(exponent: float, slope: bool = True, weight: bool = True) -> dict[str, float]:
-    return {g: exponent for g in GROUPS if (slope or g != "gate_slope") and (weight or g != "weight")}
 
 
 #: Predicted exponents (error ~ n^exponent, up to log factors) and confidence tags, keyed by
@@ -24,14 +20,14 @@ def _groups(exponent: float, slope: bool = True, weight: bool = True) -> dict[st
 #: figure" n^-1/4 [C] (over-fitted). Edit to change; gates and experts not listed get None.
 THEORY_RATES: dict[tuple[str, str], dict[int, tuple[dict[str, float], str]]] = {
     ("softmax", "linear"): {
-        1: (_groups(-1 / 2), "A/B"),
+        1: (group_exponents(-1 / 2, weight=True), "A/B"),
         2: ({"gate_slope": -1 / 8, "expert_slope": -1 / 4, "expert_intercept": -1 / 8, "variance": -1 / 4}, "B"),
         3: ({"gate_slope": -1 / 12, "expert_slope": -1 / 6, "expert_intercept": -1 / 12, "variance": -1 / 6}, "B"),
     },
     ("competition", "linear"): {
-        1: (_groups(-1 / 2, slope=False), "A/C"),
-        2: (_groups(-1 / 4, slope=False, weight=False), "C"),
-        3: (_groups(-1 / 4, slope=False, weight=False), "C"),
+        1: (group_exponents(-1 / 2, slope=False, weight=True), "A/C"),
+        2: (group_exponents(-1 / 4, slope=False, weight=False), "C"),
+        3: (group_exponents(-1 / 4, slope=False, weight=False), "C"),
     },
 }
 
