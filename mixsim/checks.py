@@ -51,8 +51,11 @@ def check_bool(value: Any, name: str) -> bool:
 
 
 def check_choice(value: Any, name: str, choices: tuple | list | dict) -> Any:
-    """``value`` if it is one of ``choices`` (a dict: its keys), else ValueError listing them."""
+    """``value`` if it is one of ``choices`` (a dict: its keys); a non-string is an ArgumentTypeError,
+    an unknown string a ValueError listing them."""
     options = tuple(choices)
-    if not isinstance(value, str) or value not in options:
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a string, one of {options}; got {type(value).__name__}")
+    if value not in options:
         raise ValueError(f"unknown {name} {value!r}; expected one of {options}")
     return value

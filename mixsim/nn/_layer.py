@@ -6,92 +6,25 @@ unweighted, and ``aux`` the routing statistics, so the caller chooses the weight
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_int
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
 from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
                         run_and_combine, run_experts)
-from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._precision import _autocast_off, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
 from ._schedule import CompetitionSchedule
 
 __all__ = ["MoE", "CompeteSMoE", "MoEAux"]
-
-LOSS_NAMES = ("balance", "z_loss", "distillation", "diversity")
-
-
-@dataclass(frozen=True, eq=False)
-class MoEAux:
-    """What a forward pass reports besides its output.
-
-    Attributes
-    ----------
-    losses : dict of str to scalar Tensor
-        ``balance``, ``z_loss``, ``distillation`` (0 except on competition steps) and
-        ``diversity``, unweighted, in float32 (float64 for float64 inputs).
-    tokens_per_expert : LongTensor of shape (E,)
-        Pairs each expert processed (after capacity drops).
-    dropped : LongTensor, scalar
-        Token-expert pairs dropped by the capacity limit.
-    unrouted : LongTensor, scalar
-        Tokens that no expert processed (expert choice, USMoE or drops can leave some out).
-    competition : bool
-        Whether this was a competition step.
-    """
-
-    losses: dict[str, torch.Tensor]
-    tokens_per_expert: torch.Tensor
-    dropped: torch.Tensor
-    unrouted: torch.Tensor
-    competition: bool = False
-
-    def total(self, weights: dict[str, float] | None = None) -> torch.Tensor:
-        """Weighted sum of the losses; ``weights`` defaults to :data:`DEFAULT_AUX_WEIGHTS` (missing names weigh 0)."""
-        weights = DEFAULT_AUX_WEIGHTS if weights is None else weights
-        unknown = set(weights) - set(self.losses)
-        if unknown:
-            raise ValueError(f"weights: unknown loss names {sorted(unknown)}; expected some of {sorted(self.losses)}")
-        return sum((float(w) * self.losses[name] for name, w in weights.items()), torch.zeros((), device=self.dropped.device))
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
-
-
-def _compute_dtype(device_type: str, param_dtype: torch.dtype) -> torch.dtype:
-    """The experts' compute dtype: autocast's when autocast is on for this device, else the parameters'."""
-    if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return param_dtype
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast off (routing in float32; experts in the dtype chosen by :func:`_compute_dtype`)."""
-    if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _choice(value: object, name: str, options: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, one of {options}; got {type(value).__name__}")
-    if value not in options:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {options}")
-    return value
-
 
 class MoE(nn.Module):
     """Sparse mixture of feed-forward experts with a choice of router.
@@ -212,17 +145,17 @@ class MoE(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = _positive_int(d_model, "d_model")
-        self.d_hidden = _positive_int(d_hidden, "d_hidden")
-        self.n_experts = _positive_int(n_experts, "n_experts")
-        self.top_k = _positive_int(top_k, "top_k")
+        self.d_model = check_int(d_model, "d_model")
+        self.d_hidden = check_int(d_hidden, "d_hidden")
+        self.n_experts = check_int(n_experts, "n_experts")
+        self.top_k = check_int(top_k, "top_k")
         if self.top_k > self.n_experts:
             raise ValueError(f"top_k must be <= n_experts={self.n_experts}; got {top_k}")
-        self.d_out = self.d_model if d_out is None else _positive_int(d_out, "d_out")
-        self.router = _choice(router, "router", ROUTERS)
-        self.activation = _choice(activation, "activation", tuple(ACTIVATIONS))
-        self.dispatch = _choice(dispatch, "dispatch", BACKENDS)
-        self.usmoe_weighting = _choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
+        self.d_out = self.d_model if d_out is None else check_int(d_out, "d_out")
+        self.router = check_choice(router, "router", ROUTERS)
+        self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
+        self.dispatch = check_choice(dispatch, "dispatch", BACKENDS)
+        self.usmoe_weighting = check_choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
         if capacity_factor is not None:
             if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, numbers.Real):
                 raise TypeError(f"capacity_factor must be a float or None; got {type(capacity_factor).__name__}")
@@ -323,7 +256,7 @@ class MoE(nn.Module):
         ``"competition"``; without a schedule every training forward of a competition layer
         competes. Returns ``self``.
         """
-        self.router = _choice(router, "router", ROUTERS)
+        self.router = check_choice(router, "router", ROUTERS)
         return self
 
     def expert_weights(self, dtype: torch.dtype | None = None) -> ExpertWeights:

@@ -5,10 +5,12 @@ the authors' coefficients) and adds them to the task loss.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss"]
+__all__ = ["DEFAULT_AUX_WEIGHTS", "LOSS_NAMES", "MoEAux", "balance_loss", "z_loss", "distillation_loss", "diversity_loss"]
 
 # Authors' coefficients: balance 0.01, z-loss 0.001, router distillation 0.01 (vision) or 0.001
 # (language models). Diversity: the authors' code has a coefficient but no published value [C].
@@ -118,3 +120,40 @@ def _diversity_token_major(y: torch.Tensor, n_tokens: int, K: int, keep: torch.T
                 total = total + (cos * both).sum()
                 pairs = pairs + both.sum()
     return total / pairs.clamp_min(1.0)  # mean over unordered pairs = mean over ordered pairs i != j
+
+
+LOSS_NAMES = ("balance", "z_loss", "distillation", "diversity")
+
+
+@dataclass(frozen=True, eq=False)
+class MoEAux:
+    """What a forward pass reports besides its output.
+
+    Attributes
+    ----------
+    losses : dict of str to scalar Tensor
+        ``balance``, ``z_loss``, ``distillation`` (0 except on competition steps) and
+        ``diversity``, unweighted, in float32 (float64 for float64 inputs).
+    tokens_per_expert : LongTensor of shape (E,)
+        Pairs each expert processed (after capacity drops).
+    dropped : LongTensor, scalar
+        Token-expert pairs dropped by the capacity limit.
+    unrouted : LongTensor, scalar
+        Tokens that no expert processed (expert choice, USMoE or drops can leave some out).
+    competition : bool
+        Whether this was a competition step.
+    """
+
+    losses: dict[str, torch.Tensor]
+    tokens_per_expert: torch.Tensor
+    dropped: torch.Tensor
+    unrouted: torch.Tensor
+    competition: bool = False
+
+    def total(self, weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Weighted sum of the losses; ``weights`` defaults to :data:`DEFAULT_AUX_WEIGHTS` (missing names weigh 0)."""
+        weights = DEFAULT_AUX_WEIGHTS if weights is None else weights
+        unknown = set(weights) - set(self.losses)
+        if unknown:
+            raise ValueError(f"weights: unknown loss names {sorted(unknown)}; expected some of {sorted(self.losses)}")
+        return sum((float(w) * self.losses[name] for name, w in weights.items()), torch.zeros((), device=self.dropped.device))

@@ -33,15 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_int
+
 __all__ = ["CompetitionSchedule"]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
-    return int(value)
 
 
 class _instance_or_class:
@@ -126,20 +120,20 @@ class CompetitionSchedule:
         if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real):
             raise TypeError(f"warmup must be an int (steps) or a float fraction in [0, 1); got {type(warmup).__name__}")
         if isinstance(warmup, numbers.Integral):
-            warmup_steps = _check_int(warmup, "warmup", 0)
+            warmup_steps = check_int(warmup, "warmup", 0)
         else:
             if not 0.0 <= float(warmup) < 1.0:
                 raise ValueError(f"warmup as a fraction must be in [0, 1); got {warmup}")
             if total_steps is None:
                 raise ValueError("warmup is a fraction: pass total_steps too (or give warmup as an int number of steps)")
-            warmup_steps = int(float(warmup) * _check_int(total_steps, "total_steps", 1))
+            warmup_steps = int(float(warmup) * check_int(total_steps, "total_steps", 1))
         if max_layers_per_step is not None:
-            max_layers_per_step = _check_int(max_layers_per_step, "max_layers_per_step", 1)
+            max_layers_per_step = check_int(max_layers_per_step, "max_layers_per_step", 1)
         self.warmup = warmup_steps
         self.rate = float(rate)
         self.max_layers_per_step = max_layers_per_step
-        self.seed = _check_int(seed, "seed", 0)
-        self.warn_after = None if warn_after is None else _check_int(warn_after, "warn_after", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.warn_after = None if warn_after is None else check_int(warn_after, "warn_after", 1)
         self.n_layers = 0
         self.current_step = 0
         self._cache: tuple[int, int, np.ndarray] | None = None  # (step, n_layers, mask)
@@ -207,7 +201,7 @@ class CompetitionSchedule:
 
     def set_step(self, step: int) -> None:
         """Jump to ``step`` (e.g. when resuming from a checkpoint)."""
-        self.current_step = _check_int(step, "step", 0)
+        self.current_step = check_int(step, "step", 0)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -242,7 +236,7 @@ class CompetitionSchedule:
     # -- queries ---------------------------------------------------------------------------------
     def layers_at(self, step: int) -> np.ndarray:
         """Boolean array of shape (n_layers,): which layers compete at ``step``."""
-        step = _check_int(step, "step", 0)
+        step = check_int(step, "step", 0)
         n = max(self.n_layers, 1)
         if self._cache is not None and self._cache[:2] == (step, n):
             return self._cache[2]
@@ -262,12 +256,12 @@ class CompetitionSchedule:
 
     def competes(self, layer_id: int, step: int | None = None) -> bool:
         """Whether layer ``layer_id`` competes at ``step`` (default: :attr:`current_step`)."""
-        layer_id = _check_int(layer_id, "layer_id", 0)
+        layer_id = check_int(layer_id, "layer_id", 0)
         if layer_id >= max(self.n_layers, 1):
             raise ValueError(f"layer_id {layer_id} is not registered (n_layers={self.n_layers}); call register() first")
         return bool(self.layers_at(self.current_step if step is None else step)[layer_id])
 
     def table(self, n_steps: int, start: int = 0) -> np.ndarray:
         """Boolean array of shape (n_steps, n_layers): the schedule of steps ``start .. start + n_steps - 1``."""
-        n_steps = _check_int(n_steps, "n_steps", 0)
+        n_steps = check_int(n_steps, "n_steps", 0)
         return np.stack([self.layers_at(s) for s in range(start, start + n_steps)]) if n_steps else np.zeros((0, max(self.n_layers, 1)), bool)
