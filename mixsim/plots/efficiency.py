@@ -7,8 +7,6 @@ geometric mean on log n); :func:`draw_sample_efficiency` draws it.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
