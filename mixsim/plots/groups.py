@@ -45,6 +45,10 @@ class GroupsData:
         Columns that tell series apart (colours).
     families : dict
         Gate family of each gate label.
+    falling : dict
+        Per group, whether its errors fall with n (the correlation of log error with log n is
+        <= 0, or there is a single n): the panel's slope box then sits in the upper right corner,
+        else upper left.
     """
 
     table: pd.DataFrame
@@ -56,6 +60,7 @@ class GroupsData:
     theory: bool
     by: tuple[str, ...] = ("gate",)
     families: dict[str, str] = field(default_factory=dict)
+    falling: dict[str, bool] = field(default_factory=dict)
 
 
 def _resolve_cells(used: pd.DataFrame, cells: str, weighting: str, true_k: int | None) -> dict[tuple, str]:
@@ -79,6 +84,13 @@ def _group_rows(df: pd.DataFrame, group: str, chosen: dict[tuple, str], weightin
     keys = list(zip(df["study"], df["gate"], df["fitted_k"]))
     keep = [wanted.get(k) == m for k, m in zip(keys, df["metric"])]
     return df[np.asarray(keep, dtype=bool)]
+
+
+def _falls(points: pd.DataFrame) -> bool:
+    """Whether errors fall with n: the correlation of log error with log n is <= 0 (or a single n)."""
+    if points["n"].nunique() < 2:
+        return True
+    return float(np.corrcoef(np.log(points["n"].astype(float)), np.log(points["value"].astype(float)))[0, 1]) <= 0
 
 
 def groups_data(
@@ -135,8 +147,9 @@ def groups_frame(df: pd.DataFrame, ctx: RateContext, *, gates: Any = None, fitte
     drawn = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=object) for c in DATA_COLUMNS})
     series = pd.DataFrame([{"study": k[0], "gate": k[1], "fitted_k": k[2], "name": names[k], "cells": chosen[k]}
                            for k in keys])
+    falling = {group: _falls(drawn[(drawn["panel"] == group) & (drawn["kind"] == "point")]) for group in GROUPS}
     return GroupsData(drawn, series, weighting, average, band, level, theory and ctx.true_k is not None, tuple(by),
-                      dict(ctx.families))
+                      dict(ctx.families), falling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +174,7 @@ def _slope_lines(data: pd.DataFrame, series: pd.DataFrame, group: str) -> list[s
     return lines
 
 
-def _slope_box(ax: Axes, lines: list[str], data: pd.DataFrame, size: float = 7.0) -> None:
+def _slope_box(ax: Axes, lines: list[str], right: bool, size: float = 7.0) -> None:
     """The panel's slopes in a box in its upper corner (right where the errors fall with n), with
     room made for it above the data by raising the upper y limit."""
     if not lines:
@@ -172,10 +185,6 @@ def _slope_box(ax: Axes, lines: list[str], data: pd.DataFrame, size: float = 7.0
         height = ax.get_position().height * ax.figure.get_figheight() * 72 * 0.75  # points, less what layout takes
         share = min(0.5, (len(lines) * 1.25 * size + 10) / max(height, 1.0))
         ax.set_ylim(lo, hi * (hi / lo) ** (share / (1 - share)))
-    right = True
-    pts = data[data["kind"] == "point"] if len(data) else data
-    if len(pts) and pts["n"].nunique() > 1:  # the box's corner: where the points do not rise
-        right = float(np.corrcoef(np.log(pts["n"].astype(float)), np.log(pts["value"].astype(float)))[0, 1]) <= 0
     ax.text(0.98 if right else 0.02, 0.98, "\n".join(lines), transform=ax.transAxes, ha="right" if right else "left",
             va="top", multialignment="left", fontsize=size, gid="slopes", zorder=6,
             bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="0.8", alpha=0.9))
@@ -224,7 +233,7 @@ def draw_groups(data: GroupsData, fig: Figure | None = None) -> np.ndarray:
         draw_error_vs_n_axes(ax, panel, f"{data.weighting} error ({AVERAGE_TEXT[data.average]})",
                              {k: styles[(k[0], k[1], int(k[2]))] for k in series_keys(panel)} if len(panel) else {})
         ax.set_title(GROUP_LABELS[group])
-        _slope_box(ax, _slope_lines(panel, data.series, group), panel)
+        _slope_box(ax, _slope_lines(panel, data.series, group), data.falling.get(group, True))
         drew_theory |= bool(len(panel)) and (panel["kind"] == "theory").any()
     handles = [proxy(styles[k], lw=1.5) for k in keys]
     entries = [labels[k] for k in keys]
