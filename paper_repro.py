@@ -82,8 +82,7 @@ def spec_for(study: str, scale: str):
     """The shipped spec of ``study`` with the scale's overrides applied."""
     import tomllib
 
-    from mixsim._study_spec import apply_overrides
-    from mixsim.study import StudySpec
+    from mixsim.study import StudySpec, apply_overrides
 
     path = ROOT / "studies" / f"{study}.toml"
     doc = apply_overrides(tomllib.loads(path.read_text()), dict(SCALES[scale][kind_of(study)]))
@@ -268,6 +267,7 @@ def write_tables(rates: pd.DataFrame, comp: pd.DataFrame, fig_dir: Path, weighti
 # ---------------------------------------------------------------------------------------------
 
 def figures(specs: dict, tables: dict, estimates: dict, comp: pd.DataFrame, fig_dir: Path, weighting: str) -> list[Path]:
+    """Draw (with mixsim.plots) and save every figure, each with the numbers it shows as CSV."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,76 +283,26 @@ def figures(specs: dict, tables: dict, estimates: dict, comp: pd.DataFrame, fig_
 
     for study in EXACT:  # exact-fitted D1 with the shipped plotting of one study
         fig = Figure(figsize=(6.4, 5.2), layout="constrained")
-        ax = fig.add_subplot()
-        plots.plot_error_vs_n(tables[study], "D1", by=("gate", "fitted_k"), true_k=2, ax=ax)
+        data = plots.error_vs_n_data(tables[study], "D1", by=("gate", "fitted_k"), true_k=2)
+        ax = plots.draw_error_vs_n(data, fig.add_subplot(), by=("gate", "fitted_k"))
         ax.set_title(f"{study}: Voronoi loss D1 (exact fit)")
-        save(fig, f"{study}_D1", plots.plotted_data(ax))
+        save(fig, f"{study}_D1", data)
 
+    data = plots.group_rates_data(estimates, OVERFIT, weighting, groups=GROUPS)
     fig = Figure(figsize=(17, 7.5), layout="constrained")
-    save(fig, "overfit_groups_softmax_vs_competition", draw_groups(fig, estimates, OVERFIT, weighting))
+    plots.draw_group_rates(data, fig, titles=GROUP_LABELS, colours=GATE_COLOURS)
+    save(fig, "overfit_groups_softmax_vs_competition", data.points)
+
+    data = plots.forest_data(comp, "claim")
     fig = Figure(figsize=(17, 6.5), layout="constrained")
-    save(fig, "forest_slope_differences", draw_forest(fig, comp[comp["comparison"] == "claim"]))
+    plots.draw_forest(data, fig, titles=GROUP_LABELS, groups=GROUPS)
+    save(fig, "forest_slope_differences", data)
+
+    data = plots.group_rates_data(estimates, CONTROL, weighting, groups=GROUPS)
     fig = Figure(figsize=(17, 7.5), layout="constrained")
-    save(fig, "control_tanh_groups", draw_groups(fig, estimates, CONTROL, weighting))
+    plots.draw_group_rates(data, fig, titles=GROUP_LABELS, colours=GATE_COLOURS)
+    save(fig, "control_tanh_groups", data.points)
     return written
-
-
-def draw_groups(fig, estimates: dict, studies: tuple[str, str], weighting: str, truth: int = 0) -> pd.DataFrame:
-    """Top row: log-mean errors with bootstrap bands and the fitted lines; bottom: local slopes."""
-    axes = fig.subplots(2, len(GROUPS), squeeze=False)
-    data = []
-    for j, g in enumerate(GROUPS):
-        top, bottom = axes[0, j], axes[1, j]
-        for study in studies:
-            est = estimates.get((study, truth, f"{g}_multi_{weighting}"))
-            gate = study.split("_")[0]
-            if est is None:
-                continue
-            colour = GATE_COLOURS[gate]
-            mean = np.exp(est.log_average)
-            top.fill_between(est.sizes, est.average_low, est.average_high, color=colour, alpha=0.2)
-            top.plot(est.sizes, mean, "o", color=colour, label=f"{gate}: {est.rate:.2f} [{est.rate_low:.2f}, {est.rate_high:.2f}]"
-                     + ("" if est.power_law is not False else " (upper half)"))
-            line_n = est.sizes if est.rate_source == "full" else est.sizes[len(est.sizes) // 2:]
-            top.plot(line_n, np.exp(est.rate_intercept) * line_n ** est.rate, "-", color=colour)
-            mid = np.sqrt(est.local_sizes[:, 0] * est.local_sizes[:, 1])
-            bottom.errorbar(mid, est.local_slopes, yerr=[est.local_slopes - est.local_low, est.local_high - est.local_slopes],
-                            fmt="o-", color=colour, capsize=3)
-            for k, n in enumerate(est.sizes):
-                data.append({"group": g, "gate": gate, "study": study, "n": n, "mean_error": mean[k],
-                             "low": est.average_low[k], "high": est.average_high[k], "rate": est.rate})
-        top.set(xscale="log", yscale="log", title=GROUP_LABELS[g], xlabel="n")
-        bottom.set(xscale="log", xlim=top.get_xlim(), xlabel="n (between neighbouring sizes)",
-                   ylabel="local slope (95% bootstrap)" if j == 0 else None)
-        bottom.minorticks_off()
-        bottom.axhline(-0.5, color="grey", ls=":", lw=0.8)
-        top.legend(fontsize=7)
-        top.grid(alpha=0.3)
-        bottom.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(f"geometric mean of {weighting} error\n(bands: 95% bootstrap)")
-    fig.suptitle(f"Over-fitted k = 3, two-atom cell, reference truths: {' vs '.join(studies)}")
-    return pd.DataFrame(data)
-
-
-def draw_forest(fig, comp: pd.DataFrame) -> pd.DataFrame:
-    """Slope difference competition - softmax with its interval, one row per truth, one panel per group."""
-    groups = [g for g in GROUPS if g in set(comp["group"])] or list(GROUPS)  # competition has no gate slopes
-    axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
-    for ax, g in zip(axes, groups):
-        sub = comp[comp["group"] == g]
-        colours = sub["verdict"].map({"faster": "tab:green", "slower": "tab:red", "cannot tell": "grey"})
-        ax.errorbar(sub["difference"], sub["truth"], xerr=[sub["difference"] - sub["difference_low"],
-                    sub["difference_high"] - sub["difference"]], fmt="none", ecolor="grey", capsize=3)
-        ax.scatter(sub["difference"], sub["truth"], c=list(colours), zorder=3)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set(title=GROUP_LABELS[g], xlabel="slope difference\ncompetition - softmax")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("truth (0 = reference)")
-    truths = sorted(set(comp["truth"]))
-    axes[0].set_yticks(truths, [str(t) for t in truths])
-    axes[0].set_ylim(max(truths, default=0) + 0.5, -0.5)
-    fig.suptitle("Per-truth slope differences with 95% bootstrap intervals (green: competition faster, red: slower)")
-    return comp
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_figure_on_given_axes_and_errors():
 
 
 def exp_summary(df):
-    from mixsim.nn._figure import summarise
+    from mixsim.plots import summarise
 
     return summarise(df, "excess_mse")
 

@@ -1,0 +1,123 @@
+"""The sample-efficiency figure of a network study: held-out error against n, per router, log-log.
+
+:func:`sample_efficiency_data` summarises the replicates (geometric mean and t-interval per
+router and n) and adds each router's slope from :func:`mixsim.rates.fit_rate` (of the log
+geometric mean on log n); :func:`draw_sample_efficiency` draws it.
+:func:`mixsim.nn.plot_sample_efficiency` does both.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from scipy import stats
+
+from ..rates import fit_rate
+from .style import rate_average
+
+#: Columns of :func:`summarise`.
+SUMMARY_COLUMNS = ["router", "n", "count", "center", "lower", "upper"]
+
+
+def _successful(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows of ``metric`` that succeeded, with finite values > 0; the router in column ``router``."""
+    if "router" not in results.columns and "gate" in results.columns:  # the study runner's table
+        results = results.rename(columns={"gate": "router"})
+    missing = {"router", "n", "metric", "value"} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks columns {sorted(missing)}")
+    ok = results[(results["metric"] == metric) & np.isfinite(results["value"]) & (results["value"] > 0)]
+    if "status" in ok.columns:
+        ok = ok[ok["status"] == "ok"]
+    if ok.empty:
+        raise ValueError(f"no successful rows with metric {metric!r}; metrics present: {sorted(results['metric'].unique())}")
+    return ok
+
+
+def summarise(results: pd.DataFrame, metric: str = "excess_mse", level: float = 0.95) -> pd.DataFrame:
+    """Geometric mean and t-interval over seeds of ``metric`` per (router, n).
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Rows as returned by :func:`mixsim.nn.run_experiment`, or the study runner's table
+        (``mixsim.load_results``, where the router is in column ``gate``): columns ``router``,
+        ``n``, ``metric``, ``value``, ``status``.
+    metric : str, default "excess_mse"
+    level : float, default 0.95
+        Coverage of the interval for the mean of log10(value) over seeds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``router``, ``n``, ``count``, ``center``, ``lower``, ``upper`` (error scale).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    ok = _successful(results, metric)
+    rows = []
+    for (router, n), grp in ok.groupby(["router", "n"], sort=True):
+        logs = np.log10(grp["value"].to_numpy(dtype=float))
+        m, c = logs.mean(), len(logs)
+        half = stats.t.ppf(0.5 + level / 2, c - 1) * logs.std(ddof=1) / np.sqrt(c) if c > 1 else 0.0
+        rows.append({"router": router, "n": n, "count": c, "center": 10**m, "lower": 10 ** (m - half), "upper": 10 ** (m + half)})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def sample_efficiency_data(results: pd.DataFrame, metric: str = "excess_mse", level: float = 0.95) -> pd.DataFrame:
+    """:func:`summarise` with each router's slope, the metric and the level: what the figure draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`summarise`, then ``slope`` (per router: :func:`mixsim.rates.fit_rate`
+        of the geometric mean over seeds on n, over all sizes; NaN with a single size),
+        ``metric`` and ``level``.
+    """
+    summary = summarise(results, metric, level)
+    ok = _successful(results, metric)
+    slopes = {}
+    for router, grp in ok.groupby("router", sort=True):
+        n = grp["n"].to_numpy(dtype=float)
+        several = np.unique(n).size > 1
+        slopes[router] = fit_rate(n, grp["value"].to_numpy(dtype=float), average=rate_average("log"),
+                                  n_boot=0).slope if several else np.nan
+    return summary.assign(slope=summary["router"].map(slopes).astype(float), metric=metric, level=float(level))
+
+
+def draw_sample_efficiency(data: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Log-log held-out error against training-set size, one line per router, intervals shaded.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        A table of :func:`sample_efficiency_data`.
+    ax : matplotlib Axes, optional
+        Draw here; default: a new figure (no pyplot state is touched).
+
+    Returns
+    -------
+    matplotlib Axes
+        The legend gives each router's slope.
+    """
+    if ax is None:
+        ax = Figure(figsize=(6.4, 4.6)).add_subplot()
+    for router, grp in data.groupby("router", sort=True):
+        n = grp["n"].to_numpy(dtype=float)
+        line, = ax.plot(n, grp["center"].to_numpy(), marker="o",
+                        label=f"{router} (slope {float(grp['slope'].iloc[0]):+.2f} over all n)")
+        ax.fill_between(n, grp["lower"].to_numpy(), grp["upper"].to_numpy(), color=line.get_color(), alpha=0.2, linewidth=0)
+    reps = int(data["count"].max())
+    level = float(data["level"].iloc[0])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ns = sorted(data["n"].unique())
+    ax.set_xticks(ns, [str(int(n)) for n in ns])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("training-set size n")
+    ax.set_ylabel(f"held-out {data['metric'].iloc[0]}")
+    ax.set_title(f"One-layer MoE regressor vs random MoE teacher\ngeometric mean over up to {reps} seeds, {level:.0%} interval")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
