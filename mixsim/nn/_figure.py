@@ -1,16 +1,14 @@
 """Figure of the sample-efficiency experiment: held-out error against n, per router, log-log.
 
 The figure is :mod:`mixsim.plots`' (:func:`mixsim.plots.sample_efficiency_data` and
-:func:`mixsim.plots.draw_sample_efficiency`); this module keeps the network layer's names.
+:func:`mixsim.plots.draw_sample_efficiency`); this module keeps the network layer's name for it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..plots import draw_sample_efficiency, sample_efficiency_data, summarise
-
-__all__ = ["summarise", "plot_sample_efficiency"]
+__all__ = ["plot_sample_efficiency"]
 
 
 def plot_sample_efficiency(results: Any, metric: str = "excess_mse", *, ax: Any = None, level: float = 0.95,
@@ -35,6 +33,9 @@ def plot_sample_efficiency(results: Any, metric: str = "excess_mse", *, ax: Any 
         The legend gives each router's slope (:func:`mixsim.rates.fit_rate` of the geometric
         mean over seeds on n).
     """
+    # Imported here so that the layer (import mixsim.nn, e.g. on a training node) does not load matplotlib.
+    from ..plots import draw_sample_efficiency, sample_efficiency_data
+
     ax = draw_sample_efficiency(sample_efficiency_data(results, metric, level), ax)
     if path is not None:
         path = Path(path)
