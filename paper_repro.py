@@ -82,8 +82,7 @@ def spec_for(study: str, scale: str):
     """The shipped spec of ``study`` with the scale's overrides applied."""
     import tomllib
 
-    from mixsim._study_spec import apply_overrides
-    from mixsim.study import StudySpec
+    from mixsim.study import StudySpec, apply_overrides
 
     path = ROOT / "studies" / f"{study}.toml"
     doc = apply_overrides(tomllib.loads(path.read_text()), dict(SCALES[scale][kind_of(study)]))

@@ -55,10 +55,9 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,
                                NullLocator)
 from matplotlib.transforms import ScaledTranslation
 
-from ._results import FAILED_STATUSES
 from .losses import GROUPS, WEIGHTINGS
 from .rates import AVERAGES, fit_rate
-from .study import RATE_EXCLUDED_METRICS, _as_table, _context, _Context, _theory, local_rate_table
+from .study import FAILED_STATUSES, RATE_EXCLUDED_METRICS, local_rate_table, as_table as _as_table, rate_context as _context, RateContext as _Context, theory as _theory
 
 __all__ = [
     "BANDS",

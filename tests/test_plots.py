@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from mixsim._results import COLUMNS  # noqa: E402
+from mixsim.study import COLUMNS  # noqa: E402
 from mixsim.losses import GROUPS, group_error_keys  # noqa: E402
 from mixsim.plots import (  # noqa: E402
     PlotWarning,
