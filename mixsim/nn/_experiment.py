@@ -246,4 +246,5 @@ def run_experiment(options: Mapping[str, Any], n_values: Sequence[int], replicat
         df = run_study(spec, Path(tmp) / "out", backend="sequential", progress=False)
     df = df.rename(columns={"gate": "router"})
     df["status"] = df["status"].where(df["status"] == "ok", df["error"])  # the task's own status text
-    return df[["n", "replicate", "seed", "router", "metric", "value", "seconds", "status", "iterations"]]
+    df = df[["n", "replicate", "seed", "router", "metric", "value", "seconds", "status", "iterations"]]
+    return df.astype({"router": "str", "metric": "str", "status": "str"})  # pandas' default text dtype, as before
