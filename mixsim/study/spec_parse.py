@@ -19,7 +19,7 @@ from ..losses import WEIGHTINGS
 from ..model import X_DISTS, MoEParams, free_param_sizes
 from ..options import METHODS, FitOptions, NearTruthInit
 from ..rates import SLOPE_AVERAGES
-from .metrics import MLE_METRICS
+from .metrics import MLE_METRICS, REGISTRY
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
 from .spec_fields import FitSpec, GateSpec, SpecError, _any, _float, _int, _list, _str, _Table
 from .spec_truths import parse_truths
@@ -68,7 +68,7 @@ def parse_document(doc: Mapping[str, Any], source: str | None, default_name: str
         raise SpecError(f"x_dist = 'grid' is defined for d = 1 only; a truth has d = {max(t.dim for t in truths)}", "x_dist")
     fit = _parse_fit(top.get("fit", _any), truth)
     _check_sizes(common["n_values"], fit, truth)
-    default_metrics = [m for m, ok in (("D1", truth.n_experts in fit.fitted_k), ("D2", max(fit.fitted_k) > truth.n_experts)) if ok]
+    default_metrics = [m for m in ("D1", "D2") if _recorded_somewhere(m, fit, truth)]
     metrics = tuple(top.get("metrics", _list(_str(tuple(MLE_METRICS))), default_metrics + ["groups", "loglik"]))
     _check_metrics(metrics, fit, truth)
     losses = _parse_losses(top.get("losses", _any, {}))
@@ -259,14 +259,25 @@ def _check_sizes(n_values: tuple[int, ...], fit: FitSpec, truth: MoEParams) -> N
                     f"({n_params} free parameters); every sample size must exceed that", "grid.values")
 
 
+def _recorded_somewhere(metric: str, fit: FitSpec, truth: MoEParams) -> bool:
+    """Whether a metric applies to at least one fitted k (:attr:`Metric.applies` of the registry)."""
+    return any(REGISTRY[metric].applies(k, truth.n_experts) for k in fit.fitted_k)
+
+
+# Why a requested metric would record nothing (the metrics whose registry entry does not always apply).
+_NEVER_RECORDED = {
+    "D1": "'D1' is recorded only for exact-fitted models, but no fit.fitted_k equals the true k = {k}",
+    "D2": "'D2' is recorded only for over-fitted models, but no fit.fitted_k exceeds the true k = {k}",
+}
+
+
 def _check_metrics(metrics: tuple[str, ...], fit: FitSpec, truth: MoEParams) -> None:
     if len(set(metrics)) != len(metrics):
         raise SpecError(f"metrics has duplicates: {list(metrics)}", "metrics")
-    k_true = truth.n_experts
-    if "D1" in metrics and k_true not in fit.fitted_k:
-        raise SpecError(f"metrics: 'D1' is recorded only for exact-fitted models, but no fit.fitted_k equals the true k = {k_true}", "metrics")
-    if "D2" in metrics and max(fit.fitted_k) <= k_true:
-        raise SpecError(f"metrics: 'D2' is recorded only for over-fitted models, but no fit.fitted_k exceeds the true k = {k_true}", "metrics")
+    for m in metrics:
+        if not _recorded_somewhere(m, fit, truth):
+            why = _NEVER_RECORDED.get(m, f"{m!r} applies to no fit.fitted_k").format(k=truth.n_experts)
+            raise SpecError(f"metrics: {why}", "metrics")
 
 
 def _parse_losses(doc: Any) -> dict[str, Any]:
