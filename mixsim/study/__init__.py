@@ -33,7 +33,7 @@ from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, metr
 from .threads import torch_threads
 from .runner import Engine, RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task
 from .parallel import BACKENDS, JOBLIB_BACKENDS, run_study
-from .store import StudyLockedError, StudyMismatchError, read_meta
+from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
 from .status import StudyStatus, study_status
@@ -48,5 +48,5 @@ __all__ = [
     # added by the package (issue 13)
     "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
     "metric_applies", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
-    "StudyLockedError", "read_meta", "ESTIMATE_COLUMNS",
+    "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
 ]
