@@ -98,7 +98,7 @@ def _cmd_rates(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ._estimates import evaluate
+    from .study import evaluate
 
     df = evaluate(args.dir, args.metric, force=args.force, progress=not args.no_progress)
     done = df[df["metric"].isin(args.metric) | df["metric"].str.startswith(tuple(f"{m}_" for m in args.metric))]
@@ -147,7 +147,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._runner import BACKENDS
+    from .study import JOBLIB_BACKENDS
 
     parser = argparse.ArgumentParser(prog="mixsim", description="Convergence studies of Gaussian mixtures of experts.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", help="a study TOML file, or a name in a studies/ folder")
     run.add_argument("--out", help="results directory (default: results/<study name>)")
     run.add_argument("--n-jobs", type=int, default=1, help="parallel workers; -1 = all cores (default 1)")
-    run.add_argument("--backend", choices=BACKENDS, default="loky", help="joblib backend (default loky)")
+    run.add_argument("--backend", choices=JOBLIB_BACKENDS, default="loky", help="joblib backend (default loky)")
     run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (with --backend dask)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec key (TOML value), e.g. --set replications=5 --set grid.values=[100,200]")
@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mixsim`` console script; returns the exit status."""
-    from ._results import StudyLockedError, StudyMismatchError
-    from ._study_spec import SpecError
+    from .study import SpecError, StudyLockedError, StudyMismatchError
 
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func

@@ -21,7 +21,8 @@ import pytest
 
 import mixsim
 import test_study_support as sup
-from mixsim._results import StudyLockedError, _read_table, locked
+from mixsim.study.results import read_table as _read_table
+from mixsim.study.store import StudyLockedError, locked
 from mixsim.cli import main
 from mixsim.study import load_results, run_study
 

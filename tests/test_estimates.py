@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import mixsim
-from mixsim import _estimates
+from mixsim.study import estimates as _estimates
 from mixsim.cli import main
 from mixsim.study import load_study, run_study
 
@@ -38,7 +38,8 @@ def test_load_estimates_round_trips_the_fitted_parameters_bit_for_bit(smoke_dir)
     assert list(est.columns[:len(_estimates.ESTIMATE_COLUMNS)]) == list(_estimates.ESTIMATE_COLUMNS)
     assert len(est) == sum(k for k in spec.fit.fitted_k) * len(spec.n_values) * spec.replications
     # Refit one unit exactly as the runner does and compare every parameter bit for bit.
-    from mixsim._runner import _fit_kwargs, Task, replicate_streams, replicate_seed, task_data
+    from mixsim.study import Task, replicate_streams, replicate_seed, task_data
+    from mixsim.study.runner import fit_kwargs as _fit_kwargs
 
     gate = spec.fit.gates[0]
     for n in spec.n_values:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("mixsim.rates")
 
-from mixsim._results import COLUMNS  # noqa: E402
+from mixsim.study import COLUMNS  # noqa: E402
 from mixsim.study import local_rate_table, rate_table, run_study  # noqa: E402
 
 import test_study_support as sup  # noqa: E402

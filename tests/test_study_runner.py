@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import test_study_support as sup
-from mixsim._results import COLUMNS, read_meta
+from mixsim.study import COLUMNS, read_meta
 from mixsim.study import (
     Engine,
     StudyMismatchError,
@@ -96,7 +96,7 @@ def test_csv_and_parquet_give_the_same_table(tmp_path, monkeypatch):
     spec = sup.tiny_spec()
     a = run_study(spec, tmp_path / "a", engine=sup.FAKE, progress=False)
     assert (tmp_path / "a" / "results.parquet").is_file()
-    monkeypatch.setattr("mixsim._results._have_pyarrow", lambda: False)
+    monkeypatch.setattr("mixsim.study.results._have_pyarrow", lambda: False)
     b = run_study(spec, tmp_path / "b", engine=sup.FAKE, progress=False)
     assert (tmp_path / "b" / "results.csv").is_file() and not (tmp_path / "b" / "results.parquet").exists()
     for df in (a, b, load_results(tmp_path / "a" / "results.parquet"), load_results(tmp_path / "b" / "results.csv")):
@@ -345,7 +345,7 @@ def test_torch_threads_is_one_inside_tasks_and_restored_by_the_last_thread_out()
 
     import torch
 
-    from mixsim._runner import torch_threads
+    from mixsim.study import torch_threads
 
     before = torch.get_num_threads()
     inside, release = [], threading.Event()
@@ -368,7 +368,7 @@ def test_torch_threads_is_one_inside_tasks_and_restored_by_the_last_thread_out()
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch):
-    from mixsim._runner import _progress_bar
+    from mixsim.study.parallel import progress_bar as _progress_bar
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     with _progress_bar(3, 0, "x", progress=True) as bar:

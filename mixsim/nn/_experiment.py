@@ -16,99 +16,33 @@ Contract with the study runner (``mixsim.study``, ``kind = "nn"``): :func:`run_n
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import numbers
+import tempfile
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..checks import check_int
+from ..study import StudySpec, run_study
+from ..study.metrics import HeldOut, MetricContext, measure
+from ..study.nn_options import DEFAULT_OPTIONS, NN_METRICS, check_nn_options
+from ..study.seeds import replicate_seed
+from ..study.threads import torch_threads
 from ._layer import MoE
-from ._losses import DEFAULT_AUX_WEIGHTS
-from ._routers import ROUTERS
 from ._schedule import CompetitionSchedule
 
 __all__ = ["DEFAULT_OPTIONS", "METRICS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "task_seed"]
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "d": 16,                   # input dimension
-    "n_experts": 4,            # student experts (the study runner requires this key)
-    "top_k": 2,
-    "d_hidden": 16,            # hidden width of each student expert
-    "teacher_experts": 4,
-    "teacher_top_k": 2,
-    "teacher_hidden": 16,
-    "teacher_router": "token_choice",  # how the teacher routes: any router; "competition" = pure competition
-    "teacher_gate_std": 0.5,   # teacher router weights ~ N(0, std^2): logits of sd ~ 2 for d = 16, decisive routing
-    "teacher_seed": 0,         # teacher and test inputs; fixed across the study, like a statistical truth
-    "noise": 0.1,              # noise sd; the teacher's output has variance 1
-    "routers": list(ROUTERS),
-    "steps": 2000,             # optimiser steps per fit, whatever n (so every fit costs the same)
-    "epochs": None,            # if set: steps = epochs * ceil(n / batch_size) instead
-    "batch_size": 128,
-    "lr": 1e-2,                # Adam, cosine-decayed to 0 so the final error is statistical, not SGD noise
-    "weight_decay": 0.0,
-    "aux_weights": dict(DEFAULT_AUX_WEIGHTS),  # the authors' coefficients, the same for every router
-    "competition_rate": 0.05,  # CompeteSMoE schedule (authors: 0.05 to 0.07)
-    "competition_warmup": 0.0, # fraction of steps without competition
-    "n_test": 4096,
-    "threads": 1,              # torch threads inside a task (the runner parallelises over tasks)
-}
-METRICS = ("test_mse", "excess_mse")
-_INT_KEYS = ("d", "n_experts", "top_k", "d_hidden", "teacher_experts", "teacher_top_k", "teacher_hidden",
-             "teacher_seed", "steps", "batch_size", "n_test", "threads")
-_FLOAT_KEYS = ("teacher_gate_std", "noise", "lr", "weight_decay", "competition_rate", "competition_warmup")
-
-
-def _options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every option checked; errors name the key."""
-    if not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict; got {type(options).__name__}")
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"options: unknown keys {sorted(unknown)}; known keys are {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **options}
-    for key in _INT_KEYS:
-        v = opts[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < (0 if key == "teacher_seed" else 1):
-            raise ValueError(f"options[{key!r}] must be an int >= {0 if key == 'teacher_seed' else 1}; got {v!r}")
-    for key in _FLOAT_KEYS:
-        v = opts[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"options[{key!r}] must be a finite float >= 0; got {v!r}")
-    if opts["epochs"] is not None and (isinstance(opts["epochs"], bool) or not isinstance(opts["epochs"], numbers.Integral) or opts["epochs"] < 1):
-        raise ValueError(f"options['epochs'] must be None or an int >= 1; got {opts['epochs']!r}")
-    routers = opts["routers"]
-    if isinstance(routers, str) or not isinstance(routers, Sequence) or not routers:
-        raise ValueError(f"options['routers'] must be a non-empty list of router names from {ROUTERS}; got {routers!r}")
-    for r in routers:
-        if r not in ROUTERS:
-            raise ValueError(f"options['routers']: unknown router {r!r}; expected some of {ROUTERS}")
-    if opts["teacher_router"] not in ROUTERS:
-        raise ValueError(f"options['teacher_router'] must be one of {ROUTERS}; got {opts['teacher_router']!r}")
-    if opts["top_k"] > opts["n_experts"] or opts["teacher_top_k"] > opts["teacher_experts"]:
-        raise ValueError("options: top_k must be <= n_experts and teacher_top_k <= teacher_experts")
-    if not 0.0 <= opts["competition_warmup"] < 1.0 or opts["competition_rate"] > 1.0:
-        raise ValueError("options: competition_warmup must be in [0, 1) and competition_rate in [0, 1]")
-    if not isinstance(opts["aux_weights"], Mapping):
-        raise ValueError(f"options['aux_weights'] must be a table of loss weights; got {opts['aux_weights']!r}")
-    return opts
+METRICS = NN_METRICS  # the metrics of every task, per router (mixsim.study.metrics computes them)
+_options = check_nn_options  # defaults filled in and every option checked; errors name the key
+task_seed = replicate_seed  # a task's seed: the study runner's rule (the earlier name)
 
 
 def _generator(seq: np.random.SeedSequence) -> torch.Generator:
     return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0]))
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +184,10 @@ def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dic
         the error text) and ``iterations`` (optimiser steps).
     """
     opts = _options(options)
-    if isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1:
-        raise ValueError(f"n_train must be an int >= 1; got {n_train!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0; got {seed!r}")
+    check_int(n_train, "n_train", 1)
+    check_int(seed, "seed", 0)
     records: list[dict[str, Any]] = []
-    with _threads(opts["threads"]):
+    with torch_threads(opts["threads"]):
         teacher = _Teacher(opts)
         data_seq, fit_seq, test_noise_seq = np.random.SeedSequence(int(seed)).spawn(3)
         g = _generator(data_seq)
@@ -268,7 +200,8 @@ def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dic
             try:
                 net, steps = train_regressor(router, x, y, opts, seed=fit_seed)
                 pred = _predict(net, teacher.x_test, opts["batch_size"])  # (n_test,)
-                values = {"test_mse": float((pred - y_test).square().mean()), "excess_mse": float((pred - teacher.f_test).square().mean())}
+                held_out = HeldOut(prediction=pred, labels=y_test, mean=teacher.f_test)
+                values = measure(METRICS, MetricContext(None, held_out, int(n_train), opts["n_experts"], int(seed)))
                 status = "ok" if all(math.isfinite(v) for v in values.values()) else "error: non-finite error (training diverged)"
             except Exception as exc:  # noqa: BLE001 - one router failing must not stop the others
                 values, steps, status = {m: math.nan for m in METRICS}, 0, f"error: {type(exc).__name__}: {exc}"
@@ -278,43 +211,40 @@ def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dic
     return records
 
 
-def task_seed(root_seed: int, n: int, replicate: int) -> int:
-    """Seed of replicate ``replicate`` at size ``n``: the study runner's rule (a SeedSequence spawn key from the grid position)."""
-    state = np.random.SeedSequence(root_seed, spawn_key=(int(n), int(replicate))).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
 def run_experiment(options: Mapping[str, Any], n_values: Sequence[int], replications: int, seed: int = 0):
-    """Run :func:`run_nn_task` over a grid of sizes and replicates, serially (no study runner needed).
+    """Run :func:`run_nn_task` over a grid of sizes and replicates: a ``kind = "nn"`` study run by
+    :func:`mixsim.study.run_study` (sequentially, in a temporary results directory).
 
     Parameters
     ----------
     options : dict
         See :data:`DEFAULT_OPTIONS`.
     n_values : sequence of int
-        Training-set sizes.
+        Training-set sizes (distinct).
     replications : int
         Seeds per size.
     seed : int, default 0
-        Root seed; task seeds follow the study runner's rule (:func:`task_seed`).
+        Root seed; task seeds follow the study runner's rule (:func:`mixsim.study.replicate_seed`).
 
     Returns
     -------
     pandas.DataFrame
-        One row per (n, replicate, router, metric): columns ``n``, ``replicate``, ``seed``,
-        ``router``, ``metric``, ``value``, ``seconds``, ``status``, ``iterations``.
+        One row per (n, replicate, router, metric), by n, then replicate, then the task's records: columns
+        ``n``, ``replicate``, ``seed``, ``router``, ``metric``, ``value``, ``seconds``, ``status``
+        (``"ok"`` or the error text), ``iterations``.
     """
-    import pandas as pd
-
-    if isinstance(replications, bool) or not isinstance(replications, numbers.Integral) or replications < 1:
-        raise ValueError(f"replications must be an int >= 1; got {replications!r}")
+    check_int(replications, "replications", 1)
     n_values = [int(n) for n in n_values]
     if not n_values or min(n_values) < 1:
         raise ValueError(f"n_values must be a non-empty list of sizes >= 1; got {n_values!r}")
     _options(options)  # fail before any work
-    rows = []
-    for n in n_values:
-        for r in range(replications):
-            s = task_seed(seed, n, r)
-            rows += [{"n": n, "replicate": r, "seed": s, **rec} for rec in run_nn_task(options, n, s)]
-    return pd.DataFrame(rows, columns=["n", "replicate", "seed", "router", "metric", "value", "seconds", "status", "iterations"])
+    spec = StudySpec.from_dict({
+        "name": "nn_experiment", "kind": "nn", "root_seed": seed, "replications": replications,
+        "grid": {"values": n_values}, "nn": {"n_experts": DEFAULT_OPTIONS["n_experts"]} | dict(options),
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        df = run_study(spec, Path(tmp) / "out", backend="sequential", progress=False)
+    df = df.rename(columns={"gate": "router"})
+    df["status"] = df["status"].where(df["status"] == "ok", df["error"])  # the task's own status text
+    df = df[["n", "replicate", "seed", "router", "metric", "value", "seconds", "status", "iterations"]]
+    return df.astype({"router": "str", "metric": "str", "status": "str"})  # pandas' default text dtype, as before

@@ -16,10 +16,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import _results
-from ._runner import Engine, _progress_bar, metric_applies, metric_rows
-from ._study_spec import METRICS, StudySpec
-from .model import MoEParams
+from ..model import MoEParams
+from .metrics import MLE_METRICS, metric_applies
+from .parallel import progress_bar
+from .results import collect, iter_rows
+from .runner import RunnerHooks, metric_rows
+from .spec import StudySpec
+from .store import EVALS, CorruptTaskFile, locked, read_meta, read_task_file, scan_tasks, task_file_name, write_task_file
 
 __all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_params", "evaluate"]
 
@@ -33,7 +36,7 @@ _SCALARS = ("gate_bias", "expert_bias", "variance")
 
 
 def _units_with_estimates(out: Path, spec_hash: str) -> list[tuple[tuple[int, int, str], dict[str, Any]]]:
-    index = _results.scan_tasks(out, spec_hash, quarantine=False)
+    index = scan_tasks(out, spec_hash, quarantine=False)
     return [(key, unit) for key, unit in sorted(index.units.items()) if "estimate" in unit]
 
 
@@ -67,7 +70,7 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
         stored float64 numbers bit for bit. Failed fits have no estimate and no row.
     """
     out = Path(path)
-    meta = _results.read_meta(out)
+    meta = read_meta(out)
     rows: list[dict[str, Any]] = []
     for (n, r, fit), unit in _units_with_estimates(out, meta["spec_hash"]):
         est = unit["estimate"]
@@ -100,9 +103,9 @@ def _check_metrics(metrics: Any) -> list[str]:
         metrics = [metrics]
     if not isinstance(metrics, Sequence) or not metrics:
         raise TypeError(f"metrics must be a non-empty list of metric names; got {metrics!r}")
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in MLE_METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; expected names from {sorted(METRICS)}")
+        raise ValueError(f"unknown metric(s) {unknown}; expected names from {sorted(MLE_METRICS)}")
     return list(dict.fromkeys(metrics))
 
 
@@ -112,7 +115,7 @@ def evaluate(
     *,
     force: bool = False,
     progress: bool = True,
-    engine: Engine | None = None,
+    engine: RunnerHooks | None = None,
 ) -> pd.DataFrame:
     """Compute metrics from the stored estimates of a results directory, without refitting.
 
@@ -122,20 +125,20 @@ def evaluate(
     run: the same estimate, truth and Monte Carlo inputs). Resumable: files already written are
     kept unless ``force``, so an interrupted call is finished by calling it again. It holds the
     directory's lock while it writes, so it refuses to run beside a run of the study
-    (:class:`mixsim._results.StudyLockedError`).
+    (:class:`mixsim.study.StudyLockedError`).
 
     Parameters
     ----------
     path : str or Path
         A results directory of a ``kind = "mle"`` study.
     metrics : list of str
-        Names from :data:`mixsim.study.METRICS` (``D1``, ``D2``, ``groups``, ``cells``, ``hellinger``,
+        Names from :data:`mixsim.study.METRICS` (:data:`mixsim.study.metrics.MLE_METRICS`) (``D1``, ``D2``, ``groups``, ``cells``, ``hellinger``,
         ``tv``, ``loglik``); ``D1``/``D2`` are computed only where they apply (exact-/over-fitted).
     force : bool, default False
         Recompute files that exist.
     progress : bool, default True
         A tqdm bar over task files (only when stderr is a terminal).
-    engine : Engine, optional
+    engine : RunnerHooks, optional
         Replacement loss functions (tests, extensions).
 
     Returns
@@ -145,32 +148,32 @@ def evaluate(
     """
     metrics = _check_metrics(metrics)
     out = Path(path)
-    meta = _results.read_meta(out)
+    meta = read_meta(out)
     spec = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source"))
     if spec.kind != "mle":
         raise ValueError(f"evaluate needs a kind = 'mle' study (fitted estimates); {out} holds a {spec.kind!r} study")
-    engine = engine or Engine()
+    engine = engine or RunnerHooks()
     units = _units_with_estimates(out, meta["spec_hash"])
     by_task: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
     for (n, r, fit), unit in units:
         by_task.setdefault((n, fit), []).append((r, unit))
-    with _results.locked(out):  # not while a run writes into the directory
+    with locked(out):  # not while a run writes into the directory
         _evaluate_jobs(out, spec, meta["spec_hash"], by_task, metrics, force, progress, engine)
-        return _results.collect(out)
+        return collect(out)
 
 
 def _evaluate_jobs(out: Path, spec: StudySpec, spec_hash: str, by_task: dict, metrics: list[str], force: bool,
-                   progress: bool, engine: Engine) -> None:
+                   progress: bool, engine: RunnerHooks) -> None:
     """Write the missing ``evals/METRIC/*.json`` files (all of them with ``force``)."""
     jobs = []
     for metric in metrics:
-        (out / _results.EVALS / metric).mkdir(parents=True, exist_ok=True)
+        (out / EVALS / metric).mkdir(parents=True, exist_ok=True)
         for (n, fit), members in sorted(by_task.items()):
             task = {"n": n, "fit": fit, "replicates": [r for r, _ in members]}
-            target = out / _results.EVALS / metric / _results._task_file_name(task)
+            target = out / EVALS / metric / task_file_name(task)
             if force or not _valid(target):
                 jobs.append((metric, task, members))
-    with _progress_bar(len(jobs), 0, f"evaluate {spec.name}", progress) as bar:
+    with progress_bar(len(jobs), 0, f"evaluate {spec.name}", progress) as bar:
         for metric, task, members in jobs:
             est0 = members[0][1]["estimate"]
             k, label = est0["fitted_k"], est0["gate_label"]
@@ -178,8 +181,8 @@ def _evaluate_jobs(out: Path, spec: StudySpec, spec_hash: str, by_task: dict, me
             truth_spec = spec.for_truth(est0["truth"])
             rows_of = [(r, _metric_rows(truth_spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
                        for r, unit in members]
-            payload = [{"replicate": r, "failed": False, "rows": _results.iter_rows(rows), "traceback": None} for r, rows in rows_of]
-            _results.write_task_file(out, spec_hash, task, payload, folder=f"{_results.EVALS}/{metric}")
+            payload = [{"replicate": r, "failed": False, "rows": iter_rows(rows), "traceback": None} for r, rows in rows_of]
+            write_task_file(out, spec_hash, task, payload, folder=f"{EVALS}/{metric}")
             bar.update(1)
 
 
@@ -187,13 +190,13 @@ def _valid(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        _results.read_task_file(path)
-    except (_results.CorruptTaskFile, OSError):
+        read_task_file(path)
+    except (CorruptTaskFile, OSError):
         return False
     return True
 
 
-def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: int, est: dict[str, Any], engine: Engine) -> list[dict[str, Any]]:
+def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: int, est: dict[str, Any], engine: RunnerHooks) -> list[dict[str, Any]]:
     """The rows one metric gives for one stored estimate (a ``metric_error`` row if it raises)."""
     res = SimpleNamespace(params=estimate_params(est), log_likelihood=est["log_likelihood"])
     info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm", "stationarity", "truth")}

@@ -1,4 +1,4 @@
-"""The results directory of a study: metadata, one checksummed file per completed task, the tidy table.
+"""The results directory of a study: metadata, its lock, one checksummed file per completed task.
 
 Layout of ``OUT/``::
 
@@ -15,6 +15,8 @@ Layout of ``OUT/``::
 A *unit* is one (n, replicate, fit) cell of the study, where fit is ``<gate label>_k<fitted k>``
 (or ``nn``); a task is a block of units fitted together. Completion is tracked per unit, so a
 rerun, whatever its block size or number of jobs, does exactly the missing or failed units.
+
+The tidy table assembled from the task files is :mod:`mixsim.study.results`.
 """
 from __future__ import annotations
 
@@ -28,30 +30,29 @@ import shutil
 import subprocess
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import numpy as np
-import pandas as pd
+from typing import Any, Iterator
 
 __all__ = [
-    "COLUMNS",
     "StudyMismatchError",
     "StudyLockedError",
+    "CorruptTaskFile",
     "locked",
     "ResultsIndex",
     "prepare_out_dir",
     "read_meta",
     "write_meta",
+    "record_run",
+    "task_file_name",
     "write_task_file",
     "read_task_file",
     "scan_tasks",
-    "assemble",
-    "collect",
-    "load_results",
+    "scan_evals",
+    "now",
+    "listing_digest",
+    "file_digest",
 ]
 
 FORMAT = 1
@@ -61,27 +62,6 @@ CORRUPT = "corrupt"
 EVALS = "evals"
 RESULTS = ("results.parquet", "results.csv")
 _FOOTER = "#sha256:"
-
-#: Columns of the tidy results table, in order, with their dtypes.
-COLUMNS: dict[str, str] = {
-    "study": "object",
-    "n": "int64",
-    "replicate": "int64",
-    "gate": "object",
-    "fitted_k": "int64",
-    "metric": "object",
-    "value": "float64",
-    "seed": "int64",
-    "converged": "bool",
-    "iterations": "int64",
-    "seconds": "float64",
-    "status": "object",
-    "grad_norm": "float64",
-    "error": "object",
-    "truth": "int64",  # index of the study's truth (0 unless the study draws several)
-}
-#: Row statuses that mark a unit as failed (retried by a rerun).
-FAILED_STATUSES = ("error", "metric_error")
 
 
 class StudyMismatchError(RuntimeError):
@@ -126,7 +106,7 @@ def locked(out_dir: str | Path, wait: bool = False, poll: float = 0.5) -> Iterat
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {platform.node()} since {_now()}\n")
+        fh.write(f"pid {os.getpid()} on {platform.node()} since {now()}\n")
         fh.flush()
         yield path
     finally:
@@ -137,7 +117,8 @@ def locked(out_dir: str | Path, wait: bool = False, poll: float = 0.5) -> Iterat
 # small file helpers
 # ---------------------------------------------------------------------------------------------
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time, ISO 8601 to the microsecond."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
@@ -155,6 +136,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
     if folder.is_dir():
         for p in folder.glob(".*.tmp-*"):
             p.unlink(missing_ok=True)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +270,7 @@ def prepare_out_dir(out_dir: str | Path, spec: Any, force: bool = False, block_s
         "spec": spec.to_dict(),
         "spec_source": spec.source,
         "spec_toml": Path(spec.source).read_text() if spec.source and Path(spec.source).is_file() else None,
-        "created": _now(),
+        "created": now(),
         "versions": _versions(),
         "git": _git_commit(),
         "runs": [],
@@ -305,6 +287,7 @@ def record_run(out_dir: str | Path, run: dict[str, Any]) -> None:
     write_meta(out_dir, meta)
 
 
+
 # ---------------------------------------------------------------------------------------------
 # task files
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +296,8 @@ class CorruptTaskFile(ValueError):
     """A task file that is truncated, fails its checksum, or does not parse."""
 
 
-def _task_file_name(task: dict[str, Any]) -> str:
+def task_file_name(task: dict[str, Any]) -> str:
+    """The file name of a task (its n, fit, first and last replicate, and a digest of the replicates)."""
     reps = task["replicates"]
     digest = hashlib.sha256(json.dumps(reps).encode()).hexdigest()[:8]
     return f"n{task['n']:09d}_{task['fit']}_r{reps[0]:05d}-{reps[-1]:05d}_{digest}.json"
@@ -326,9 +310,9 @@ def write_task_file(out_dir: str | Path, spec_hash: str, task: dict[str, Any], u
     The file is a JSON document followed by a footer line ``#sha256:<hex of the document>``, so a
     truncated or altered file is detected on reading.
     """
-    payload = {"format": FORMAT, "spec_hash": spec_hash, "task": task, "written": _now(), "units": units}
+    payload = {"format": FORMAT, "spec_hash": spec_hash, "task": task, "written": now(), "units": units}
     body = json.dumps(payload, separators=(",", ":")).encode()  # NaN is written as NaN (read back by json)
-    path = Path(out_dir) / folder / _task_file_name(task)
+    path = Path(out_dir) / folder / task_file_name(task)
     _atomic_write(path, body + f"\n{_FOOTER}{hashlib.sha256(body).hexdigest()}\n".encode())
     return path
 
@@ -371,6 +355,26 @@ def _better(new: tuple, old: tuple) -> bool:
     return (not new[0]["failed"], new[1], new[2]) > (not old[0]["failed"], old[1], old[2])
 
 
+def _payloads(paths: list[Path], spec_hash: str | None) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    """Each file with its payload, or None where it is truncated, altered or of another spec hash."""
+    for path in paths:
+        try:
+            payload = read_task_file(path)
+            if spec_hash is not None and payload["spec_hash"] != spec_hash:
+                raise CorruptTaskFile(f"{path}: written for spec hash {payload['spec_hash'][:12]}, not {spec_hash[:12]}")
+        except (CorruptTaskFile, OSError):
+            yield path, None
+            continue
+        yield path, payload
+
+
+def _units(payload: dict[str, Any]) -> Iterator[tuple[tuple[int, int, str], dict[str, Any]]]:
+    """The units of a task file with their keys (n, replicate, fit)."""
+    task = payload["task"]
+    for unit in payload["units"]:
+        yield (int(task["n"]), int(unit["replicate"]), str(task["fit"])), unit
+
+
 def scan_tasks(out_dir: str | Path, spec_hash: str | None = None, quarantine: bool = True) -> ResultsIndex:
     """Read every task file of a results directory.
 
@@ -380,21 +384,15 @@ def scan_tasks(out_dir: str | Path, spec_hash: str | None = None, quarantine: bo
     out = Path(out_dir)
     index = ResultsIndex()
     chosen: dict[tuple[int, int, str], tuple] = {}
-    for path in sorted((out / TASKS).glob("*.json")):
-        try:
-            payload = read_task_file(path)
-            if spec_hash is not None and payload["spec_hash"] != spec_hash:
-                raise CorruptTaskFile(f"{path}: written for spec hash {payload['spec_hash'][:12]}, not {spec_hash[:12]}")
-        except (CorruptTaskFile, OSError):
+    for path, payload in _payloads(sorted((out / TASKS).glob("*.json")), spec_hash):
+        if payload is None:
             index.corrupt.append(path)
             if quarantine:
                 (out / CORRUPT).mkdir(exist_ok=True)
                 os.replace(path, out / CORRUPT / f"{path.name}.{uuid.uuid4().hex[:6]}")
             continue
         index.files += 1
-        task = payload["task"]
-        for unit in payload["units"]:
-            key = (int(task["n"]), int(unit["replicate"]), str(task["fit"]))
+        for key, unit in _units(payload):
             record = (unit, payload["written"], path.name)
             if key not in chosen or _better(record, chosen[key]):
                 chosen[key] = record
@@ -402,65 +400,20 @@ def scan_tasks(out_dir: str | Path, spec_hash: str | None = None, quarantine: bo
     return index
 
 
-# ---------------------------------------------------------------------------------------------
-# the table
-# ---------------------------------------------------------------------------------------------
-
-def empty_table() -> pd.DataFrame:
-    return _typed(pd.DataFrame({c: pd.Series([], dtype="float64") for c in COLUMNS}))
-
-
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Columns in order with their dtypes (strings as object, missing text as "")."""
-    df = df.reindex(columns=list(COLUMNS))
-    for col, dtype in COLUMNS.items():
-        if dtype == "object":
-            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str).astype(object)
-        elif col == "truth":  # files written before studies had several truths
-            df[col] = df[col].fillna(0).astype(dtype)
-        else:
-            df[col] = df[col].astype(dtype)
-    return df
-
-
 def scan_evals(out_dir: str | Path, spec_hash: str | None = None) -> dict[tuple[int, int, str], list[dict[str, Any]]]:
     """Rows written by ``evaluate`` (``evals/*/*.json``), per unit key; damaged files are skipped
     (``evaluate`` redoes them)."""
     extra: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
-    for path in sorted(Path(out_dir).glob(f"{EVALS}/*/*.json")):
-        try:
-            payload = read_task_file(path)
-        except (CorruptTaskFile, OSError):
+    for _, payload in _payloads(sorted(Path(out_dir).glob(f"{EVALS}/*/*.json")), spec_hash):
+        if payload is None:
             continue
-        if spec_hash is not None and payload["spec_hash"] != spec_hash:
-            continue
-        task = payload["task"]
-        for unit in payload["units"]:
-            extra.setdefault((int(task["n"]), int(unit["replicate"]), str(task["fit"])), []).extend(unit["rows"])
+        for key, unit in _units(payload):
+            extra.setdefault(key, []).extend(unit["rows"])
     return extra
 
 
-def assemble(index: ResultsIndex, extra: dict[tuple[int, int, str], list[dict[str, Any]]] | None = None) -> pd.DataFrame:
-    """The tidy table of an index: one row per (n, replicate, gate, fitted k, metric), sorted.
-
-    ``extra`` rows (from :func:`scan_evals`) replace a unit's rows of the same metric, or are added.
-    """
-    rows: list[dict[str, Any]] = []
-    extra = extra or {}
-    for key in sorted(index.units):
-        unit_rows = index.units[key]["rows"]
-        if key in extra:
-            redone = {row["metric"] for row in extra[key]}
-            unit_rows = [row for row in unit_rows if row["metric"] not in redone] + extra[key]
-        for i, row in enumerate(unit_rows):
-            rows.append(row | {"_fit": key[2], "_i": i})
-    if not rows:
-        return empty_table()
-    df = pd.DataFrame(rows).sort_values(["n", "replicate", "_fit", "_i"], kind="mergesort")
-    return _typed(df.drop(columns=["_fit", "_i"]).reset_index(drop=True))
-
-
-def _listing_digest(out: Path) -> str:
+def listing_digest(out: Path) -> str:
+    """A digest of the names, sizes and times of the task and eval files (changes when any does)."""
     h = hashlib.sha256()
     for p in sorted((out / TASKS).glob("*.json")) + sorted(out.glob(f"{EVALS}/*/*.json")):
         st = p.stat()
@@ -468,117 +421,7 @@ def _listing_digest(out: Path) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def _have_pyarrow() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
-    """Assemble the task files into the table and write ``results.parquet`` (or ``.csv``).
-
-    Parameters
-    ----------
-    out_dir : str or Path
-    fmt : {"parquet", "csv"} or None
-        None: parquet when pyarrow is importable, else CSV. The other format's file is removed.
-    """
-    out = Path(out_dir)
-    meta = read_meta(out)
-    df = assemble(scan_tasks(out, meta["spec_hash"]), scan_evals(out, meta["spec_hash"]))
-    fmt = fmt or ("parquet" if _have_pyarrow() else "csv")
-    if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv'; got {fmt!r}")
-    target = out / f"results.{fmt}"
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if fmt == "parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    os.replace(tmp, target)
-    for other in RESULTS:
-        if other != target.name:
-            (out / other).unlink(missing_ok=True)
-    meta = read_meta(out)
-    meta["collected"] = {"file": target.name, "tasks_digest": _listing_digest(out), "rows": len(df), "at": _now(),
-                         "sha256": _file_digest(target)}
-    write_meta(out, meta)
-    return df
-
-
-# pandas < 3 parses floats exactly only with float_precision="round_trip"; pandas 3 does by default
-# (and deprecates the argument).
-_CSV_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return _typed(pd.read_parquet(path))
-    if path.suffix == ".csv":
-        return _typed(pd.read_csv(
-            path,
-            dtype={c: str for c, t in COLUMNS.items() if t == "object"},
-            keep_default_na=False,  # text stays text ("" is no error); float columns read NaN back
-            na_values={c: ["", "NaN", "nan"] for c, t in COLUMNS.items() if t == "float64"},
-            **_CSV_FLOATS,
-        ))
-    raise ValueError(f"{path}: expected a .parquet or .csv results file, or a results directory")
-
-
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Load a study's tidy results table.
-
-    Parameters
-    ----------
-    path : str or Path
-        A results directory (``mixsim run --out DIR``), or a ``results.parquet`` / ``results.csv``.
-        For a directory, the combined file (``results.parquet``) is used when it is up to date
-        with the task files and unaltered (its SHA-256 is recorded in ``study.json``); otherwise
-        (a run in progress or killed, an edited or truncated file) the rows are assembled from the
-        task files and the combined file is rewritten (when no run holds the directory's lock).
-        Corrupt task files are left out with a RuntimeWarning (``mixsim run`` redoes them).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns :data:`COLUMNS`: study, n, replicate, gate, fitted_k, metric, value, seed,
-        converged, iterations, seconds, status, grad_norm, error.
-    """
-    path = Path(path)
-    if path.is_file():
-        return _read_table(path)
-    meta = read_meta(path)
-    collected = meta.get("collected") or {}
-    target = path / str(collected.get("file", ""))
-    if (collected and target.is_file() and collected.get("tasks_digest") == _listing_digest(path)
-            and collected.get("sha256") == _file_digest(target)):
-        return _read_table(target)
-    # The combined file is missing, stale (task files changed), edited or truncated: rebuild it from the
-    # task files, and rewrite it when no run holds the directory (a read-only one is left as it is).
-    index = scan_tasks(path, meta["spec_hash"], quarantine=False)
-    if index.corrupt:
-        warnings.warn(
-            f"{path}: {len(index.corrupt)} corrupt task file(s) (e.g. {index.corrupt[0].name}) are left out, so their "
-            "units are missing from this table; run the study again to redo them", RuntimeWarning, stacklevel=2)
-        return assemble(index, scan_evals(path, meta["spec_hash"]))
-    if collected or target.is_file():
-        try:
-            with locked(path):
-                return collect(path)
-        except (StudyLockedError, OSError):
-            pass
-    return assemble(index, scan_evals(path, meta["spec_hash"]))
-
-
-def iter_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with plain Python scalars (numpy scalars converted), ready for JSON."""
-    out = []
-    for row in rows:
-        out.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})
-    return out

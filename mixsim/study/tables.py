@@ -1,19 +1,5 @@
-"""Convergence studies as data: specs, a seeded, parallel, resumable runner, tidy results, rate tables.
-
-The pieces live in private modules and are re-exported here:
-
-* :mod:`mixsim._study_spec` - :class:`StudySpec`, :func:`load_study` (TOML, ``--set`` overrides);
-* :mod:`mixsim._runner` - seeds, tasks, :func:`run_study` (joblib: loky, threading, sequential, Dask);
-* :mod:`mixsim._results` - the results directory, :func:`load_results`.
-
-This module adds the summaries read off a results directory: :func:`study_status` and
-:func:`rate_table` (convergence rates per gate, fitted k and metric).
-
-Example
--------
->>> spec = load_study("studies/smoke.toml", overrides=["replications=2"])   # doctest: +SKIP
->>> df = run_study(spec, "results/smoke", n_jobs=2)                         # doctest: +SKIP
->>> rate_table(df)                                                          # doctest: +SKIP
+"""Rate tables read off a study's results: log-log slopes per gate, fitted k and metric, with the
+theory's prediction where :func:`mixsim.rates.theory_rate` has one.
 """
 from __future__ import annotations
 
@@ -25,105 +11,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ._results import (
-    COLUMNS,
-    FAILED_STATUSES,
-    StudyMismatchError,
-    collect,
-    load_results,
-    read_meta,
-    scan_tasks,
-)
-from ._runner import (
-    BACKENDS,
-    Engine,
-    Task,
-    plan_tasks,
-    plan_units,
-    replicate_seed,
-    replicate_streams,
-    run_study,
-    run_task,
-    task_data,
-)
-from ._estimates import evaluate, estimate_params, load_estimates
-from ._study_spec import METRICS, FitSpec, GateSpec, SpecError, StudySpec, apply_overrides, load_study
+from ..rates import fit_rate, theory_rate
+from .results import FAILED_STATUSES, load_results
+from .spec import StudySpec
+from .store import read_meta
 
-__all__ = [
-    "StudySpec", "GateSpec", "FitSpec", "SpecError", "METRICS", "load_study", "apply_overrides",
-    "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
-    "replicate_seed", "replicate_streams", "task_data", "plan_units", "plan_tasks", "run_task",
-    "StudyStatus", "study_status", "rate_table", "local_rate_table", "RATE_EXCLUDED_METRICS",
-    "FAILED_STATUSES", "as_table", "theory", "RateContext", "rate_context",
-]
+__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "theory", "RateContext", "rate_context", "rate_table", "local_rate_table"]
 
 #: Metrics that are not errors (no rate is fitted to them by default).
 RATE_EXCLUDED_METRICS = ("loglik",)
 
 
-# ---------------------------------------------------------------------------------------------
-# status
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class StudyStatus:
-    """What a results directory holds, against what its spec plans."""
-
-    name: str
-    spec_hash: str
-    planned: int
-    complete: int
-    failed: int
-    corrupt: int
-    by_fit: pd.DataFrame = field(repr=False)  # complete units per (fit, n)
-    runs: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    errors: list[str] = field(default_factory=list, repr=False)
-
-    @property
-    def missing(self) -> int:
-        return self.planned - self.complete - self.failed
-
-    @property
-    def done(self) -> bool:
-        return self.complete == self.planned
-
-    def summary(self) -> str:
-        """A few lines for a terminal."""
-        lines = [
-            f"study {self.name!r} (spec {self.spec_hash[:12]})",
-            f"units: {self.complete}/{self.planned} complete, {self.failed} failed, {self.missing} not run"
-            + (f"; {self.corrupt} corrupt task file(s) found (their units will be redone)" if self.corrupt else ""),
-        ]
-        if self.runs:
-            last = self.runs[-1]
-            lines.append(f"runs: {len(self.runs)}; last finished {last.get('finished')} ({last.get('backend')}, "
-                         f"{last.get('tasks')} tasks, {last.get('seconds')} s)")
-        if self.errors:
-            lines.append("first errors:")
-            lines.extend(f"  {e}" for e in self.errors[:5])
-        return "\n".join(lines)
-
-
-def study_status(out_dir: str | Path) -> StudyStatus:
-    """Count complete, failed and missing units of a results directory (reads, never writes)."""
-    meta = read_meta(out_dir)
-    spec = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source"))
-    index = scan_tasks(out_dir, meta["spec_hash"], quarantine=False)
-    planned = set(plan_units(spec))
-    complete = index.complete() & planned
-    failed = index.failed() & planned
-    counts = pd.DataFrame(sorted(complete), columns=["n", "replicate", "fit"])
-    by_fit = counts.groupby(["fit", "n"]).size().unstack(fill_value=0) if len(counts) else pd.DataFrame()
-    errors = sorted({row["error"] for key in failed for row in index.units[key]["rows"] if row.get("error")})
-    return StudyStatus(spec.name, meta["spec_hash"], len(planned), len(complete), len(failed), len(index.corrupt),
-                       by_fit, meta.get("runs", []), errors)
-
-
-# ---------------------------------------------------------------------------------------------
-# rates
-# ---------------------------------------------------------------------------------------------
-
-def _as_table(results: pd.DataFrame | str | Path) -> pd.DataFrame:
+def as_table(results: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """``results`` itself if a DataFrame, else the table of :func:`load_results` for that path."""
     return results if isinstance(results, pd.DataFrame) else load_results(results)
 
 
@@ -148,10 +48,8 @@ def _usable(df: pd.DataFrame, metrics: Sequence[str] | None, min_n: int | None) 
 _THEORY_GROUP = {"tv": "total_variation"}
 
 
-def _theory(gate: str, fitted_k: int, true_k: int | None, metric: str, expert: str) -> dict[str, Any]:
+def theory(gate: str, fitted_k: int, true_k: int | None, metric: str, expert: str) -> dict[str, Any]:
     """theory_exponent and theory_tag where :func:`mixsim.rates.theory_rate` has a prediction."""
-    from .rates import theory_rate
-
     if true_k is None:
         return {}
     try:
@@ -162,7 +60,7 @@ def _theory(gate: str, fitted_k: int, true_k: int | None, metric: str, expert: s
 
 
 @dataclass(frozen=True)
-class _Context:
+class RateContext:
     """What the rate table needs from a study's spec: true k, each gate label's family, the expert."""
 
     true_k: int | None = None
@@ -170,8 +68,10 @@ class _Context:
     expert: str = "linear"
 
 
-def _context(results: pd.DataFrame | str | Path, true_k: int | None) -> _Context:
-    ctx = _Context(true_k=true_k)
+def rate_context(results: pd.DataFrame | str | Path, true_k: int | None) -> RateContext:
+    """What the rate table knows of the study behind ``results``: read from the metadata of a results
+    directory (or file in one); a bare DataFrame gives only ``true_k``."""
+    ctx = RateContext(true_k=true_k)
     if isinstance(results, pd.DataFrame):
         return ctx
     path = Path(results)
@@ -181,7 +81,7 @@ def _context(results: pd.DataFrame | str | Path, true_k: int | None) -> _Context
         return ctx
     if spec.kind != "mle":
         return ctx
-    return _Context(true_k if true_k is not None else spec.true_k, {g.label: g.name for g in spec.fit.gates}, spec.fit.expert)
+    return RateContext(true_k if true_k is not None else spec.true_k, {g.label: g.name for g in spec.fit.gates}, spec.fit.expert)
 
 
 def rate_table(
@@ -218,10 +118,8 @@ def rate_table(
         prediction theory_exponent, theory_tag and theory_in_ci. Metrics that are 0 in every
         replicate (empty cell types) have no row.
     """
-    from .rates import fit_rate
-
-    ctx = _context(results, true_k)
-    df = _as_table(results)
+    ctx = rate_context(results, true_k)
+    df = as_table(results)
     used = _usable(df, metrics, min_n)
     several = "truth" in df.columns and df["truth"].nunique() > 1  # an ensemble: one rate per truth
     keys = ["study"] + (["truth"] if several else []) + ["gate", "fitted_k", "metric"]
@@ -244,10 +142,10 @@ def rate_table(
         }
         if several:
             row = {"study": study, "truth": int(key[1])} | row
-        theory = _theory(ctx.families.get(gate, gate), int(k), ctx.true_k, metric, ctx.expert)
-        if theory:
-            theory["theory_in_ci"] = bool(rate.ci_low <= theory["theory_exponent"] <= rate.ci_high)
-        out.append(row | theory)
+        predicted = theory(ctx.families.get(gate, gate), int(k), ctx.true_k, metric, ctx.expert)
+        if predicted:
+            predicted["theory_in_ci"] = bool(rate.ci_low <= predicted["theory_exponent"] <= rate.ci_high)
+        out.append(row | predicted)
     return pd.DataFrame(out)
 
 
@@ -268,9 +166,7 @@ def local_rate_table(
         Columns study, gate, fitted_k, metric, n_low, n_high, n_mid (geometric mean of the two),
         slope.
     """
-    from .rates import fit_rate
-
-    used = _usable(_as_table(results), metrics, min_n)
+    used = _usable(as_table(results), metrics, min_n)
     rows = []
     for (study, gate, k, metric), group in used.groupby(["study", "gate", "fitted_k", "metric"], sort=True):
         if group["n"].nunique() < 2:
@@ -280,10 +176,3 @@ def local_rate_table(
             rows.append({"study": study, "gate": gate, "fitted_k": int(k), "metric": metric, "n_low": int(lo),
                          "n_high": int(hi), "n_mid": float(np.sqrt(lo * hi)), "slope": float(slope)})
     return pd.DataFrame(rows, columns=["study", "gate", "fitted_k", "metric", "n_low", "n_high", "n_mid", "slope"])
-
-
-# Public names of the rate-table helpers (for the plots; the redesign of issue 13 makes them the only names).
-as_table = _as_table
-theory = _theory
-RateContext = _Context
-rate_context = _context

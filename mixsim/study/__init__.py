@@ -1,0 +1,52 @@
+"""Convergence studies as data: a spec, a seeded, parallel, resumable runner, tidy results, rate tables.
+
+Read the modules in the order the data flows:
+
+* :mod:`~mixsim.study.spec` - :class:`StudySpec`, :func:`load_study` (TOML, ``--set`` overrides);
+  schema only (parsing in ``spec_parse``, ``spec_fields``, ``spec_truths``; network options in
+  ``nn_options``); imports neither the fitter nor :mod:`mixsim.nn`;
+* :mod:`~mixsim.study.seeds` - a replicate's seed and streams, its data set (:func:`task_data`);
+* :mod:`~mixsim.study.metrics` - the one registry of metrics, each a function of a :class:`MetricContext`;
+* :mod:`~mixsim.study.runner` - tasks, and one task run (fit, then measure; or a network task);
+* :mod:`~mixsim.study.parallel` - :func:`run_study`: the tasks through joblib or Dask, resumable;
+* :mod:`~mixsim.study.store` - the results directory (metadata, lock, checksummed task files);
+* :mod:`~mixsim.study.results` - the tidy table, :func:`load_results`;
+* :mod:`~mixsim.study.estimates` - every fit's estimate (:func:`load_estimates`), metrics
+  recomputed from them (:func:`evaluate`);
+* :mod:`~mixsim.study.status` and :mod:`~mixsim.study.tables` - :func:`study_status`,
+  :func:`rate_table` (convergence rates per gate, fitted k and metric).
+
+Maximum-likelihood (``kind = "mle"``) and network (``kind = "nn"``) studies run through the same
+runner.
+
+Example
+-------
+>>> spec = load_study("studies/smoke.toml", overrides=["replications=2"])   # doctest: +SKIP
+>>> df = run_study(spec, "results/smoke", n_jobs=2)                         # doctest: +SKIP
+>>> rate_table(df)                                                          # doctest: +SKIP
+"""
+from .spec import FitSpec, GateSpec, SpecError, StudySpec, apply_overrides, load_study, parse_override, truth_to_dict
+from .spec_parse import parse_grid
+from .nn_options import NN_METRICS, check_nn_options
+from .seeds import replicate_seed, replicate_streams, task_data
+from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, metric_applies
+from .threads import torch_threads
+from .runner import Engine, RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task
+from .parallel import BACKENDS, JOBLIB_BACKENDS, run_study
+from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
+from .results import COLUMNS, FAILED_STATUSES, collect, load_results
+from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
+from .status import StudyStatus, study_status
+from .tables import RATE_EXCLUDED_METRICS, RateContext, as_table, local_rate_table, rate_context, rate_table, theory
+
+__all__ = [
+    "StudySpec", "GateSpec", "FitSpec", "SpecError", "METRICS", "load_study", "apply_overrides",
+    "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
+    "replicate_seed", "replicate_streams", "task_data", "plan_units", "plan_tasks", "run_task",
+    "StudyStatus", "study_status", "rate_table", "local_rate_table", "RATE_EXCLUDED_METRICS",
+    "FAILED_STATUSES", "as_table", "theory", "RateContext", "rate_context",
+    # added by the package (issue 13)
+    "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
+    "metric_applies", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
+    "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
+]

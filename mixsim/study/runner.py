@@ -1,0 +1,297 @@
+"""Running one task: the fits of a block of replicates and their metric rows (or one network task).
+
+Tasks. A task is a block of replicates of one n for one (gate, fitted k), fitted in one call of the
+batched engine with one start seed per data set (:mod:`mixsim.study.seeds`); ``kind = "nn"``
+studies run one task per (n, r) through :func:`mixsim.nn.run_nn_task`. Each fit's metrics come from
+the registry of :mod:`mixsim.study.metrics`. (The batched engine agrees with other blockings of the
+replicates to rounding only, about 1e-11 relative, so a results directory keeps the block size it
+was created with.) :func:`mixsim.study.run_study` runs the tasks in parallel.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import fit_batch, losses
+from ..options import NearTruthInit
+from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
+from .results import FAILED_STATUSES, iter_rows
+from .seeds import replicate_seed, replicate_streams, task_data
+from .spec import GateSpec, StudySpec
+from .threads import torch_threads
+
+__all__ = [
+    "RunnerHooks", "Engine", "Task", "fit_label", "plan_units", "plan_tasks", "fit_kwargs", "estimate_record",
+    "metric_rows", "run_task",
+]
+
+_ERROR_CHARS = 2000
+
+
+# ---------------------------------------------------------------------------------------------
+# the hooks: what fits and measures (injectable, for tests and extensions)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunnerHooks:
+    """The functions a task calls; None means the package's own.
+
+    Every field must be picklable (a module-level function) to reach process-based workers.
+
+    Attributes
+    ----------
+    fit_batch : callable, default :func:`mixsim.fit_batch`
+    voronoi_loss, group_errors, group_error_keys, cell_diagnosis, hellinger, total_variation : callable, default :mod:`mixsim.losses`
+    nn_task : callable, default :func:`mixsim.nn.run_nn_task`
+    """
+
+    fit_batch: Callable | None = None
+    voronoi_loss: Callable | None = None
+    group_errors: Callable | None = None
+    group_error_keys: Callable | None = None
+    cell_diagnosis: Callable | None = None
+    hellinger: Callable | None = None
+    total_variation: Callable | None = None
+    nn_task: Callable | None = None
+
+    def get(self, name: str) -> Callable:
+        """The function ``name``: the one given, else the package's own."""
+        fn = getattr(self, name)
+        if fn is not None:
+            return fn
+        if name == "fit_batch":
+            return fit_batch
+        if name == "nn_task":
+            # mixsim.nn (torch layers) loads only when a network study runs; its experiment
+            # wrapper imports this package, so a module-level import would be circular.
+            from ..nn import run_nn_task
+            return run_nn_task
+        return getattr(losses, name)
+
+
+Engine = RunnerHooks  # the earlier name (not the fitting engine)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of scheduling: replicates of one n for one fit (a gate and a fitted k, or the network study)."""
+
+    n: int
+    replicates: tuple[int, ...]
+    fit: str  # "<gate label>_k<k>" or "nn"
+    gate: GateSpec | None = None
+    fitted_k: int | None = None
+    truth: int | None = None  # index into spec.truths (None: a one-truth study)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"n": self.n, "replicates": list(self.replicates), "fit": self.fit}
+        return doc if self.truth is None else doc | {"truth": self.truth}
+
+
+def fit_label(gate: GateSpec, k: int, truth: int | None = None) -> str:
+    """The unit's fit name: ``<gate label>_k<k>``, and ``_t<truth>`` in a study with several truths."""
+    return f"{gate.label}_k{k}" + ("" if truth is None else f"_t{truth}")
+
+
+def _fits(spec: StudySpec) -> list[tuple[str, GateSpec | None, int | None, int | None]]:
+    if spec.kind == "nn":
+        return [("nn", None, None, None)]
+    truths = range(len(spec.truths)) if spec.ensemble else [None]
+    return [(fit_label(g, k, j), g, k, j) for j in truths for g in spec.fit.gates for k in spec.fit.fitted_k]
+
+
+def plan_units(spec: StudySpec) -> list[tuple[int, int, str]]:
+    """Every unit key (n, replicate, fit) of a study."""
+    return [(n, r, label) for n in spec.n_values for label, *_ in _fits(spec) for r in range(spec.replications)]
+
+
+def plan_tasks(spec: StudySpec, done: set[tuple[int, int, str]] = frozenset(), block_size: int | None = None) -> list[Task]:
+    """Tasks covering the units not in ``done``, largest n first (long tasks start early).
+
+    Replicates are cut into blocks at fixed boundaries (multiples of ``block_size``), and a task
+    holds the missing replicates of one block, so a rerun forms the same blocks as the first run.
+    """
+    block = 1 if spec.kind == "nn" else int(block_size or spec.block_size)
+    tasks = []
+    for n in sorted(spec.n_values, reverse=True):
+        for label, gate, k, truth in _fits(spec):
+            for start in range(0, spec.replications, block):
+                reps = tuple(r for r in range(start, min(start + block, spec.replications)) if (n, r, label) not in done)
+                if reps:
+                    tasks.append(Task(n=n, replicates=reps, fit=label, gate=gate, fitted_k=k, truth=truth))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+
+
+def _row(spec: StudySpec, n: int, r: int, seed: int, gate: str, k: int, metric: str, value: float, **info: Any) -> dict[str, Any]:
+    row = {
+        "study": spec.name, "n": n, "replicate": r, "gate": gate, "fitted_k": k, "metric": metric,
+        "value": float(value), "seed": seed, "converged": False, "iterations": -1,
+        "seconds": math.nan, "status": "ok", "grad_norm": math.nan, "error": "", "truth": 0,
+    }
+    row.update(info)
+    return row
+
+
+def _fit_info(res: Any) -> dict[str, Any]:
+    return {
+        "converged": bool(res.converged), "iterations": int(res.n_iter), "seconds": float(res.seconds),
+        "status": str(res.status), "grad_norm": float(res.grad_norm),
+        "stationarity": float(getattr(res, "stationarity", math.nan)),
+    }
+
+
+def estimate_record(res: Any, seed: int) -> dict[str, Any]:
+    """A fit's estimate and outcome as plain JSON values (floats round-trip exactly through JSON)."""
+    p = res.params
+    arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64).tolist()  # noqa: E731
+    return {
+        "params": {
+            "gate": p.gate, "top_k": p.top_k, "expert": p.expert, "phi": p.phi,
+            "gate_weight": arr(p.gate_weight), "gate_bias": arr(p.gate_bias),
+            "expert_weight": arr(p.expert_weight), "expert_bias": arr(p.expert_bias), "variance": arr(p.variance),
+        },
+        "log_likelihood": float(res.log_likelihood), "seed": int(seed), **_fit_info(res),
+    }
+
+
+def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
+                info: dict[str, Any], hooks: RunnerHooks, cache: dict, rows: list[dict[str, Any]]) -> str | None:
+    """Append the rows of one metric of one fit to ``rows``; a metric that raises gives one
+    ``metric_error`` row, and its traceback is returned (else None): the study goes on."""
+    try:
+        values = REGISTRY[metric].compute(MetricContext(spec, res, n, k, seed, hooks, cache))
+    except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
+        rows.append(_row(spec, n, r, seed, label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)})))
+        return traceback.format_exc()[-_ERROR_CHARS:]
+    rows.extend(_row(spec, n, r, seed, label, k, name, value, **info) for name, value in values.items())
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# a task of a kind = "mle" study
+# ---------------------------------------------------------------------------------------------
+
+def _unit_rows(spec: StudySpec, task: Task, r: int, seed: int, res: Any, hooks: RunnerHooks) -> tuple[list[dict], bool, str | None]:
+    """Rows of one fitted replicate; a metric that raises gets a ``metric_error`` row and the others go on."""
+    label, k = task.gate.label, task.fitted_k
+    spec = spec.for_truth(task.truth)
+    if isinstance(res, BaseException):
+        info = {"status": "error", "error": _error_text(res), "truth": task.truth or 0}
+        rows = [_row(spec, task.n, r, seed, label, k, m, math.nan, **info) for m in failed_metric_names(spec, task.gate, k, hooks)]
+        return rows, True, "".join(traceback.format_exception(res))[-_ERROR_CHARS:]
+    rows, failed, tb, cache = [], False, None, {}
+    info = _fit_info(res) | {"truth": task.truth or 0}
+    for m in planned_metrics(spec, k):
+        metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, res, info, hooks, cache, rows)
+        if metric_tb is not None:
+            failed, tb = True, metric_tb
+    return rows, failed, tb
+
+
+def fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
+    """The keyword arguments of :func:`mixsim.fit_batch` for the fits of a task."""
+    fs = spec.fit
+    kwargs = dict(
+        gate=task.gate.name, top_k=task.gate.top_k, expert=fs.expert, init=fs.init,
+        n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter, method=fs.method, warn=False,
+    )
+    if fs.init == "near_truth":
+        kwargs |= dict(truth=spec.for_truth(task.truth).truth, init_options=NearTruthInit(**dict(fs.near_truth)))
+    return kwargs | dict(fs.options) | dict(task.gate.options)
+
+
+def _fit_block(spec: StudySpec, task: Task, seeds: list[int], hooks: RunnerHooks) -> list[Any]:
+    """Fit the task's data sets in one batched call; if it raises, one at a time (same seeds, same results)."""
+    data = [task_data(spec, task.n, r, task.truth) for r in task.replicates]
+    Xs, ys = np.stack([X for X, _ in data]), np.stack([y for _, y in data])
+    starts = [replicate_streams(seed).init for seed in seeds]
+    fit, kwargs = hooks.get("fit_batch"), fit_kwargs(spec, task)
+    try:
+        return list(fit(Xs, ys, task.fitted_k, rng=starts, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - isolate the failing data set(s)
+        if len(data) == 1:
+            return [exc]
+    results: list[Any] = []
+    for i in range(len(data)):
+        try:
+            results.append(fit(Xs[i:i + 1], ys[i:i + 1], task.fitted_k, rng=[starts[i]], **kwargs)[0])
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+    return results
+
+
+def _run_mle(spec: StudySpec, task: Task, hooks: RunnerHooks) -> list[dict[str, Any]]:
+    seeds = [replicate_seed(spec.root_seed, task.n, r, task.truth) for r in task.replicates]
+    try:
+        results = _fit_block(spec, task, seeds, hooks)
+    except Exception as exc:  # noqa: BLE001 - e.g. sampling failed; every unit fails
+        results = [exc] * len(task.replicates)
+    units = []
+    for r, seed, res in zip(task.replicates, seeds, results):
+        rows, failed, tb = _unit_rows(spec, task, r, seed, res, hooks)
+        unit = {"replicate": r, "failed": failed, "rows": rows, "traceback": tb}
+        if not isinstance(res, BaseException):  # every estimate is kept: metrics can be recomputed
+            unit["estimate"] = estimate_record(res, seed) | {
+                "gate_label": task.gate.label, "fitted_k": task.fitted_k, "truth": task.truth or 0}
+        units.append(unit)
+    return units
+
+
+# ---------------------------------------------------------------------------------------------
+# a task of a kind = "nn" study
+# ---------------------------------------------------------------------------------------------
+
+def _nn_row(spec: StudySpec, n: int, r: int, seed: int, k: int, record: dict[str, Any]) -> dict[str, Any]:
+    """A table row from one record of run_nn_task, whose status is "ok" or the error text."""
+    status = str(record.get("status", "ok"))
+    ok = status in ("ok", "converged")
+    return _row(spec, n, r, seed, str(record["router"]), k, str(record["metric"]), record["value"],
+                converged=bool(record.get("converged", ok)), iterations=int(record.get("iterations", -1)),
+                seconds=float(record.get("seconds", math.nan)), status=status if ok else "error",
+                error=str(record.get("error", "" if ok else status))[:_ERROR_CHARS])
+
+
+def _run_nn(spec: StudySpec, task: Task, hooks: RunnerHooks) -> list[dict[str, Any]]:
+    (r,) = task.replicates
+    seed = replicate_seed(spec.root_seed, task.n, r)
+    k = int(spec.nn["n_experts"])
+    try:
+        rows = [_nn_row(spec, task.n, r, seed, k, record) for record in hooks.get("nn_task")(dict(spec.nn), task.n, seed)]
+        failed = any(row["status"] in FAILED_STATUSES for row in rows)
+        return [{"replicate": r, "failed": failed, "rows": rows, "traceback": None}]
+    except Exception as exc:  # noqa: BLE001
+        row = _row(spec, task.n, r, seed, "nn", k, "nn", math.nan, status="error", error=_error_text(exc))
+        return [{"replicate": r, "failed": True, "rows": [row], "traceback": traceback.format_exc()[-_ERROR_CHARS:]}]
+
+
+def run_task(spec: StudySpec, task: Task, engine: RunnerHooks | None = None) -> tuple[Task, list[dict[str, Any]], float]:
+    """Run one task (in a worker); return it, its units (rows, failed flag, traceback) and seconds.
+
+    Torch runs single-threaded inside a task (restored afterwards): the workers are the
+    parallelism, and one thread count everywhere keeps results identical across backends.
+    ``engine`` is the :class:`RunnerHooks` (default: the package's own functions).
+    """
+    hooks = engine or RunnerHooks()
+    t0 = time.perf_counter()
+    with torch_threads(1):
+        units = _run_nn(spec, task, hooks) if spec.kind == "nn" else _run_mle(spec, task, hooks)
+    for unit in units:
+        unit["rows"] = iter_rows(unit["rows"])
+    return task, units, time.perf_counter() - t0
