@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, check_real
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
 from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
@@ -25,6 +25,7 @@ from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, rout
 from ._schedule import CompetitionSchedule
 
 __all__ = ["MoE", "CompeteSMoE", "MoEAux"]
+
 
 class MoE(nn.Module):
     """Sparse mixture of feed-forward experts with a choice of router.
@@ -156,18 +157,11 @@ class MoE(nn.Module):
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
         self.dispatch = check_choice(dispatch, "dispatch", BACKENDS)
         self.usmoe_weighting = check_choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
-        if capacity_factor is not None:
-            if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, numbers.Real):
-                raise TypeError(f"capacity_factor must be a float or None; got {type(capacity_factor).__name__}")
-            if not capacity_factor > 0:
-                raise ValueError(f"capacity_factor must be > 0; got {capacity_factor}")
-        self.capacity_factor = None if capacity_factor is None else float(capacity_factor)
+        self.capacity_factor = None if capacity_factor is None else check_real(capacity_factor, "capacity_factor", 0.0, strict=True)
         if not (isinstance(usmoe_alpha, numbers.Real) and 0.0 <= usmoe_alpha <= 1.0):
             raise ValueError(f"usmoe_alpha must be a float in [0, 1]; got {usmoe_alpha!r}")
         self.usmoe_alpha = float(usmoe_alpha)
-        if not (isinstance(distill_alpha, numbers.Real) and distill_alpha >= 0):
-            raise ValueError(f"distill_alpha must be a float >= 0; got {distill_alpha!r}")
-        self.distill_alpha = float(distill_alpha)
+        self.distill_alpha = check_real(distill_alpha, "distill_alpha", 0.0)
         if not isinstance(router_step_diversity, bool):
             raise TypeError(f"router_step_diversity must be a bool; got {type(router_step_diversity).__name__}")
         self.router_step_diversity = router_step_diversity
@@ -182,12 +176,8 @@ class MoE(nn.Module):
                 raise ValueError(f"layer_id {layer_id} is not registered in the schedule (n_layers={schedule.n_layers})")
         else:
             self.layer_id = layer_id
-        if not (isinstance(router_init_std, numbers.Real) and router_init_std >= 0):
-            raise ValueError(f"router_init_std must be a float >= 0; got {router_init_std!r}")
-        self.router_init_std = float(router_init_std)
-        if isinstance(n_shared_experts, bool) or not isinstance(n_shared_experts, numbers.Integral) or n_shared_experts < 0:
-            raise ValueError(f"n_shared_experts must be an int >= 0; got {n_shared_experts!r}")
-        self.n_shared_experts = int(n_shared_experts)
+        self.router_init_std = check_real(router_init_std, "router_init_std", 0.0)
+        self.n_shared_experts = check_int(n_shared_experts, "n_shared_experts", 0)
         if not isinstance(router_float32, bool):
             raise TypeError(f"router_float32 must be a bool; got {type(router_float32).__name__}")
         self.router_float32 = router_float32
