@@ -6,7 +6,7 @@ The network layer lives in :mod:`mixsim.nn` (imported on demand).
 from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean
 from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelihood, preset, random_truth, sample
-from .fit import ConvergenceWarning, FitResult, NearTruthInit, fit, fit_batch
+from .fitting import ConvergenceWarning, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE, KSelection, NotFittedError, select_n_experts
 from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
 from .rates import compare_rates, estimate_rate, fit_rate, theory_rate

@@ -117,7 +117,7 @@ class Engine:
         if fn is not None:
             return fn
         if name == "fit_batch":
-            from .fit import fit_batch
+            from .fitting import fit_batch
             return fit_batch
         if name == "nn_task":
             from .nn import run_nn_task
@@ -321,7 +321,7 @@ def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: 
 
 
 def _fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
-    from .fit import NearTruthInit
+    from .options import NearTruthInit
 
     fs = spec.fit
     kwargs = dict(

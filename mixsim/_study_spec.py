@@ -70,8 +70,8 @@ import numpy as np
 
 from .experts import EXPERTS
 from .gates import canonical_gate
-from ._layout import _Layout
-from .fit import METHODS, NearTruthInit, fit_batch
+from .fitting.layout import Layout as _Layout
+from .fitting import METHODS, NearTruthInit, fit_batch
 from .gates import PHI
 from .losses import WEIGHTINGS
 from .model import X_DISTS, MoEParams, list_presets, preset, random_truth
