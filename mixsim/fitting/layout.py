@@ -13,6 +13,8 @@ import torch
 
 from ..model import MoEParams, free_param_sizes, log_terms, log_terms_local
 
+__all__ = ["Layout", "mean_loglik", "project", "affine"]
+
 
 @dataclass(frozen=True)
 class Layout:
