@@ -28,9 +28,11 @@ import torch
 from scipy.optimize import minimize
 
 import mixsim
-from mixsim._layout import _Layout
-from mixsim._newton import _grad_hess, _value_and_gradient, stationarity
-from mixsim.fit import NearTruthInit, _affine, _init_near_truth, _rngs
+from mixsim.fitting import NearTruthInit
+from mixsim.fitting.derivatives import grad_hess, value_and_gradient
+from mixsim.fitting.layout import Layout, affine
+from mixsim.fitting.newton import stationarity
+from mixsim.fitting.starts import init_near_truth
 
 
 def data(truth, n, B, seed=0):
@@ -112,11 +114,11 @@ def table_overfit(n=10_000, reps=3):
 def _standardised_start(truth, X, y, k, seed):
     """mixsim's near-truth start for ``fit(X, y, k, init="near_truth", truth=truth, rng=seed)`` and
     the problem in its standardised coordinates (torch tensors), as fit_batch builds them."""
-    layout = _Layout(truth.gate, None, "linear", "softplus", k, 1, True)
+    layout = Layout(truth.gate, None, "linear", "softplus", k, 1, True)
     X = np.asarray(X, dtype=np.float64).reshape(len(y), -1)
     centre, scale = X.mean(0), X.std(0)
     Xs = (X - centre) / scale
-    p = _affine(_init_near_truth(truth, k, len(y), NearTruthInit(), _rngs([seed], 1)[0]), centre, scale)
+    p = affine(init_near_truth(truth, k, len(y), NearTruthInit(), np.random.default_rng(np.random.SeedSequence(seed))), centre, scale)
     floor = 1e-6 * np.var(y)
     p["variance"] = np.maximum(p["variance"], floor)
     t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))[None]  # noqa: E731
@@ -132,12 +134,12 @@ def lbfgs_certified(truth, X, y, k, seed, gtol, budget, check_every=10):
     lf = torch.tensor([log_floor], dtype=torch.float64)
 
     def fun(theta):
-        f, g = _value_and_gradient(layout, torch.from_numpy(theta)[None], Xt, yt)
+        f, g = value_and_gradient(layout, torch.from_numpy(theta)[None], Xt, yt)
         return -f.item(), -g[0].numpy()
 
     def decrement(theta):
         th = torch.from_numpy(theta)[None]
-        g, H = _grad_hess(layout, th, Xt, yt)
+        g, H = grad_hess(layout, th, Xt, yt)
         return stationarity(g, H, th, lf, k).item()
 
     state = dict(it=0, off=0.0, dec=float("nan"), done=False, x=theta0[0].numpy())

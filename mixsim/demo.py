@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import fit
+from .fitting import fit
 from .model import preset, sample
 
 

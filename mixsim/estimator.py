@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .fit import FitResult, NearTruthInit, fit
+from .checks import check_int
+from .fitting import FitResult, fit
 from .model import MoEParams, check_data, gate_and_mean, log_density, sample
+from .options import FitOptions, NearTruthInit
 
 __all__ = ["GaussianMoE", "NotFittedError", "KSelection", "select_n_experts"]
 
@@ -88,9 +90,23 @@ class GaussianMoE:
         Needed by ``init="near_truth"``.
     method : {"auto", "em", "newton"}, default "auto"
     init_options : NearTruthInit, optional
+    em_warmup : int, default 20
+        With ``method="auto"``: EM iterations before switching to Newton.
+    variance_floor : float, default 1e-6
+        Variances are kept >= ``variance_floor * var(y)``.
+    gate_bias : bool, default True
+        Competition gate only: include the intercepts beta0.
+    phi : {"softplus", "identity"}, default "softplus"
+        Competition transform.
+    compile : bool, default False
+        Run the EM pass through ``torch.compile``.
     random_state : None, int, numpy Generator or RandomState, default None
         scikit-learn's name for ``rng`` (``GridSearchCV`` and the estimator checks set it). Used
         when ``rng`` is None; giving both (different) is an error.
+
+    The fit options (``method``, ``n_init``, ``tol``, ``gtol``, ``max_iter``, ``em_warmup``,
+    ``variance_floor``, ``gate_bias``, ``phi``, ``compile``) are those of
+    :class:`~mixsim.options.FitOptions`, with its defaults; ``fit`` validates them there.
 
     Attributes
     ----------
@@ -136,6 +152,11 @@ class GaussianMoE:
         truth: MoEParams | None = None,
         method: str = "auto",
         init_options: NearTruthInit | None = None,
+        em_warmup: int = 20,
+        variance_floor: float = 1e-6,
+        gate_bias: bool = True,
+        phi: str = "softplus",
+        compile: bool = False,
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
@@ -151,6 +172,11 @@ class GaussianMoE:
         self.truth = truth
         self.method = method
         self.init_options = init_options
+        self.em_warmup = em_warmup
+        self.variance_floor = variance_floor
+        self.gate_bias = gate_bias
+        self.phi = phi
+        self.compile = compile
         self.random_state = random_state
 
     # -- scikit-learn's parameter protocol ------------------------------------------------------
@@ -201,10 +227,11 @@ class GaussianMoE:
             raise ValueError("GaussianMoE requires y to be passed, but the target y is None")
         names = _feature_names(X)
         Xt, yt = check_data(X, y)
+        # The fit options go through as given; fit validates them once, in FitOptions.
+        options = {name: getattr(self, name) for name in FitOptions.names()}
         result: FitResult = fit(
-            Xt.numpy(), yt.numpy(), self.n_experts, gate=self.gate, top_k=self.top_k, expert=self.expert, tol=self.tol,
-            gtol=self.gtol, max_iter=self.max_iter, n_init=self.n_init, init=self.init, truth=self.truth, rng=self._seed(),
-            method=self.method, init_options=self.init_options,
+            Xt.numpy(), yt.numpy(), self.n_experts, gate=self.gate, top_k=self.top_k, expert=self.expert, init=self.init,
+            truth=self.truth, rng=self._seed(), init_options=self.init_options, **options,
         )
         self.result_ = result
         self.params_ = result.params
@@ -379,8 +406,8 @@ def select_n_experts(
         raise ValueError(f"candidates must be a non-empty sequence of ints >= 1; got {candidates!r}")
     if len(set(int(k) for k in ks)) != len(ks):
         raise ValueError(f"candidates has duplicates: {list(candidates)}")
-    if criterion == "cv" and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
-        raise ValueError(f"cv must be an int >= 2; got {cv!r}")
+    if criterion == "cv":
+        check_int(cv, "cv", 2)
     if "n_experts" in options or "random_state" in options:
         raise ValueError("select_n_experts sets n_experts and the seed itself; pass candidates= and rng=")
     Xt, yt = check_data(X, y)

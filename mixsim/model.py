@@ -1,7 +1,8 @@
-"""Gaussian mixture-of-experts models: parameters (a mixing measure), log-density, sampling, presets.
+"""Gaussian mixture-of-experts models: parameters (a mixing measure), log-density, sampling.
 
 ``p(y | x) = sum_i pi_i(x) N(y | h_i(x), sigma2_i)`` with the gate ``pi`` from :mod:`mixsim.gates`
-and the expert means ``h`` from :mod:`mixsim.experts`.
+and the expert means ``h`` from :mod:`mixsim.experts`. Named and random true models live in
+:mod:`mixsim.truths` (re-exported here).
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .checks import check_int
 from .experts import EXPERTS, check_expert, expert_mean
 from .gates import canonical_gate, check_phi, competition_logits, linear_logits, log_gate_weights, normalise_scores
 
 __all__ = [
     "MoEParams",
     "free_param_sizes",
+    "n_free_params",
+    "log_gate_and_mean",
+    "LOG_2PI",
     "X_DISTS",
     "log_terms",
     "log_terms_local",
@@ -36,9 +41,11 @@ __all__ = [
     "truth_margins",
     "as_rng",
     "check_data",
+    "float_array",
 ]
 
-_LOG_2PI = math.log(2.0 * math.pi)
+#: log(2 pi), the constant of every Gaussian log-density.
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -61,6 +68,22 @@ def free_param_sizes(gate: str, k: int, d: int, gate_bias: bool = True) -> dict[
     rows = {"softmax": k - 1, "sigmoid": k, "competition": 0}[gate]
     bias = k if gate == "sigmoid" else (k - 1 if gate_bias else 0)
     return {"gate_weight": rows * d, "gate_bias": bias, "expert_weight": k * d, "expert_bias": k, "variance": k}
+
+
+def n_free_params(gate: str, top_k: int | None, expert: str, k: int, d: int, gate_bias: bool = True) -> int:
+    """Number of free (identifiable) parameters of a k-expert model with d inputs.
+
+    What a fit needs more samples than. Pure arithmetic on the model's description (no fitter):
+    ``gate`` may be the alias ``"topk"`` (with ``top_k``); ``gate_bias=False`` is a competition
+    gate without intercepts. The count is the sum of :func:`free_param_sizes`.
+
+    >>> n_free_params("softmax", None, "linear", 2, 1)
+    8
+    """
+    k, d = check_int(k, "k"), check_int(d, "d")
+    gate, _ = canonical_gate(gate, top_k, k)
+    check_expert(expert)
+    return sum(free_param_sizes(gate, k, d, gate_bias).values())
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,7 +239,7 @@ def log_terms_local(
     ``gate_pre`` (..., n, k) are the gate logits (None for competition), ``expert_pre`` (..., n, k)
     the experts' pre-activations ``a . x + b``, ``log_var`` (..., 1 or n, k) the log-variances and
     ``comp_bias`` (..., 1 or n, k) the competition intercepts. The fitter differentiates twice with
-    respect to these few local quantities instead of the parameters (see :mod:`mixsim.fit`).
+    respect to these few local quantities instead of the parameters (see :mod:`mixsim.fitting`).
     """
     mean = EXPERTS[expert](expert_pre)
     if gate == "competition":
@@ -226,7 +249,7 @@ def log_terms_local(
     else:
         scores = gate_pre
     log_gate = normalise_scores(gate, scores, top_k)
-    log_normal = -0.5 * (_LOG_2PI + log_var + (y.unsqueeze(-1) - mean) ** 2 * torch.exp(-log_var))
+    log_normal = -0.5 * (LOG_2PI + log_var + (y.unsqueeze(-1) - mean) ** 2 * torch.exp(-log_var))
     return log_gate + log_normal
 
 
@@ -242,7 +265,7 @@ def log_likelihood(params: MoEParams, X: Any, y: Any) -> float:
     return float(log_density(params, X, y).sum())
 
 
-def _float_array(value: Any, name: str) -> np.ndarray:
+def float_array(value: Any, name: str) -> np.ndarray:
     """A writable float64 array (pandas and read-only inputs are copied; torch warns on read-only
     arrays); an error naming ``name`` for sparse, complex or non-numeric values."""
     if hasattr(value, "tocsr"):  # scipy.sparse matrices and arrays
@@ -262,8 +285,8 @@ def check_data(X: Any, y: Any, dim: int | None = None, min_samples: int = 1) -> 
 
     Raises ValueError naming the argument for wrong shapes, NaN/inf, or too few samples.
     """
-    X = _float_array(X, "X")
-    y = _float_array(y, "y")
+    X = float_array(X, "X")
+    y = float_array(y, "y")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -318,9 +341,7 @@ def sample_x(n: int, d: int, x_dist: str = "uniform", rng: Any = None) -> np.nda
     """Draw ``n`` inputs of dimension ``d``: uniform on [0, 1]^d, an even grid on [0, 1] (d = 1), or N(0, I)."""
     if x_dist not in X_DISTS:
         raise ValueError(f"unknown x_dist {x_dist!r}; expected one of {tuple(X_DISTS)}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int; got {n!r}")
-    return X_DISTS[x_dist](int(n), d, as_rng(rng))
+    return X_DISTS[x_dist](check_int(n, "n"), d, as_rng(rng))
 
 
 def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +367,7 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
         raise TypeError(f"params must be a MoEParams (e.g. mixsim.preset('softmax_k2')); got {type(params).__name__}")
     rng = as_rng(rng)
     X = sample_x(n, params.dim, x_dist, rng)
-    log_prob, mean = _log_gate_and_mean(params, X)
+    log_prob, mean = log_gate_and_mean(params, X)
     bad = ~np.isfinite(mean).all(axis=1)
     if bad.any():
         raise ValueError(f"params: the expert means overflow float64 at {int(bad.sum())} of {len(X)} inputs "
@@ -367,12 +388,13 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
 
 def gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gate weights pi(x) and expert means h(x), both arrays of shape (n, k), at inputs X (n, d)."""
-    log_gate, mean = _log_gate_and_mean(params, X)
+    log_gate, mean = log_gate_and_mean(params, X)
     return np.exp(log_gate), mean
 
 
-def _log_gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    Xt = torch.as_tensor(_float_array(X, "X"))
+def log_gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log gate weights log pi(x) and expert means h(x), both arrays of shape (n, k), at inputs X (n, d)."""
+    Xt = torch.as_tensor(float_array(X, "X"))
     t = params.tensors()
     mean = expert_mean(params.expert, Xt, t["expert_weight"], t["expert_bias"])
     log_gate = log_gate_weights(
@@ -380,133 +402,6 @@ def _log_gate_and_mean(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np
         expert_mean=mean, top_k=params.top_k, phi=params.phi,
     )
     return log_gate.numpy(), mean.numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# preset truths
-# ---------------------------------------------------------------------------------------------
-
-_PRESETS: dict[str, tuple[str, Callable[[], MoEParams]]] = {}
-
-
-def _preset(name: str, doc: str):
-    def register(fn: Callable[[], MoEParams]) -> Callable[[], MoEParams]:
-        _PRESETS[name] = (doc, fn)
-        return fn
-    return register
-
-
-@_preset("softmax_k2", "reference truth of 'Demystifying softmax gating' (THEORY.md section 5), d = 1")
-def _softmax_k2() -> MoEParams:
-    return MoEParams(
-        gate="softmax", top_k=None, gate_weight=[[25.0], [0.0]], gate_bias=[-8.0, 0.0], expert="linear",
-        expert_weight=[[-20.0], [20.0]], expert_bias=[15.0, -5.0], variance=[0.3**2, 0.4**2],
-    )
-
-
-@_preset("competition_k2", "competition gate, d = 1, two linear experts; gate weights 0.14..0.84 on [0, 1]")
-def _competition_k2() -> MoEParams:
-    # The truth probed in THEORY.md section 7. With beta0 = 0 the gate is softmax(softplus(2 - 3x),
-    # softplus(2.5x - 0.5)): expert 1 gets 0.84 at x = 0 and 0.14 at x = 1, so the gate varies over
-    # the whole input range (neither expert is negligible anywhere), the experts cross inside [0, 1]
-    # (x = 0.45) and their noise levels differ, as in the softmax reference truth.
-    return MoEParams(
-        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="linear",
-        expert_weight=[[-3.0], [2.5]], expert_bias=[2.0, -0.5], variance=[0.3**2, 0.4**2],
-    )
-
-
-@_preset("softmax_k2_d2", "softmax gate, d = 2, two linear experts; gate logit from -5 to 5 on [0, 1]^2")
-def _softmax_k2_d2() -> MoEParams:
-    return MoEParams(
-        gate="softmax", top_k=None, gate_weight=[[6.0, -4.0], [0.0, 0.0]], gate_bias=[-1.0, 0.0], expert="linear",
-        expert_weight=[[-4.0, 3.0], [5.0, -2.0]], expert_bias=[2.0, -1.0], variance=[0.3**2, 0.4**2],
-    )
-
-
-@_preset("competition_k2_d2", "competition gate, d = 2, two linear experts")
-def _competition_k2_d2() -> MoEParams:
-    return MoEParams(
-        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="linear",
-        expert_weight=[[-3.0, 1.5], [2.5, -1.0]], expert_bias=[2.0, -0.5], variance=[0.3**2, 0.4**2],
-    )
-
-
-@_preset("softmax_k2_tanh", "softmax gate, d = 1, two tanh experts tanh(a x + b)")
-def _softmax_k2_tanh() -> MoEParams:
-    # Expert means run from +-0.96 to -+0.96 over [0, 1]; noise sd 0.1 and 0.15 keeps them apart.
-    return MoEParams(
-        gate="softmax", top_k=None, gate_weight=[[8.0], [0.0]], gate_bias=[-4.0, 0.0], expert="tanh",
-        expert_weight=[[-4.0], [4.0]], expert_bias=[2.0, -2.0], variance=[0.1**2, 0.15**2],
-    )
-
-
-@_preset("competition_k2_tanh", "competition gate, d = 1, two tanh experts")
-def _competition_k2_tanh() -> MoEParams:
-    return MoEParams(
-        gate="competition", top_k=None, gate_weight=None, gate_bias=[0.0, 0.0], expert="tanh",
-        expert_weight=[[-4.0], [4.0]], expert_bias=[2.0, -2.0], variance=[0.1**2, 0.15**2],
-    )
-
-
-def preset(name: str) -> MoEParams:
-    """A named true model; :func:`list_presets` lists them with a line each."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(_PRESETS)}")
-    return _PRESETS[name][1]()
-
-
-def list_presets() -> dict[str, str]:
-    """Preset names mapped to a one-line description."""
-    return {name: doc for name, (doc, _) in _PRESETS.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# random truths: many truths per gate instead of one (issue 12)
-# ---------------------------------------------------------------------------------------------
-
-RANDOM_TRUTH_GATES = ("softmax", "competition")
-
-
-@dataclass(frozen=True)
-class TruthPrior:
-    """The prior :func:`random_truth` draws from (every scale a modelling choice, tag [C]).
-
-    Expert i: slope ``a_i ~ N(0, expert_slope_scale^2 I_d)``, intercept
-    ``b_i ~ N(0, expert_intercept_scale^2)``, noise sd ``sigma_i ~ U(noise_sd)`` (variance
-    ``sigma_i^2``). Softmax gate: slope ``beta1_i ~ N(0, gate_slope_scale^2 I_d)`` and intercept
-    ``beta0_i = -beta1_i . c_i + N(0, gate_bias_scale^2)`` with ``c_i`` drawn from the input
-    distribution, so that expert i's logit crosses zero near an input point instead of outside the
-    data. Competition gate: ``beta0_i ~ N(0, gate_bias_scale^2)``. Finally the last expert's gate
-    parameters are subtracted from every expert's (the model is unchanged; the last gate becomes 0,
-    as in the authors' code).
-    """
-
-    expert_slope_scale: float = 3.0
-    expert_intercept_scale: float = 1.0
-    noise_sd: tuple[float, float] = (0.2, 0.5)
-    gate_slope_scale: float = 6.0
-    gate_bias_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("expert_slope_scale", "expert_intercept_scale", "gate_slope_scale", "gate_bias_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"TruthPrior.{name} must be a finite number >= 0; got {value!r}")
-        pair = self.noise_sd
-        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
-        if not ok or not 0 < pair[0] <= pair[1]:
-            raise ValueError(f"TruthPrior.noise_sd must be a pair (low, high) with 0 < low <= high; got {pair!r}")
-        object.__setattr__(self, "noise_sd", (float(pair[0]), float(pair[1])))
-
-
-#: Default prior per expert family: tanh experts have means in (-1, 1), so smaller noise keeps
-#: them as distinguishable as linear experts with sd 0.2-0.5.
-TRUTH_PRIORS: dict[str, TruthPrior] = {
-    "linear": TruthPrior(),
-    "tanh": TruthPrior(noise_sd=(0.08, 0.2)),
-}
 
 
 def atom_vectors(params: MoEParams) -> np.ndarray:
@@ -519,162 +414,13 @@ def atom_vectors(params: MoEParams) -> np.ndarray:
     return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts if p is not None], axis=1)
 
 
-def truth_margins(params: MoEParams, X: Any, floor: float) -> tuple[float, np.ndarray]:
-    """How well separated and how visible the experts of a model are.
-
-    Parameters
-    ----------
-    params : MoEParams
-    X : array of shape (n, d)
-        Inputs drawn from the input distribution.
-    floor : float
-        Gate-weight level.
-
-    Returns
-    -------
-    min_distance : float
-        Smallest Euclidean distance between two atom vectors (:func:`atom_vectors`); inf when k = 1.
-    visible_mass : array of shape (k,)
-        For each expert, the share of the inputs ``X`` where its gate weight is >= ``floor``.
-    """
-    vectors = atom_vectors(params)
-    k = vectors.shape[0]
-    dist = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=-1)
-    min_distance = float(np.min(dist[~np.eye(k, dtype=bool)])) if k > 1 else float("inf")
-    prob, _ = gate_and_mean(params, np.asarray(X, dtype=np.float64))
-    return min_distance, np.mean(prob >= floor, axis=0)
-
-
-def _draw_truth(gate: str, k: int, d: int, expert: str, prior: TruthPrior, x_dist: str, phi: str,
-                rng: np.random.Generator) -> MoEParams:
-    a = prior.expert_slope_scale * rng.standard_normal((k, d))
-    b = prior.expert_intercept_scale * rng.standard_normal(k)
-    sd = rng.uniform(prior.noise_sd[0], prior.noise_sd[1], size=k)
-    if gate == "softmax":
-        beta1 = prior.gate_slope_scale * rng.standard_normal((k, d))
-        centres = X_DISTS["uniform" if x_dist == "grid" else x_dist](k, d, rng)
-        beta0 = -np.sum(beta1 * centres, axis=1) + prior.gate_bias_scale * rng.standard_normal(k)
-        beta1 = beta1 - beta1[-1]
-    else:
-        beta1, beta0 = None, prior.gate_bias_scale * rng.standard_normal(k)
-    return MoEParams(gate=gate, top_k=None, gate_weight=beta1, gate_bias=beta0 - beta0[-1], expert=expert,
-                     expert_weight=a, expert_bias=b, variance=sd**2, phi=phi)
-
-
-def _check_number(value: Any, name: str, low: float, high: float, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
-    if value < low or value > high or (low_open and value == low):
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}]; got {value!r}")
-    return float(value)
-
-
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
-
-
-def random_truth(
-    gate: str,
-    k: int,
-    d: int,
-    rng: Any,
-    *,
-    expert: str = "linear",
-    delta: float = 1.0,
-    floor: float = 0.2,
-    mass: float = 0.1,
-    x_dist: str = "uniform",
-    prior: TruthPrior | None = None,
-    phi: str = "softplus",
-    n_check: int = 4000,
-    max_tries: int = 1000,
-) -> MoEParams:
-    """Draw a true model from a documented prior, keeping only well-separated truths with visible experts.
-
-    Candidates are drawn from ``prior`` (:class:`TruthPrior`) until one meets both conditions:
-
-    * **separation**: every two atoms ``(beta1, a, b, sigma2)`` (``(a, b, sigma2)`` for
-      competition) are at least ``delta`` apart in Euclidean distance, the metric of the Voronoi
-      cells (:func:`atom_vectors`);
-    * **visibility**: every expert's gate weight is >= ``floor`` on a set of inputs of probability
-      >= ``mass``, checked on ``n_check`` inputs drawn from ``x_dist``, so that no expert is
-      invisible in the data.
-
-    Parameters
-    ----------
-    gate : {"softmax", "competition"}
-        Gate of the truth (dense; competition with softplus ``phi`` and intercepts ``beta0``).
-    k : int
-        Number of experts, >= 1.
-    d : int
-        Input dimension, >= 1.
-    rng : numpy Generator, SeedSequence or int seed
-        Randomness (required: same seed, same truth). None draws fresh entropy.
-    expert : {"linear", "tanh"}, default "linear"
-        Expert family (tanh for the control study).
-    delta : float, default 1.0
-        Minimum distance between atoms, >= 0.
-    floor : float, default 0.2
-        Gate-weight level of the visibility condition, in [0, 1).
-    mass : float, default 0.1
-        Minimum share of inputs on which each expert's weight reaches ``floor``, in (0, 1].
-    x_dist : {"uniform", "grid", "normal"}, default "uniform"
-        Input distribution of the study (:data:`X_DISTS`).
-    prior : TruthPrior, optional
-        Default :data:`TRUTH_PRIORS` ``[expert]``.
-    phi : {"softplus", "identity"}, default "softplus"
-        Competition transform.
-    n_check : int, default 4000
-        Inputs drawn (once, before the candidates) for the visibility check.
-    max_tries : int, default 1000
-        Candidates drawn before giving up.
-
-    Returns
-    -------
-    MoEParams
-        Like :func:`preset` returns; the last expert's gate parameters are 0.
-
-    Raises
-    ------
-    ValueError
-        Naming the argument for bad input, or naming ``delta``/``floor``/``mass`` when no candidate
-        in ``max_tries`` met the conditions.
-    """
-    if not isinstance(gate, str):
-        raise TypeError(f"gate must be a string; got {type(gate).__name__}")
-    if gate not in RANDOM_TRUTH_GATES:
-        raise ValueError(f"gate must be one of {RANDOM_TRUTH_GATES}; got {gate!r}")
-    k, d = _check_count(k, "k"), _check_count(d, "d")
-    expert = check_expert(expert)
-    check_phi(phi)
-    delta = _check_number(delta, "delta", 0.0, math.inf)
-    floor = _check_number(floor, "floor", 0.0, 1.0)
-    if floor >= 1.0:
-        raise ValueError(f"floor must be in [0, 1); got {floor!r}")
-    mass = _check_number(mass, "mass", 0.0, 1.0, low_open=True)
-    if x_dist not in X_DISTS:
-        raise ValueError(f"x_dist must be one of {tuple(X_DISTS)}; got {x_dist!r}")
-    if x_dist == "grid" and d != 1:
-        raise ValueError(f"x_dist='grid' is defined for d = 1 only; got d = {d}")
-    prior = TRUTH_PRIORS[expert] if prior is None else prior
-    if not isinstance(prior, TruthPrior):
-        raise TypeError(f"prior must be a TruthPrior or None; got {type(prior).__name__}")
-    n_check, max_tries = _check_count(n_check, "n_check"), _check_count(max_tries, "max_tries")
-    rng = as_rng(rng)
-    X = sample_x(n_check, d, x_dist, rng)
-    best_distance, best_visible = -math.inf, -math.inf
-    for _ in range(max_tries):
-        truth = _draw_truth(gate, k, d, expert, prior, x_dist, phi, rng)
-        distance, visible = truth_margins(truth, X, floor)
-        if distance >= delta and np.all(visible >= mass):
-            return truth
-        best_distance, best_visible = max(best_distance, distance), max(best_visible, float(visible.min()))
-    raise ValueError(
-        f"no {gate} truth with k = {k}, d = {d}, {expert} experts met delta = {delta:g}, floor = {floor:g}, "
-        f"mass = {mass:g} in max_tries = {max_tries} draws (largest smallest distance {best_distance:.3g}, largest "
-        f"smallest visible mass {best_visible:.3g}); lower delta, floor or mass, or widen the prior"
-    )
+# Named and random true models (mixsim.truths builds on the classes above, hence the import last).
+from .truths import (  # noqa: E402
+    RANDOM_TRUTH_GATES,
+    TRUTH_PRIORS,
+    TruthPrior,
+    list_presets,
+    preset,
+    random_truth,
+    truth_margins,
+)

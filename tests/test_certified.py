@@ -9,8 +9,8 @@ from scipy.optimize import minimize
 
 import mixsim
 from mixsim import ConvergenceWarning
-from mixsim._layout import _Layout, _mean_loglik
-from mixsim._newton import newton_decrement
+from mixsim.fitting.layout import Layout as _Layout, mean_loglik as _mean_loglik
+from mixsim.fitting.newton import newton_decrement
 from tests.test_model import _np_log_density
 
 
@@ -109,7 +109,7 @@ def test_overfitted_fit_with_the_shipped_spec_settings_is_stationary():
 def test_newton_takes_over_when_em_refuses_its_step(monkeypatch):
     # Make every EM proposal worse than where it starts (variances x 10): EM must refuse it, and
     # the refusal must hand the fit to Newton, not end it as "converged".
-    import mixsim._em as em
+    import mixsim.fitting.em as em
 
     real = em._em_proposal
 

@@ -8,9 +8,9 @@ from scipy.optimize import minimize
 
 import mixsim
 from mixsim import ConvergenceWarning
-from mixsim._em import _em_gradient, _em_stats, _EMData, _EMIndex
-from mixsim._layout import _Layout, _mean_loglik
-from mixsim._newton import _grad_hess, _grad_hess_autograd, _gradient
+from mixsim.fitting.derivatives import grad_hess as _grad_hess, grad_hess_autograd as _grad_hess_autograd, gradient_autograd as _gradient
+from mixsim.fitting.em import _em_gradient, _em_stats, _EMData, _EMIndex
+from mixsim.fitting.layout import Layout as _Layout, mean_loglik as _mean_loglik
 from tests.test_model import _np_log_density
 
 
@@ -308,7 +308,7 @@ def test_em_gradient_equals_autograd(k, d, top_k):
 def test_value_and_gradient_equal_autograd(gate, top_k, expert, bias):
     # The one-pass closed-form value and gradient (L-BFGS-B in bench_fit uses them) against the
     # plain log-likelihood and autograd through the parameters (1e-12: rounding only).
-    from mixsim._newton import _value_and_gradient
+    from mixsim.fitting.derivatives import value_and_gradient as _value_and_gradient
     layout = _Layout(gate, top_k, expert, "softplus", 3, 2, bias)
     g = torch.Generator().manual_seed(3)
     X = torch.rand(2, 20_000, 2, generator=g, dtype=torch.float64)  # several chunks
@@ -324,7 +324,7 @@ def test_trust_step_solves_the_trust_region_problem(case):
     # maximise c.w - sum(lam w^2)/2 over |w| <= r: checked against the optimality conditions of
     # More and Sorensen ((diag(lam) + mu) w = c, mu >= 0, lam + mu >= 0, mu (r - |w|) = 0) and
     # against SLSQP from many starts (the best of which must not beat the step by more than 1e-9).
-    from mixsim._newton import _trust_step
+    from mixsim.fitting.newton import _trust_step
     rng = np.random.default_rng({"concave_inside": 0, "concave_boundary": 1, "indefinite": 2, "hard": 3}[case])
     P = 6
     lam = np.sort(np.append(rng.uniform(0.1, 2.0, P - 1), 1.0 if case.startswith("concave") else -0.5))  # ascending
@@ -358,7 +358,8 @@ def test_certified_at_the_returned_point_after_leaps():
     # must be the Newton decrement at the returned parameters, recomputed here independently
     # (autograd Hessian, numpy-free of the engine's closed forms): within 1e-3 relative, or both
     # below 1e-16 (rounding).
-    from mixsim._newton import _grad_hess_autograd, stationarity
+    from mixsim.fitting.derivatives import grad_hess_autograd as _grad_hess_autograd
+    from mixsim.fitting.newton import stationarity
     truth = mixsim.preset("competition_k2")
     X, y = mixsim.sample(truth, 10_000, rng=2)
     res = mixsim.fit(X, y, 3, gate="competition", init="near_truth", truth=truth, rng=3)

@@ -29,7 +29,8 @@ def test_get_params_set_params_and_clone():
     params = model.get_params()
     assert params["n_experts"] == 3 and params["gate"] == "competition" and params["random_state"] == 7
     assert set(params) == {"n_experts", "gate", "top_k", "expert", "tol", "gtol", "max_iter", "n_init", "init", "rng",
-                           "truth", "method", "init_options", "random_state"}
+                           "truth", "method", "init_options", "em_warmup", "variance_floor", "gate_bias", "phi", "compile",
+                           "random_state"}
     twin = clone(model)
     assert twin is not model and twin.get_params() == params
     assert model.set_params(n_experts=4, tol=1e-5) is model and model.n_experts == 4 and model.tol == 1e-5

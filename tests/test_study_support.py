@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mixsim.fit import FitResult
+from mixsim.fitting import FitResult
 from mixsim.study import Engine, StudySpec
 
 COUNTER_ENV = "MIXSIM_TEST_FIT_COUNTER"  # file that gets one line per data set fitted

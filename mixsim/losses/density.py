@@ -4,12 +4,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from scipy.special import ndtr
 
-from ..experts import expert_mean
-from ..gates import log_gate_weights
-from ..model import MoEParams, as_rng, sample_x
+from ..model import MoEParams, as_rng, log_gate_and_mean, sample_x
 from .atoms import _check_params
 
 
@@ -25,14 +22,8 @@ _CHUNK = 256  # inputs per block, to bound memory
 
 def conditional_mixture(params: MoEParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Conditional mixture of y given each input: log weights (n, k), means (n, k), sds (k,)."""
-    t = params.tensors()
-    Xt = torch.from_numpy(X)
-    mean = expert_mean(params.expert, Xt, t["expert_weight"], t["expert_bias"])
-    log_w = log_gate_weights(
-        params.gate, Xt, gate_weight=t["gate_weight"], gate_bias=t["gate_bias"],
-        expert_mean=mean, top_k=params.top_k, phi=params.phi,
-    )
-    return log_w.numpy(), mean.numpy(), np.sqrt(np.asarray(params.variance))
+    log_w, mean = log_gate_and_mean(params, X)
+    return log_w, mean, np.sqrt(np.asarray(params.variance))
 
 
 def _z(y: np.ndarray, mean: np.ndarray, sd: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:

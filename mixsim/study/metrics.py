@@ -37,7 +37,7 @@ class MetricContext:
     spec : StudySpec or None
         The study, with ``truth`` set to the fit's truth (None for a network task).
     result : Any
-        A :class:`mixsim.fit.FitResult`, anything with ``params`` and ``log_likelihood`` (a stored
+        A :class:`mixsim.FitResult`, anything with ``params`` and ``log_likelihood`` (a stored
         estimate), or a :class:`HeldOut` (a network task).
     n : int
         Sample size.

@@ -137,7 +137,7 @@ class GateSpec:
 
 @dataclass(frozen=True)
 class FitSpec:
-    """How every model of a ``kind = "mle"`` study is fitted (arguments of :func:`mixsim.fit.fit_batch`)."""
+    """How every model of a ``kind = "mle"`` study is fitted (arguments of :func:`mixsim.fit_batch`)."""
 
     gates: tuple[GateSpec, ...]
     fitted_k: tuple[int, ...]

@@ -16,7 +16,7 @@ import numpy as np
 from ..experts import EXPERTS
 from ..gates import canonical_gate
 from ..losses import WEIGHTINGS
-from ..model import X_DISTS, MoEParams, free_param_sizes
+from ..model import X_DISTS, MoEParams, n_free_params
 from ..options import METHODS, FitOptions, NearTruthInit
 from ..rates import SLOPE_AVERAGES
 from .metrics import MLE_METRICS, REGISTRY
@@ -252,7 +252,7 @@ def _check_sizes(n_values: tuple[int, ...], fit: FitSpec, truth: MoEParams) -> N
     for g in fit.gates:
         opts = dict(fit.options) | dict(g.options)
         for k in fit.fitted_k:
-            n_params = sum(free_param_sizes(g.name, k, truth.dim, bool(opts.get("gate_bias", True))).values())
+            n_params = n_free_params(g.name, g.top_k, fit.expert, k, truth.dim, bool(opts.get("gate_bias", True)))
             if min(n_values) <= n_params:
                 raise SpecError(
                     f"grid: n = {min(n_values)} is too small for gate {g.label!r} with fitted_k = {k} "

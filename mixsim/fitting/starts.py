@@ -1,19 +1,23 @@
 """Starts of a fit: near the truth (THEORY.md section 2) or from the data alone.
 
-numpy, one data set at a time, each from that data set's own random stream.
+numpy, one data set at a time, each from that data set's own random stream. Each returns the
+parameter arrays of one start (``gate_weight``, ``gate_bias``, ``expert_weight``, ``expert_bias``,
+``variance``; a gate field is None where the model has none).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ._layout import _Layout
-from .experts import EXPERTS
-from .model import MoEParams
-from .options import NearTruthInit
+from ..experts import EXPERTS
+from ..model import MoEParams
+from ..options import NearTruthInit
+from .layout import Layout
+
+__all__ = ["init_near_truth", "init_auto"]
 
 
-def _init_near_truth(truth: MoEParams, k: int, n: int, opts: NearTruthInit, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
+def init_near_truth(truth: MoEParams, k: int, n: int, opts: NearTruthInit, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
     """Start near the truth (THEORY.md section 2): assign, split weights inside a cell, add noise."""
     k0 = truth.n_experts
     assign = np.asarray(opts.assign if opts.assign is not None else list(range(k0)) + [0] * (k - k0))
@@ -33,7 +37,7 @@ def _init_near_truth(truth: MoEParams, k: int, n: int, opts: NearTruthInit, rng:
     return out
 
 
-def _init_auto(layout: _Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
+def init_auto(layout: Layout, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray | None]:
     """A data-driven start: k random centres in standardised (x, y), hard clusters, least squares.
 
     The gate starts nearly uniform; each expert is fitted by ridge least squares

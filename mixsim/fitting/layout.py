@@ -1,6 +1,6 @@
-"""Flat free parameters theta (B, P) of a batch of models, and the per-row engine state.
+"""Flat free parameters theta (B, P) of a batch of models, and the map between units of X.
 
-The EM and Newton engines (``_em.py``, ``_newton.py``) both work on rows of theta: every
+The EM and Newton engines (``em.py``, ``newton.py``) both work on rows of theta: every
 parameter tensor carries a leading batch dimension B. Softmax-type gates are identified up to
 a common shift, so their last row of slopes and last intercept are fixed at 0 and left out.
 """
@@ -11,12 +11,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import MoEParams, free_param_sizes, log_terms, log_terms_local
+from ..model import MoEParams, free_param_sizes, log_terms, log_terms_local
 
+__all__ = ["Layout", "mean_loglik", "project", "affine"]
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
+    """Where each free parameter of a k-expert model with d inputs sits in a row of theta.
+
+    Rows of theta hold, in order: the free gate slopes, the free gate intercepts, the expert
+    slopes, the expert intercepts and the log-variances (:func:`mixsim.model.free_param_sizes`).
+    ``gate`` is canonical (``"softmax"``, ``"sigmoid"`` or ``"competition"``; top-K is softmax
+    with ``top_k``); ``gate_bias=False`` is a competition gate without intercepts.
+    """
+
     gate: str
     top_k: int | None
     expert: str
@@ -144,18 +153,32 @@ class _Layout:
         return {name: None if v is None else v.unsqueeze(0) for name, v in t.items()}
 
 
-def _mean_loglik(layout: _Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample log-likelihood of each data set, shape (B,)."""
+def mean_loglik(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample log-likelihood of each data set, shape (B,) (autograd-friendly reference)."""
     return torch.logsumexp(layout.log_terms(layout.unpack(theta), X, y), dim=-1).mean(-1)
 
 
-def _project(theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
+def project(theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
     """Clamp log-variances (the last k entries) at the floor."""
     return torch.cat([theta[:, :-k], torch.maximum(theta[:, -k:], log_floor[:, None])], dim=1)
 
 
-def _record(state: dict, idx: torch.Tensor, ok: torch.Tensor) -> None:
-    """Append the per-sample log-likelihood of the data sets whose iteration was accepted."""
-    flags = torch.zeros_like(state["done"])
-    flags[idx] = ok
-    state["trace"].append((state["f"].clone(), flags))
+def affine(p: dict, centre: np.ndarray, scale: np.ndarray, inverse: bool = False) -> dict:
+    """Parameters for inputs x to parameters for (x - centre) / scale, or back (``inverse``).
+
+    Arrays may carry leading batch dimensions matching those of ``centre`` and ``scale`` (..., d).
+    A slope w on x is w * scale on the standardised input, and the intercept gains w . centre.
+    """
+    out = dict(p)
+    for w, b in (("gate_weight", "gate_bias"), ("expert_weight", "expert_bias")):
+        if p.get(w) is None:
+            continue
+        if inverse:
+            out[w] = p[w] / scale[..., None, :]
+            if p.get(b) is not None:
+                out[b] = p[b] - (out[w] * centre[..., None, :]).sum(-1)
+        else:
+            out[w] = p[w] * scale[..., None, :]
+            if p.get(b) is not None:
+                out[b] = p[b] + (p[w] * centre[..., None, :]).sum(-1)
+    return out

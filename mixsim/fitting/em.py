@@ -3,18 +3,25 @@
 Experts by weighted least squares, variances in closed form, the gate by one Newton (IRLS) step
 per iteration, halved until the log-likelihood does not decrease. One pass over the data per
 iteration computes the E-step and every statistic the M-step needs (``_em_stats``, or its
-``torch.compile`` twin ``_compiled_em_stats``).
+``torch.compile`` twin ``_compiled_em_stats``). :func:`run_em` is the entry point (called by
+:mod:`mixsim.fitting.engine`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from ._layout import _Layout, _record
-from ._newton import measure
-from .gates import masked_log_softmax, top_k_mask
+from ..gates import masked_log_softmax, top_k_mask
+from .layout import Layout
+from .newton import measure
+
+if TYPE_CHECKING:
+    from .engine import EngineState
+
+__all__ = ["run_em"]
 
 # Arguments of exp() are floored at -700 (exp(-700) ~ 1e-304, an absolute error no sum of
 # weights notices): below, exp() underflows through denormals, about 20x slower.
@@ -93,7 +100,7 @@ class _EMIndex:
         )
 
 
-def _em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
+def _em_stats(layout: Layout, p: dict, data: _EMData, ix: _EMIndex):
     """One pass over the data: per-sample log-likelihood and every statistic the M-step needs.
 
     Works expert-major, on (B, k, n) tensors: reductions over the few experts are elementwise
@@ -178,7 +185,7 @@ def _em_stats_fused(gw, gb, ew, eb, var, Psi, top_k: int | None):
 _COMPILED: dict = {}
 
 
-def _compiled_em_stats(layout: _Layout, p: dict, data: _EMData, ix: _EMIndex):
+def _compiled_em_stats(layout: Layout, p: dict, data: _EMData, ix: _EMIndex):
     """:func:`_em_stats_fused` through ``torch.compile`` (compiled once per process, any n);
     ``data`` must hold ``rows``."""
     if "em" not in _COMPILED:
@@ -209,7 +216,7 @@ def _rss(S: torch.Tensor, t: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> 
     return u - 2 * (w * t).sum(-1) + (w * Sw).sum(-1), Sw
 
 
-def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
+def _em_proposal(layout: Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
     """M-step from the statistics: new experts and variances, and the gate's Newton direction.
 
     The statistics ride along (keys ``moments`` and ``gate_grad``): the gradient of the observed
@@ -245,7 +252,7 @@ def _em_proposal(layout: _Layout, p: dict, moments, grad, hess, floor: torch.Ten
     }
 
 
-def _em_gradient(layout: _Layout, p: dict, moments: torch.Tensor, gate_grad: torch.Tensor) -> torch.Tensor:
+def _em_gradient(layout: Layout, p: dict, moments: torch.Tensor, gate_grad: torch.Tensor) -> torch.Tensor:
     """Gradient (B, P) of the per-sample observed log-likelihood at ``p``, in the layout's order,
     from the EM statistics at ``p`` (Fisher's identity: the gradient of the EM objective)."""
     B, d = moments.shape[0], layout.d
@@ -285,8 +292,8 @@ def _take(d: dict, idx: torch.Tensor) -> dict:
     return {name: v[idx] for name, v in d.items()}
 
 
-def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, gtol: float, n_steps: int, state: dict,
-            stats_fn=None, certify: bool = False) -> dict:
+def run_em(layout: Layout, p: dict, X, y, floor, tol: float, gtol: float, n_steps: int, state: EngineState,
+           compiled: bool = False, certify: bool = False) -> dict:
     """EM on the data sets not yet done, for at most ``n_steps`` iterations; returns all params.
 
     A data set leaves EM when an accepted full iteration changes its per-sample log-likelihood by
@@ -298,32 +305,32 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, gtol: float, n_st
 
     Finished data sets are dropped from the working batch once half of it is done, carrying every
     per-data-set quantity along, so a data set follows the same path whatever its batch. Sets
-    ``state["f"]``, ``state["grad"]`` and ``state["last_change"]`` of the rows it ran; starts the
-    trace if it is empty.
+    ``state.f``, ``state.grad`` and ``state.last_change`` of the rows it ran; starts the trace if
+    it is empty. ``compiled`` runs each pass through ``torch.compile`` (:func:`_compiled_em_stats`).
     """
     out = {name: v.clone() for name, v in p.items()}
-    idx = torch.nonzero(~state["done"]).squeeze(1)
+    idx = torch.nonzero(~state.done).squeeze(1)
     if idx.numel() == 0 or n_steps <= 0:
         return out
-    stats_fn = stats_fn or _em_stats
-    data, fl = _EMData.of(X[idx], y[idx], rows=stats_fn is _compiled_em_stats), floor[idx]
+    stats_fn = _compiled_em_stats if compiled else _em_stats
+    data, fl = _EMData.of(X[idx], y[idx], rows=compiled), floor[idx]
     ix = _EMIndex.of(layout.k, layout.d, X.device)
     accepted = _take(p, idx)
     f_acc, *stats = stats_fn(layout, accepted, data, ix)
     prop = _em_proposal(layout, accepted, *stats, fl)
     step = torch.ones_like(f_acc)
     left = torch.zeros_like(f_acc, dtype=torch.bool)  # left EM for Newton
-    state["f"][idx] = f_acc
-    if not state["trace"]:
-        _record(state, idx, torch.ones_like(f_acc, dtype=torch.bool))
+    state.f[idx] = f_acc
+    if not state.trace:
+        state.record(idx, torch.ones_like(f_acc, dtype=torch.bool))
 
     def store(rows, acc, pr):
         for name in out:
             out[name][rows] = acc[name]
-        state["grad"][rows] = _em_gradient(layout, acc, pr["moments"], pr["gate_grad"])
+        state.grad[rows] = _em_gradient(layout, acc, pr["moments"], pr["gate_grad"])
 
     for _ in range(n_steps):
-        active = ~state["done"][idx] & ~left
+        active = ~state.done[idx] & ~left
         n_active = int(active.sum())
         if n_active == 0:
             break
@@ -340,27 +347,27 @@ def _run_em(layout: _Layout, p: dict, X, y, floor, tol: float, gtol: float, n_st
         # A gate step of 0 is a pure EM step on experts and variances, which cannot lower the
         # likelihood in exact arithmetic; if even that is refused, EM can go no further here.
         stuck = active & ~ok & (step == 0) & torch.isfinite(f_acc)
-        state["last_change"][idx] = torch.where(ok, f_c - f_acc, state["last_change"][idx])
+        state.last_change[idx] = torch.where(ok, f_c - f_acc, state.last_change[idx])
         prop = _select(ok, _em_proposal(layout, cand, *stats_c, fl), prop)
         accepted = _select(ok, cand, accepted)
         f_acc = torch.where(ok, f_c, f_acc)
         halved = torch.where(step < 1e-6, torch.zeros_like(step), step * 0.5)
         step = torch.where(ok, torch.ones_like(step), torch.where(active, halved, step))
-        state["n_iter"][idx] += active.long()
-        state["f"][idx] = f_acc
-        _record(state, idx, ok)
+        state.n_iter[idx] += active.long()
+        state.f[idx] = f_acc
+        state.record(idx, ok)
         if certify and bool(small.any()):
             rows = torch.nonzero(small).squeeze(1)
             theta = layout.pack(_take(accepted, rows))
             g, dec = measure(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1], torch.log(fl[rows]))
-            state["grad"][idx[rows]], state["stationarity"][idx[rows]] = g, dec
+            state.grad[idx[rows]], state.stationarity[idx[rows]] = g, dec
             conv = torch.zeros_like(small)
             conv[rows] = dec <= gtol
-            state["converged"][idx] |= conv
-            state["done"][idx] |= conv
+            state.converged[idx] |= conv
+            state.done[idx] |= conv
             left |= stuck
         else:
             left |= small | stuck
-        state["done"][idx] |= state["n_iter"][idx] >= state["max_iter"]
+        state.done[idx] |= state.n_iter[idx] >= state.max_iter
     store(idx, accepted, prop)
     return out
