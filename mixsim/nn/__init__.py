@@ -13,7 +13,8 @@ Building blocks
 Experiment
     :func:`run_nn_task` (one study task, the contract of ``mixsim.study``), :func:`run_experiment`
     and :func:`plot_sample_efficiency`: held-out error against training-set size per router
-    (``studies/nn_sample_efficiency.toml``; ``python -m mixsim.nn`` runs it without the runner).
+    (``studies/nn_sample_efficiency.toml``; ``python -m mixsim.nn`` and :func:`run_experiment` run it
+    through the study runner, like ``mixsim run``).
 
 Example
 -------
