@@ -12,10 +12,16 @@ from typing import Any
 
 from .checks import check_bool, check_choice, check_int, check_real
 
-__all__ = ["FitOptions", "NearTruthInit", "METHODS", "PHIS"]
+__all__ = ["FitOptions", "NearTruthInit", "METHODS", "PHIS", "em_applies"]
 
 METHODS = ("auto", "em", "newton")
 PHIS = ("softplus", "identity")  # competition transforms (mixsim.gates.PHI has the functions)
+
+
+def em_applies(gate: str, expert: str) -> bool:
+    """Whether EM has closed-form steps for this model: a softmax (or top-K softmax) gate with
+    linear experts; every other model is fitted by Newton."""
+    return gate == "softmax" and expert == "linear"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class FitOptions:
         """Refuse options the model cannot use (ValueError naming the option)."""
         if not self.gate_bias and gate != "competition":
             raise ValueError(f"gate_bias=False (a gate without intercepts) is for the competition gate only; got gate={gate!r}")
-        if self.method == "em" and not (gate == "softmax" and expert == "linear"):
+        if self.method == "em" and not em_applies(gate, expert):
             raise ValueError(f"method='em' needs gate='softmax' and expert='linear'; got gate={gate!r}, expert={expert!r}; use 'newton'")
 
 

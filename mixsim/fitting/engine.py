@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..options import FitOptions
+from ..options import FitOptions, em_applies
 from .em import run_em
 from .layout import Layout
 from .newton import measure, run_newton
@@ -134,8 +134,7 @@ def _run_rows(layout: Layout, theta, X, y, floor, options: FitOptions) -> Engine
     """Run EM and/or Newton on one sub-batch of rows."""
     method, max_iter = options.method, options.max_iter
     state = EngineState.start(theta, max_iter)
-    em_ok = layout.gate == "softmax" and layout.expert == "linear"
-    if em_ok and method in ("em", "auto"):
+    if em_applies(layout.gate, layout.expert) and method in ("em", "auto"):
         steps = max_iter if method == "em" else min(options.em_warmup, max_iter)
         with torch.no_grad():
             p = run_em(layout, layout.unpack(theta), X, y, floor, options.tol, options.gtol, steps, state,
