@@ -41,8 +41,9 @@ from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, sample_efficien
 from .groups import GroupsData, draw_groups, groups_data, plot_groups
 from .paper import GroupRatesData, draw_forest, draw_group_rates, forest_data, group_rates_data
 from .save import DPI, plot_study, save_figure
-from .style import (AVERAGE_ALIASES, AVERAGE_NAMES, GATE_COLOURS, GROUP_LABELS, GROUP_NAMES, MAIN_METRICS, MARKERS,
-                    METRIC_LABELS, SERIES_KEYS, PlotWarning, canonical_average)
+from .style import (AVERAGE_NAMES, GATE_COLOURS, GROUP_LABELS, GROUP_NAMES, MAIN_METRICS, MARKERS, METRIC_LABELS, SERIES_KEYS,
+                    PlotWarning)
+from ..rates import AVERAGE_ALIASES, canonical_average  # the rates' rule for average names, re-exported
 
 __all__ = [
     "BANDS",

@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ..losses import GROUPS
+from ..rates import canonical_average
 
 #: Columns that tell one series of a figure from another.
 SERIES_KEYS = ("study", "gate", "fitted_k", "metric")
@@ -30,8 +31,6 @@ MAIN_METRICS = ("D1", "D2", "hellinger", "tv")
 
 #: Averages of the replicates at one n, by the spec's names; ``"log"`` is the geometric mean.
 AVERAGE_NAMES = ("mean", "median", "log")
-#: Other names accepted for an average: ``"logmean"`` (:data:`mixsim.rates.AVERAGES`) for ``"log"``.
-AVERAGE_ALIASES = {"logmean": "log"}
 
 METRIC_LABELS = {
     "D1": "Voronoi loss D1",
@@ -84,14 +83,6 @@ class PlotWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------------
-
-def canonical_average(average: str) -> str:
-    """The spec's name of an average (``"logmean"`` -> ``"log"``); raises ValueError for unknown names."""
-    name = AVERAGE_ALIASES.get(average, average) if isinstance(average, str) else average
-    if name not in AVERAGE_NAMES:
-        raise ValueError(f"average must be one of {AVERAGE_NAMES} ('logmean' is accepted for 'log'); got {average!r}")
-    return name
-
 
 def rate_average(average: str) -> str:
     """The name :func:`mixsim.rates.fit_rate` (and so the rate tables) use for an average."""

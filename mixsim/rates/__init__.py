@@ -13,7 +13,7 @@ Files, in the order a rate is made: ``bootstrap`` (resampling replicates within 
 """
 from __future__ import annotations
 
-from .bootstrap import INTERVALS, SLOPE_AVERAGES, bootstrap_interval, ols_slope
+from .bootstrap import AVERAGE_ALIASES, INTERVALS, SLOPE_AVERAGES, bootstrap_interval, canonical_average, ols_slope
 from .compare import RateComparison, compare_rates, verdict
 from .estimate import FALLBACKS, VERDICTS, RateEstimate, estimate_rate
 from .power_law import AVERAGES, RateFit, fit_rate
@@ -22,5 +22,5 @@ from .theory import THEORY_RATES, theory_rate
 __all__ = [
     "AVERAGES", "THEORY_RATES", "RateFit", "fit_rate", "theory_rate", "ols_slope",
     "SLOPE_AVERAGES", "INTERVALS", "FALLBACKS", "VERDICTS", "RateEstimate", "RateComparison",
-    "estimate_rate", "compare_rates", "bootstrap_interval", "verdict",
+    "estimate_rate", "compare_rates", "bootstrap_interval", "verdict", "canonical_average", "AVERAGE_ALIASES",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "SLOPE_AVERAGES", "INTERVALS", "ols_slope", "as_groups", "canonical_average", "check_replicates",
+    "SLOPE_AVERAGES", "AVERAGE_ALIASES", "INTERVALS", "ols_slope", "as_groups", "canonical_average", "check_replicates",
     "Resampled", "draw_indices", "resample", "bootstrap_interval", "line_weights", "halves", "LinearStat", "linear_stat", "interval_of",
 ]
 
@@ -70,7 +70,8 @@ SLOPE_AVERAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "median": lambda errors: np.log(np.median(errors, axis=-1)),
     "mean": lambda errors: np.log(np.mean(errors, axis=-1)),
 }
-_AVERAGE_ALIASES = {"logmean": "log"}
+#: Other names accepted for an average: ``"logmean"`` (the name :func:`mixsim.rates.fit_rate` uses) for ``"log"``.
+AVERAGE_ALIASES = {"logmean": "log"}
 
 #: Bootstrap interval methods. ``"percentile"`` (the default): percentiles of the resampled
 #: statistic. ``"bca"``: bias-corrected and accelerated (Efron & Tibshirani 1993, ch. 14; the
@@ -102,11 +103,13 @@ class Resampled:
 
 
 def canonical_average(average: Any) -> str:
+    """The declared name of an average (``"logmean"`` -> ``"log"``); TypeError for a non-string,
+    ValueError for an unknown name."""
     if not isinstance(average, str):
         raise TypeError(f"average must be a string; got {type(average).__name__}")
-    name = _AVERAGE_ALIASES.get(average, average)
+    name = AVERAGE_ALIASES.get(average, average)
     if name not in SLOPE_AVERAGES:
-        raise ValueError(f"average must be one of {tuple(SLOPE_AVERAGES)} (or 'logmean' for 'log'); got {average!r}")
+        raise ValueError(f"average must be one of {tuple(SLOPE_AVERAGES)} ('logmean' is accepted for 'log'); got {average!r}")
     return name
 
 
