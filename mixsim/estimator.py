@@ -21,6 +21,8 @@ from .fitting import FitResult, fit
 from .model import MoEParams, check_data, gate_and_mean, log_density, sample
 from .options import FitOptions, NearTruthInit
 
+_OPTS = FitOptions()  # the fit options' defaults, written once (in FitOptions)
+
 __all__ = ["GaussianMoE", "NotFittedError", "KSelection", "select_n_experts"]
 
 
@@ -74,16 +76,14 @@ class GaussianMoE:
     top_k : int or None, default None
         Experts kept per input (None = dense).
     expert : {"linear", "tanh"}, default "linear"
-    tol : float, default 1e-8
-        Convergence needs the last iteration to change the per-sample log-likelihood by at most
-        ``tol`` ...
-    gtol : float, default 1e-10
-        ... and the Newton decrement per sample at the estimate to be at most ``gtol`` (a certified
-        stationary point; see :func:`mixsim.fit_batch`).
+    tol, gtol : float, default 1e-8, 1e-10
+        Converged (certified stationary; :func:`mixsim.fit_batch`): the last iteration changed the
+        per-sample log-likelihood by at most ``tol`` and the Newton decrement per sample is <= ``gtol``.
     max_iter : int, default 2000
     n_init : int, default 1
         Number of starts; the best likelihood is kept.
-    init : {"auto", "near_truth"}, default "auto"
+    init : {"auto", "near_truth", "search"}, default "auto"
+        ``search``: a search for the maximum likelihood (:func:`mixsim.fit_batch`).
     rng : None, int or numpy Generator, default None
         Seeds the starts.
     truth : MoEParams, optional
@@ -104,9 +104,13 @@ class GaussianMoE:
         scikit-learn's name for ``rng`` (``GridSearchCV`` and the estimator checks set it). Used
         when ``rng`` is None; giving both (different) is an error.
 
-    The fit options (``method``, ``n_init``, ``tol``, ``gtol``, ``max_iter``, ``em_warmup``,
-    ``variance_floor``, ``gate_bias``, ``phi``, ``compile``) are those of
-    :class:`~mixsim.options.FitOptions`, with its defaults; ``fit`` validates them there.
+    variance_min, variance_cap, variance_ratio : float
+        The other bounds of the declared parameter space (:class:`~mixsim.options.FitOptions`).
+    search_candidates, search_iter, search_scale, search_keep, hit_tol
+        The budget of ``init="search"`` (:class:`~mixsim.options.FitOptions`).
+
+    The fit options (every field of :class:`~mixsim.options.FitOptions`) take its defaults;
+    ``fit`` validates them there.
 
     Attributes
     ----------
@@ -143,20 +147,28 @@ class GaussianMoE:
         gate: str = "softmax",
         top_k: int | None = None,
         expert: str = "linear",
-        tol: float = 1e-8,
-        gtol: float = 1e-10,
-        max_iter: int = 2000,
-        n_init: int = 1,
+        tol: float = _OPTS.tol,
+        gtol: float = _OPTS.gtol,
+        max_iter: int = _OPTS.max_iter,
+        n_init: int = _OPTS.n_init,
         init: str = "auto",
         rng: Any = None,
         truth: MoEParams | None = None,
-        method: str = "auto",
+        method: str = _OPTS.method,
         init_options: NearTruthInit | None = None,
-        em_warmup: int = 20,
-        variance_floor: float = 1e-6,
-        gate_bias: bool = True,
-        phi: str = "softplus",
-        compile: bool = False,
+        em_warmup: int = _OPTS.em_warmup,
+        variance_floor: float = _OPTS.variance_floor,
+        gate_bias: bool = _OPTS.gate_bias,
+        phi: str = _OPTS.phi,
+        compile: bool = _OPTS.compile,
+        variance_min: float = _OPTS.variance_min,
+        variance_cap: float = _OPTS.variance_cap,
+        variance_ratio: float | None = _OPTS.variance_ratio,
+        search_candidates: int = _OPTS.search_candidates,
+        search_iter: int = _OPTS.search_iter,
+        search_scale: float = _OPTS.search_scale,
+        search_keep: int = _OPTS.search_keep,
+        hit_tol: float = _OPTS.hit_tol,
         random_state: Any = None,
     ) -> None:
         self.n_experts = n_experts
@@ -177,6 +189,9 @@ class GaussianMoE:
         self.gate_bias = gate_bias
         self.phi = phi
         self.compile = compile
+        self.variance_min, self.variance_cap, self.variance_ratio = variance_min, variance_cap, variance_ratio
+        self.search_candidates, self.search_iter, self.search_scale, self.search_keep, self.hit_tol = (
+            search_candidates, search_iter, search_scale, search_keep, hit_tol)
         self.random_state = random_state
 
     # -- scikit-learn's parameter protocol ------------------------------------------------------

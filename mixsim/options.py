@@ -46,13 +46,37 @@ class FitOptions:
     em_warmup : int, default 20
         With ``auto``: EM iterations before switching to Newton.
     variance_floor : float, default 1e-6
-        Variances are kept >= ``variance_floor * var(y)``; results on the floor are flagged.
+        Variances are kept >= ``variance_floor * var(y)`` (relative floor); results on a bound are
+        flagged (``FitResult.variance_bounded``). With the bounds below, these four fields declare
+        the compact parameter space the maximum likelihood is taken over
+        (:mod:`mixsim.fitting.bounds`, THEORY.md section 9).
+    variance_min : float, default 0.0
+        Absolute floor, in the units of y squared: variances are kept >= ``variance_min`` too.
+    variance_cap : float, default 1e6
+        Variances are kept <= ``variance_cap * var(y)``: a diverging start stops there instead of
+        overflowing (1e6: never reached by a fit that does not diverge).
+    variance_ratio : float or None, default None
+        Hathaway's constrained maximum likelihood: the largest variance is at most
+        ``variance_ratio`` times the smallest (>= 1; 1 forces equal variances). None: no ratio bound.
     gate_bias : bool, default True
         Competition gate only: include the intercepts beta0.
     phi : {"softplus", "identity"}, default "softplus"
         Competition transform.
     compile : bool, default False
         Run the EM pass through ``torch.compile``.
+    search_candidates : int, default 24
+        ``init="search"``: starts screened per data set (near-truth, data-driven and split starts;
+        the reference protocol's ``n_init`` starts come on top and are always continued).
+    search_iter : int, default 10
+        ``init="search"``: iterations of each screening run.
+    search_scale : float, default 1.0
+        ``init="search"``: sd of the wide near-truth starts' noise on gate and expert parameters
+        (fixed in n; a tenth of it on variances), and the spread of split atoms (in expert sds).
+    search_keep : int, default 3
+        ``init="search"``: screened starts continued to certification (the best by likelihood).
+    hit_tol : float, default 0.01
+        Continued starts whose optimum is within ``hit_tol`` nats (total log-likelihood) of the
+        best count as hits of the best (``FitResult.search.hits``).
     """
 
     method: str = "auto"
@@ -62,9 +86,17 @@ class FitOptions:
     max_iter: int = 2000
     em_warmup: int = 20
     variance_floor: float = 1e-6
+    variance_min: float = 0.0
+    variance_cap: float = 1e6
+    variance_ratio: float | None = None
     gate_bias: bool = True
     phi: str = "softplus"
     compile: bool = False
+    search_candidates: int = 24
+    search_iter: int = 10
+    search_scale: float = 1.0
+    search_keep: int = 3
+    hit_tol: float = 0.01
 
     def __post_init__(self) -> None:
         checked = {
@@ -75,12 +107,23 @@ class FitOptions:
             "max_iter": check_int(self.max_iter, "max_iter", 1),
             "em_warmup": check_int(self.em_warmup, "em_warmup", 0),
             "variance_floor": check_real(self.variance_floor, "variance_floor", 0.0, strict=True),
+            "variance_min": check_real(self.variance_min, "variance_min", 0.0),
+            "variance_cap": check_real(self.variance_cap, "variance_cap", 0.0, strict=True),
+            "variance_ratio": None if self.variance_ratio is None else check_real(self.variance_ratio, "variance_ratio", 1.0),
             "gate_bias": check_bool(self.gate_bias, "gate_bias"),
             "phi": check_choice(self.phi, "phi", PHIS),
             "compile": check_bool(self.compile, "compile"),
+            "search_candidates": check_int(self.search_candidates, "search_candidates", 0),
+            "search_iter": check_int(self.search_iter, "search_iter", 1),
+            "search_scale": check_real(self.search_scale, "search_scale", 0.0, strict=True),
+            "search_keep": check_int(self.search_keep, "search_keep", 1),
+            "hit_tol": check_real(self.hit_tol, "hit_tol", 0.0),
         }
         for name, value in checked.items():  # canonical Python types (numpy ints become int, ...)
             object.__setattr__(self, name, value)
+        if self.variance_cap <= self.variance_floor:
+            raise ValueError(f"variance_cap ({self.variance_cap:g}) must exceed variance_floor ({self.variance_floor:g}): "
+                             "both are multiples of var(y)")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

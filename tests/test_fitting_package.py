@@ -35,13 +35,24 @@ def test_no_module_is_shadowed_by_a_function():
     assert fitting.NearTruthInit is mixsim.NearTruthInit and fitting.ConvergenceWarning is mixsim.ConvergenceWarning
 
 
-def test_option_keywords_default_to_fit_options():
-    # fit_batch's option keywords must be FitOptions' fields with FitOptions' defaults: keywords at
-    # their defaults then mean "not given", which is how options= and keywords combine.
+def test_option_keywords_are_the_fit_options_and_default_to_not_given():
+    # fit_batch has one keyword per FitOptions field, each defaulting to the "not given" sentinel:
+    # the defaults are written once, in FitOptions (issue 20).
     params = inspect.signature(mixsim.fit_batch).parameters
     for f in dataclasses.fields(FitOptions):
-        assert params[f.name].default == f.default and type(params[f.name].default) is type(f.default), f.name
+        assert params[f.name].default is fitting.DEFAULT, f.name
     assert params["options"].default is None
+
+
+def test_an_explicit_keyword_wins_even_at_the_default_value(data):
+    # issue 20: fit_batch(..., options=FitOptions(tol=1e-6), tol=1e-8) fits at 1e-8, not 1e-6.
+    X, y = data
+    Xs, ys = X[None], y[None]
+    a = mixsim.fit_batch(Xs, ys, 3, rng=[4], options=FitOptions(tol=1e-6, gtol=1e-4), tol=1e-8, gtol=1e-10)[0]
+    b = mixsim.fit_batch(Xs, ys, 3, rng=[4], tol=1e-8, gtol=1e-10)[0]
+    c = mixsim.fit_batch(Xs, ys, 3, rng=[4], tol=1e-6, gtol=1e-4)[0]
+    assert _same(a, b) and a.stationarity <= 1e-10
+    assert not _same(a, c)  # the loose fit stops elsewhere: the test can tell them apart
 
 
 def test_options_object_gives_the_same_fit_as_keywords(data):

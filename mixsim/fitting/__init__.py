@@ -51,7 +51,8 @@ Modules, in the order a fit runs through them:
 from __future__ import annotations
 
 from ..options import METHODS, FitOptions, NearTruthInit
-from .api import fit, fit_batch
-from .result import ConvergenceWarning, FitResult
+from .api import DEFAULT, INITS, fit, fit_batch
+from .result import ConvergenceWarning, FitResult, SearchRecord
 
-__all__ = ["fit", "fit_batch", "FitResult", "FitOptions", "NearTruthInit", "ConvergenceWarning", "METHODS"]
+__all__ = ["fit", "fit_batch", "FitResult", "SearchRecord", "FitOptions", "NearTruthInit", "ConvergenceWarning",
+           "METHODS", "INITS", "DEFAULT"]

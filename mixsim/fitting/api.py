@@ -6,23 +6,27 @@ assemble one :class:`~mixsim.fitting.result.FitResult` per data set.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from ..experts import check_expert
 from ..gates import canonical_gate
-from ..model import MoEParams, as_rng, check_data, float_array
+from ..model import MoEParams, as_rng, check_data, float_array, log_likelihood
 from ..options import FitOptions, NearTruthInit
+from .bounds import VarianceBounds
 from .engine import run_engine
 from .layout import Layout, affine
-from .result import FitResult, assemble_results
+from .result import FitResult, Rows, assemble_results
+from .search import Starts, pack_starts, protocol_starts, search_starts
 from .starts import init_auto, init_near_truth
 
-__all__ = ["fit", "fit_batch", "merge_options"]
+__all__ = ["fit", "fit_batch", "merge_options", "DEFAULT", "INITS"]
 
 
 def _rngs(rng: Any, B: int) -> list[np.random.Generator]:
@@ -68,6 +72,17 @@ def _check_all_equal(y: np.ndarray) -> None:
         raise ValueError("ys: a data set has all responses equal; its likelihood is unbounded (no variance to estimate)")
 
 
+class _Default:
+    """An option keyword not given: its value comes from ``options`` or from FitOptions' default."""
+
+    def __repr__(self) -> str:
+        return "<FitOptions default>"
+
+
+DEFAULT: Any = _Default()
+INITS = ("auto", "near_truth", "search")
+
+
 def fit_batch(
     Xs: Any,
     ys: Any,
@@ -79,20 +94,28 @@ def fit_batch(
     init: str = "auto",
     truth: MoEParams | None = None,
     init_options: NearTruthInit | None = None,
-    n_init: int = 1,
-    tol: float = 1e-8,
-    gtol: float = 1e-10,
-    max_iter: int = 2000,
-    method: str = "auto",
-    em_warmup: int = 20,
-    variance_floor: float = 1e-6,
-    gate_bias: bool = True,
-    phi: str = "softplus",
     rng: Any = None,
     device: str | torch.device | None = None,
     warn: bool = True,
-    compile: bool = False,
     options: FitOptions | None = None,
+    method: str = DEFAULT,
+    n_init: int = DEFAULT,
+    tol: float = DEFAULT,
+    gtol: float = DEFAULT,
+    max_iter: int = DEFAULT,
+    em_warmup: int = DEFAULT,
+    variance_floor: float = DEFAULT,
+    variance_min: float = DEFAULT,
+    variance_cap: float = DEFAULT,
+    variance_ratio: float | None = DEFAULT,
+    gate_bias: bool = DEFAULT,
+    phi: str = DEFAULT,
+    compile: bool = DEFAULT,
+    search_candidates: int = DEFAULT,
+    search_iter: int = DEFAULT,
+    search_scale: float = DEFAULT,
+    search_keep: int = DEFAULT,
+    hit_tol: float = DEFAULT,
 ) -> list[FitResult]:
     """Fit ``B`` data sets of the same size at once by maximum likelihood.
 
@@ -106,37 +129,23 @@ def fit_batch(
     top_k : int or None, default None
         Experts kept per input by the gate (None = dense).
     expert : {"linear", "tanh"}, default "linear"
-    init : {"auto", "near_truth"}, default "auto"
-        ``near_truth`` starts from ``truth`` perturbed as in THEORY.md section 2 (needs ``truth``);
+    init : {"auto", "near_truth", "search"}, default "auto"
         ``auto`` needs no truth: clustered least-squares starts, ``n_init`` of them.
+        ``near_truth`` starts from ``truth`` perturbed as in THEORY.md section 2 (the reference
+        protocol; needs ``truth``). ``search`` looks for the maximum likelihood
+        (:mod:`mixsim.fitting.search`): it screens ``search_candidates`` starts (wide near-truth
+        starts over every placement of the extra atoms when ``truth`` is given, splits of a fit
+        with one expert fewer, data-driven starts) for ``search_iter`` iterations and continues
+        the ``search_keep`` best to certification, beside ``n_init`` starts of the reference
+        protocol (near-truth with ``truth``, else data-driven), which are always continued.
+        ``FitResult.search`` records what was found and how often.
     truth : MoEParams, optional
-        The true model, for ``init="near_truth"``; same gate family, expert and dimension, with
-        ``truth.n_experts <= n_experts``.
+        The true model: same gate family, expert and dimension, with ``truth.n_experts <=
+        n_experts``. Needed by ``near_truth``, used by ``search``; with a truth, every result
+        carries ``excess_loglik`` (its log-likelihood minus the truth's on the same data).
     init_options : NearTruthInit, optional
-        Noise scales and their shrink exponents in n (defaults: the reference protocol).
-    n_init : int, default 1
-        Starts per data set; the one with the highest likelihood is kept.
-    tol : float, default 1e-8
-        Convergence needs the last accepted iteration to change the per-sample log-likelihood by
-        at most ``tol`` (nats per sample, so it means the same at every n) ...
-    gtol : float, default 1e-10
-        ... and the Newton decrement per sample (``FitResult.stationarity``, the gain a Newton
-        step predicts) to be at most ``gtol`` at the returned estimate. The default makes a fit
-        certified: an independent optimiser started from it gains less than about 1e-9 nats per
-        sample (tested with scipy). A small change alone is not convergence: plain EM crawls on
-        over-fitted problems, changing the likelihood little per iteration far from the optimum.
-    max_iter : int, default 2000
-        Iteration cap per start (EM and Newton iterations together).
-    method : {"auto", "em", "newton"}, default "auto"
-        See :mod:`mixsim.fitting`. ``em`` needs a softmax gate and linear experts.
-    em_warmup : int, default 20
-        With ``auto``: EM iterations before switching to Newton.
-    variance_floor : float, default 1e-6
-        Variances are kept >= ``variance_floor * var(y)``; results on the floor are flagged.
-    gate_bias : bool, default True
-        Competition gate only: include the intercepts beta0 (False fits a model without them).
-    phi : {"softplus", "identity"}, default "softplus"
-        Competition transform.
+        Noise scales and their shrink exponents in n of the reference near-truth start
+        (defaults: the reference protocol).
     rng : None, int, Generator, SeedSequence, or a sequence of B of these
         Randomness of the starts. Pass one seed per data set to make a data set's result
         independent of the batch it is fitted in.
@@ -144,20 +153,17 @@ def fit_batch(
         Where to compute (default CPU); float64 throughout.
     warn : bool, default True
         Emit a :class:`ConvergenceWarning` when the best start of a data set did not converge.
-    compile : bool, default False
-        Run the EM pass through ``torch.compile`` (one fused loop over the data). On the 2-core
-        CPU mixsim was developed on it now runs about as fast as the eager pass (within ~15% at
-        n = 1e5, k = 3; ``benchmarks/bench_fit.py`` measures both), so it only pays where
-        memory is slow next to arithmetic. The first calls in a process compile (10-35 s, a few
-        times: shapes are dynamic after the second n); a study amortises that over all the fits
-        of a worker. Needs a C++ compiler. Results equal the eager ones to ~1e-10.
     options : FitOptions, optional
-        The fit options (``method``, ``n_init``, ``tol``, ``gtol``, ``max_iter``, ``em_warmup``,
-        ``variance_floor``, ``gate_bias``, ``phi``, ``compile``) as one validated object. A keyword
-        argument among these whose value differs from its default overrides the field of
-        ``options``; keywords left at their defaults take the values of ``options``. Without
-        ``options`` the keywords alone are used. Every option is validated by
-        :class:`~mixsim.options.FitOptions`.
+        The fit options as one validated object (:class:`~mixsim.options.FitOptions` documents
+        each option and its default). Each option may also be given as a keyword
+        (``method``, ``n_init``, ``tol``, ``gtol``, ``max_iter``, ``em_warmup``,
+        ``variance_floor``, ``variance_min``, ``variance_cap``, ``variance_ratio``, ``gate_bias``,
+        ``phi``, ``compile``, ``search_candidates``, ``search_iter``, ``search_scale``,
+        ``search_keep``, ``hit_tol``): a keyword given explicitly always wins over ``options``;
+        options given by neither take FitOptions' defaults. In short: ``tol`` (default 1e-8) is
+        the per-sample log-likelihood change of the last accepted iteration and ``gtol`` (1e-10)
+        the Newton decrement per sample at the estimate that a converged (certified stationary)
+        fit meets; the ``variance_*`` options declare the bounded parameter space.
 
     Returns
     -------
@@ -169,84 +175,113 @@ def fit_batch(
     k = check_int(n_experts, "n_experts")
     gate, top_k = canonical_gate(gate, top_k, k)
     expert = check_expert(expert)
-    opts = merge_options(options, method=method, n_init=n_init, tol=tol, gtol=gtol, max_iter=max_iter,
-                         em_warmup=em_warmup, variance_floor=variance_floor, gate_bias=gate_bias, phi=phi,
-                         compile=compile)
+    given = dict(method=method, n_init=n_init, tol=tol, gtol=gtol, max_iter=max_iter, em_warmup=em_warmup,
+                 variance_floor=variance_floor, variance_min=variance_min, variance_cap=variance_cap,
+                 variance_ratio=variance_ratio, gate_bias=gate_bias, phi=phi, compile=compile,
+                 search_candidates=search_candidates, search_iter=search_iter, search_scale=search_scale,
+                 search_keep=search_keep, hit_tol=hit_tol)
+    opts = merge_options(options, **given)
     opts.check_model(gate, expert)
     layout = Layout(gate, top_k, expert, opts.phi, k, d, opts.gate_bias)
     if n <= layout.n_params:
         raise ValueError(f"n_samples={n} is too small: the model has {layout.n_params} free parameters; need more samples than that")
     _check_all_equal(y_np)
-    if init not in ("auto", "near_truth"):
-        raise ValueError(f"unknown init {init!r}; expected 'auto' or 'near_truth'")
-    if init == "near_truth":
-        _check_truth(truth, layout)
+    init = check_choice(init, "init", INITS)
+    if init == "near_truth" or (truth is not None and init == "search"):
+        _check_truth(truth, layout, init)
     noise = init_options or NearTruthInit()
     gens = _rngs(rng, B)
+    X_raw = X_np
     # Fit in standardised inputs (each feature of each data set centred and scaled): gate logits
     # and expert pre-activations are affine in x, so the fitted model maps back exactly and the
     # fit does not depend on the units or the origin of X.
     centre, scale = X_np.mean(axis=1), X_np.std(axis=1)  # (B, d)
     scale = np.where(scale > 0, scale, 1.0)
     X_np = (X_np - centre[:, None]) / scale[:, None]
-
-    # Starts: data set b, start r -> row b * n_init + r.
-    n_init = opts.n_init
-    starts = []
-    for b in range(B):
-        for _ in range(n_init):
-            if init == "near_truth":  # the protocol's noise is in the units of the truth
-                starts.append(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]))
-            else:
-                starts.append(init_auto(layout, X_np[b], y_np[b], gens[b]))
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    dt = torch.float64
-    X = torch.as_tensor(X_np, dtype=dt, device=dev).repeat_interleave(n_init, dim=0)
-    y = torch.as_tensor(y_np, dtype=dt, device=dev).repeat_interleave(n_init, dim=0)
-    floor = torch.as_tensor(opts.variance_floor * y_np.var(axis=1), dtype=dt, device=dev).repeat_interleave(n_init)
-    p0 = {
-        name: None if starts[0][name] is None else torch.as_tensor(np.stack([s[name] for s in starts]), dtype=dt, device=dev)
-        for name in ("gate_weight", "gate_bias", "expert_weight", "expert_bias", "variance")
-    }
-    p0["variance"] = torch.maximum(p0["variance"], floor[:, None])
-    outcome = run_engine(layout, layout.pack(p0), X, y, floor, opts)
-    rows_centre, rows_scale = (np.repeat(v, n_init, axis=0) for v in (centre, scale))
-    return assemble_results(layout, outcome, floor, B, n, n_init, time.perf_counter() - t0, opts.method, warn, opts.gtol,
-                            (rows_centre, rows_scale))
+    X = torch.as_tensor(X_np, dtype=torch.float64, device=dev)
+    y = torch.as_tensor(y_np, dtype=torch.float64, device=dev)
+    bounds = _bounds(opts, y_np.var(axis=1), dev)
+
+    n_starts = np.full(B, opts.n_init)
+    failed = np.zeros(B, dtype=int)
+    if init == "search":
+        starts = protocol_starts(truth, k, n, noise, opts.n_init, gens, centre, scale) if truth is not None else \
+            _auto_starts(layout, X_np, y_np, opts.n_init, gens, "protocol")
+        screened, kept, failed = search_starts(layout, X, y, bounds, opts, truth, n, gens, centre, scale)
+        theta0 = torch.cat([pack_starts(layout, starts.params, bounds.take(torch.as_tensor(starts.owner)), X.dtype, dev), screened])
+        owner, kind = np.array(starts.owner + kept.owner), starts.kind + kept.kind
+        n_starts = n_starts + opts.search_candidates
+    else:  # data set b, start r -> row b * n_init + r
+        starts = Starts([], [], [])
+        for b in range(B):
+            for _ in range(opts.n_init):
+                if init == "near_truth":  # the protocol's noise is in the units of the truth
+                    starts.add(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]), b, init)
+                else:
+                    starts.add(init_auto(layout, X_np[b], y_np[b], gens[b]), b, init)
+        owner, kind = np.array(starts.owner), starts.kind
+        theta0 = pack_starts(layout, starts.params, bounds.take(torch.as_tensor(owner)), X.dtype, dev)
+    rows_t = torch.as_tensor(owner, device=dev)
+    outcome = run_engine(layout, theta0, X[rows_t], y[rows_t], bounds.take(rows_t), opts)
+    results = assemble_results(layout, outcome, theta0, bounds.take(rows_t), Rows(owner, kind, init, n_starts, failed), n,
+                               time.perf_counter() - t0, opts, warn, (centre[owner], scale[owner]))
+    if truth is not None:  # the certificate's likelihood half: excess over the truth on the same data
+        results = [_with_excess(r, truth, X_raw[b], y_np[b]) for b, r in enumerate(results)]
+    return results
 
 
-_DEFAULTS = FitOptions()
+def _bounds(opts: FitOptions, var_y: np.ndarray, dev: torch.device) -> VarianceBounds:
+    """The declared variance bounds of each data set (:mod:`mixsim.fitting.bounds`)."""
+    lower = np.maximum(opts.variance_floor * var_y, opts.variance_min)
+    upper = opts.variance_cap * var_y
+    if np.any(lower >= upper):
+        raise ValueError(f"variance_min={opts.variance_min:g} is not below variance_cap * var(y) = {upper.min():g}; lower it")
+    log_ratio = math.inf if opts.variance_ratio is None else math.log(opts.variance_ratio)
+    as_t = lambda v: torch.as_tensor(v, dtype=torch.float64, device=dev)  # noqa: E731
+    return VarianceBounds(as_t(lower), as_t(upper), log_ratio)
+
+
+def _auto_starts(layout: Layout, X: np.ndarray, y: np.ndarray, m: int, gens, kind: str) -> Starts:
+    out = Starts([], [], [])
+    for b, gen in enumerate(gens):
+        for _ in range(m):
+            out.add(init_auto(layout, X[b], y[b], gen), b, kind)
+    return out
+
+
+def _with_excess(res: FitResult, truth: MoEParams, X: np.ndarray, y: np.ndarray) -> FitResult:
+    base = log_likelihood(truth, X, y)
+    proto = res.search.protocol if res.search is not None else None
+    if proto is not None:
+        proto = dataclasses.replace(proto, excess_loglik=proto.log_likelihood - base)
+        res = dataclasses.replace(res, search=dataclasses.replace(res.search, protocol=proto))
+    return dataclasses.replace(res, excess_loglik=res.log_likelihood - base)
 
 
 def merge_options(options: FitOptions | None, **keywords: Any) -> FitOptions:
     """One :class:`FitOptions` from ``options`` and the option keywords of :func:`fit_batch`.
 
-    Without ``options``: ``FitOptions(**keywords)``. With it: the keywords whose value differs
-    from the default (in value or type) replace its fields; the others are ignored.
+    A keyword given explicitly (anything but :data:`DEFAULT`) always wins; the others come from
+    ``options``, or from FitOptions' defaults without it.
     """
-    if options is None:
-        return FitOptions(**keywords)
-    if not isinstance(options, FitOptions):
+    if options is not None and not isinstance(options, FitOptions):
         raise TypeError(f"options must be a mixsim.FitOptions or None; got {type(options).__name__}")
-    changed = {name: value for name, value in keywords.items() if not _is_default(name, value)}
-    return options.replace(**changed) if changed else options
+    changed = {name: value for name, value in keywords.items() if value is not DEFAULT}
+    base = options if options is not None else FitOptions()
+    return base.replace(**changed) if changed else base
 
 
-def _is_default(name: str, value: Any) -> bool:
-    default = getattr(_DEFAULTS, name)
-    return type(value) is type(default) and value == default
-
-
-def _check_truth(truth: Any, layout: Layout) -> None:
+def _check_truth(truth: Any, layout: Layout, init: str) -> None:
     if not isinstance(truth, MoEParams):
-        raise TypeError(f"init='near_truth' needs truth=MoEParams; got {type(truth).__name__}")
+        raise TypeError(f"init={init!r} needs truth=MoEParams; got {type(truth).__name__}")
     if truth.gate != layout.gate or truth.expert != layout.expert or truth.dim != layout.d:
         raise ValueError(
             f"truth (gate={truth.gate!r}, expert={truth.expert!r}, d={truth.dim}) does not match the fitted model "
             f"(gate={layout.gate!r}, expert={layout.expert!r}, d={layout.d})"
         )
     if truth.n_experts > layout.k:
-        raise ValueError(f"near_truth needs n_experts >= truth.n_experts={truth.n_experts}; got {layout.k}")
+        raise ValueError(f"init={init!r} with a truth needs n_experts >= truth.n_experts={truth.n_experts}; got {layout.k}")
     if layout.gate == "competition" and (truth.gate_bias is not None) != layout.gate_bias:
         raise ValueError("truth and fit disagree on the competition intercepts: set gate_bias to match truth.gate_bias")
 

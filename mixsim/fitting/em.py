@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..gates import masked_log_softmax, top_k_mask
+from .bounds import VarianceBounds
 from .layout import Layout
 from .newton import measure
 
@@ -216,7 +217,7 @@ def _rss(S: torch.Tensor, t: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> 
     return u - 2 * (w * t).sum(-1) + (w * Sw).sum(-1), Sw
 
 
-def _em_proposal(layout: Layout, p: dict, moments, grad, hess, floor: torch.Tensor) -> dict:
+def _em_proposal(layout: Layout, p: dict, moments, grad, hess, bounds: VarianceBounds) -> dict:
     """M-step from the statistics: new experts and variances, and the gate's Newton direction.
 
     The statistics ride along (keys ``moments`` and ``gate_grad``): the gradient of the observed
@@ -233,7 +234,7 @@ def _em_proposal(layout: Layout, p: dict, moments, grad, hess, floor: torch.Tens
     previous = torch.cat([p["expert_weight"], p["expert_bias"].unsqueeze(-1)], dim=-1)
     w = torch.where(alive.unsqueeze(-1), w, previous)
     var = torch.where(alive, rss / mass.clamp_min(1e-300), p["variance"])
-    var = torch.maximum(var, floor[:, None])
+    var = bounds.clamp(var)
     # Gate: Newton direction of sum_i sum_j r_ij log pi_j on the free rows (0 .. k-2).
     B, m = grad.shape[0], k - 1
     direction = grad.new_zeros(B, k, q)
@@ -292,7 +293,7 @@ def _take(d: dict, idx: torch.Tensor) -> dict:
     return {name: v[idx] for name, v in d.items()}
 
 
-def run_em(layout: Layout, p: dict, X, y, floor, tol: float, gtol: float, n_steps: int, state: EngineState,
+def run_em(layout: Layout, p: dict, X, y, bounds: VarianceBounds, tol: float, gtol: float, n_steps: int, state: EngineState,
            compiled: bool = False, certify: bool = False) -> dict:
     """EM on the data sets not yet done, for at most ``n_steps`` iterations; returns all params.
 
@@ -313,7 +314,7 @@ def run_em(layout: Layout, p: dict, X, y, floor, tol: float, gtol: float, n_step
     if idx.numel() == 0 or n_steps <= 0:
         return out
     stats_fn = _compiled_em_stats if compiled else _em_stats
-    data, fl = _EMData.of(X[idx], y[idx], rows=compiled), floor[idx]
+    data, fl = _EMData.of(X[idx], y[idx], rows=compiled), bounds.take(idx)
     ix = _EMIndex.of(layout.k, layout.d, X.device)
     accepted = _take(p, idx)
     f_acc, *stats = stats_fn(layout, accepted, data, ix)
@@ -337,7 +338,7 @@ def run_em(layout: Layout, p: dict, X, y, floor, tol: float, gtol: float, n_step
         if n_active <= idx.numel() // 2:  # compact the working batch
             store(idx, accepted, prop)
             keep = torch.nonzero(active).squeeze(1)
-            idx, data, fl = idx[keep], data.take(keep), fl[keep]
+            idx, data, fl = idx[keep], data.take(keep), fl.take(keep)
             accepted, prop = _take(accepted, keep), _take(prop, keep)
             f_acc, step, left, active = f_acc[keep], step[keep], left[keep], active[keep]
         cand = _em_candidate(accepted, prop, step)
@@ -359,7 +360,7 @@ def run_em(layout: Layout, p: dict, X, y, floor, tol: float, gtol: float, n_step
         if certify and bool(small.any()):
             rows = torch.nonzero(small).squeeze(1)
             theta = layout.pack(_take(accepted, rows))
-            g, dec = measure(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1], torch.log(fl[rows]))
+            g, dec = measure(layout, theta, data.Psi[rows, :-2].transpose(1, 2), data.Psi[rows, -1], fl.take(rows))
             state.grad[idx[rows]], state.stationarity[idx[rows]] = g, dec
             conv = torch.zeros_like(small)
             conv[rows] = dec <= gtol

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..options import FitOptions, em_applies
+from .bounds import VarianceBounds
 from .em import run_em
 from .layout import Layout
 from .newton import measure, run_newton
@@ -116,37 +117,37 @@ class EngineOutcome:
         return EngineOutcome(**tensors, trace=[t for p in parts for t in p.trace])
 
 
-def run_engine(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, floor: torch.Tensor,
+def run_engine(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds,
                options: FitOptions) -> EngineOutcome:
-    """Fit rows ``theta`` (R, P) to data ``X`` (R, n, d), ``y`` (R, n) with variance floors ``floor`` (R,).
+    """Fit rows ``theta`` (R, P) to data ``X`` (R, n, d), ``y`` (R, n) within variance ``bounds``
+    (:class:`~mixsim.fitting.bounds.VarianceBounds`, one row each).
 
     ``options.method``: ``em`` runs EM to the end (Newton takes the rows whose EM step was
     refused), ``auto`` hands over from EM to Newton after ``options.em_warmup`` iterations (EM
     only for softmax / top-K gates with linear experts), ``newton`` runs Newton alone.
     """
     rows = max(1, BATCH_POINTS // X.shape[1])
-    parts = [_run_rows(layout, theta[i:i + rows], X[i:i + rows], y[i:i + rows], floor[i:i + rows], options)
+    parts = [_run_rows(layout, theta[i:i + rows], X[i:i + rows], y[i:i + rows], bounds.rows(i, i + rows), options)
              for i in range(0, theta.shape[0], rows)]
     return EngineOutcome.concat(parts)
 
 
-def _run_rows(layout: Layout, theta, X, y, floor, options: FitOptions) -> EngineOutcome:
+def _run_rows(layout: Layout, theta, X, y, bounds: VarianceBounds, options: FitOptions) -> EngineOutcome:
     """Run EM and/or Newton on one sub-batch of rows."""
     method, max_iter = options.method, options.max_iter
     state = EngineState.start(theta, max_iter)
     if em_applies(layout.gate, layout.expert) and method in ("em", "auto"):
         steps = max_iter if method == "em" else min(options.em_warmup, max_iter)
         with torch.no_grad():
-            p = run_em(layout, layout.unpack(theta), X, y, floor, options.tol, options.gtol, steps, state,
+            p = run_em(layout, layout.unpack(theta), X, y, bounds, options.tol, options.gtol, steps, state,
                        compiled=options.compile, certify=method == "em")
         theta = layout.pack(p)
     # Newton takes over whatever EM left undone (in "em" mode: the rows whose EM step was refused).
-    log_floor = torch.log(floor)
-    theta = run_newton(layout, theta, X, y, log_floor, options.tol, options.gtol, max_iter, state)
+    theta = run_newton(layout, theta, X, y, bounds, options.tol, options.gtol, max_iter, state)
     missing = torch.nonzero(torch.isnan(state.stationarity)).squeeze(1)
     if missing.numel():  # rows that ran out of EM iterations: measure where they stopped
         state.grad[missing], state.stationarity[missing] = measure(
-            layout, theta[missing], X[missing], y[missing], log_floor[missing])
+            layout, theta[missing], X[missing], y[missing], bounds.take(missing))
     return EngineOutcome(
         theta=theta.detach(), f=state.f, converged=state.converged, stalled=state.stalled, n_iter=state.n_iter,
         grad_norm=state.grad.norm(dim=1), stationarity=state.stationarity, trace=state.traces(),

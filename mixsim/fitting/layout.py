@@ -13,7 +13,7 @@ import torch
 
 from ..model import MoEParams, free_param_sizes, log_terms, log_terms_local
 
-__all__ = ["Layout", "mean_loglik", "project", "affine"]
+__all__ = ["Layout", "mean_loglik", "affine"]
 
 
 @dataclass(frozen=True)
@@ -156,11 +156,6 @@ class Layout:
 def mean_loglik(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample log-likelihood of each data set, shape (B,) (autograd-friendly reference)."""
     return torch.logsumexp(layout.log_terms(layout.unpack(theta), X, y), dim=-1).mean(-1)
-
-
-def project(theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
-    """Clamp log-variances (the last k entries) at the floor."""
-    return torch.cat([theta[:, :-k], torch.maximum(theta[:, -k:], log_floor[:, None])], dim=1)
 
 
 def affine(p: dict, centre: np.ndarray, scale: np.ndarray, inverse: bool = False) -> dict:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .derivatives import features, grad_hess, has_closed_form, loglik
-from .layout import Layout, project
+from .bounds import VarianceBounds, restrict
+from .layout import Layout
 
 if TYPE_CHECKING:
     from .engine import EngineState
@@ -86,27 +87,17 @@ def _decrement(lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return 0.5 * (c * c / lam.clamp_min(_FLAT)).sum(-1)
 
 
-def _free_of_floor(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floor: torch.Tensor, k: int):
-    """Gradient and Hessian restricted to the parameters free to move: a log-variance held at
-    the variance floor whose gradient pushes it below the floor is fixed (its gradient entry is
-    zeroed and its Hessian row and column decoupled), as the KKT conditions of the bound ask."""
-    held = torch.zeros_like(g, dtype=torch.bool)
-    held[:, -k:] = (theta[:, -k:] <= log_floor[:, None] + 1e-9) & (g[:, -k:] < 0)
-    free = (~held).to(g.dtype)
-    eye = torch.eye(g.shape[1], dtype=g.dtype, device=g.device)
-    H = H * (free.unsqueeze(-1) * free.unsqueeze(-2)) + torch.diag_embed(torch.diagonal(H, dim1=1, dim2=2)) * (1 - free).unsqueeze(-1) * eye
-    return g * free, H
+def stationarity(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, bounds: VarianceBounds, k: int) -> torch.Tensor:
+    """Newton decrement per sample (:func:`newton_decrement`) of the problem with variance bounds:
+    in the directions free to move at ``theta`` (:meth:`VarianceBounds.free_basis`, the KKT
+    conditions of the bounds)."""
+    return newton_decrement(*restrict(g, H, bounds.free_basis(theta, g, k)))
 
 
-def stationarity(g: torch.Tensor, H: torch.Tensor, theta: torch.Tensor, log_floor: torch.Tensor, k: int) -> torch.Tensor:
-    """Newton decrement per sample (:func:`newton_decrement`) of the problem with variance floor."""
-    return newton_decrement(*_free_of_floor(g, H, theta, log_floor, k))
-
-
-def measure(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, log_floor: torch.Tensor):
+def measure(layout: Layout, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds):
     """Gradient (B, P) and :func:`stationarity` (B,) at ``theta``: what certifies a fit."""
     g, H = grad_hess(layout, theta, X, y)
-    return g, stationarity(g, H, theta, log_floor, layout.k)
+    return g, stationarity(g, H, theta, bounds, layout.k)
 
 
 _FLAT = 1e-12  # curvature (in the unit-diagonal metric) below which a direction counts as flat
@@ -117,7 +108,7 @@ _RADIUS_MAX = 1e6  # trust radius bounds, in the metric of -H's diagonal (a step
 _RADIUS_START = 1.0  # changes the quadratic model by about r^2 / 2 nats per sample)
 
 
-def run_newton(layout: Layout, theta: torch.Tensor, X, y, log_floor, tol: float, gtol: float, n_steps: int,
+def run_newton(layout: Layout, theta: torch.Tensor, X, y, bounds: VarianceBounds, tol: float, gtol: float, n_steps: int,
                state: EngineState) -> torch.Tensor:
     """Trust-region Newton iterations on the data sets not yet done; returns theta.
 
@@ -161,12 +152,14 @@ def run_newton(layout: Layout, theta: torch.Tensor, X, y, log_floor, tol: float,
         Xa, ya, th, fa, rad = X[idx], y[idx], theta[idx], state.f[idx], radius[idx]
         Pa = None if Phi is None else Phi[idx]
         plain = ~leap[idx]
-        base = torch.where(plain[:, None], th, project(2 * th - previous[idx], log_floor[idx], k))
+        bnd = bounds.take(idx)
+        base = torch.where(plain[:, None], th, bnd.project(2 * th - previous[idx], k))
         g, H, fb = grad_hess(layout, base, Xa, ya, Pa, value=True)
         finite = torch.isfinite(fb) & torch.isfinite(g).all(1) & torch.isfinite(H).all(2).all(1)
         g = torch.where(finite[:, None], g, torch.zeros_like(g))
         H = torch.where(finite[:, None, None], H, -torch.eye(H.shape[1], dtype=H.dtype, device=H.device))
-        gf, Hf = _free_of_floor(g, H, base, log_floor[idx], k)
+        Z = bnd.free_basis(base, g, k)
+        gf, Hf = restrict(g, H, Z)
         scale, lam, U, c = _scaled_eigen(gf, Hf)
         dec = _decrement(lam, c)
         state.grad[idx] = torch.where(plain[:, None], g, state.grad[idx])
@@ -184,7 +177,7 @@ def run_newton(layout: Layout, theta: torch.Tensor, X, y, log_floor, tol: float,
         boundary, took = torch.zeros_like(plain), torch.zeros_like(plain)
         for attempt in range(24):
             w, pred, mu = _trust_step(lam, c, rad)
-            trial = project(base + scale * (U @ w.unsqueeze(-1)).squeeze(-1), log_floor[idx], k)
+            trial = bnd.project(base + (Z @ (scale * (U @ w.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1), k)
             with torch.no_grad():
                 f_t = loglik(layout, trial, Xa, ya, Pa)
             ok = pending & finite & torch.isfinite(f_t) & (f_t >= fa)
