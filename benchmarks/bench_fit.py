@@ -30,6 +30,7 @@ from scipy.optimize import minimize
 import mixsim
 from mixsim.fitting import NearTruthInit
 from mixsim.fitting.derivatives import grad_hess, value_and_gradient
+from mixsim.fitting.bounds import VarianceBounds
 from mixsim.fitting.layout import Layout, affine
 from mixsim.fitting.newton import stationarity
 from mixsim.fitting.starts import init_near_truth
@@ -131,7 +132,7 @@ def lbfgs_certified(truth, X, y, k, seed, gtol, budget, check_every=10):
     sample is <= gtol (checked every ``check_every`` iterations, off the clock) or ``budget``
     seconds. Returns (seconds, iterations, per-sample log-likelihood, decrement, certified)."""
     layout, theta0, Xt, yt, log_floor = _standardised_start(truth, X, y, k, seed)
-    lf = torch.tensor([log_floor], dtype=torch.float64)
+    lf = VarianceBounds(torch.tensor([np.exp(log_floor)], dtype=torch.float64), torch.tensor([1e300], dtype=torch.float64))
 
     def fun(theta):
         f, g = value_and_gradient(layout, torch.from_numpy(theta)[None], Xt, yt)

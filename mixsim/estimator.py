@@ -92,12 +92,10 @@ class GaussianMoE:
     init_options : NearTruthInit, optional
     em_warmup : int, default 20
         With ``method="auto"``: EM iterations before switching to Newton.
-    variance_floor : float, default 1e-6
-        Variances are kept >= ``variance_floor * var(y)``.
+    variance_floor : float, default 1e-6 (variances are kept >= ``variance_floor * var(y)``)
     gate_bias : bool, default True
         Competition gate only: include the intercepts beta0.
-    phi : {"softplus", "identity"}, default "softplus"
-        Competition transform.
+    phi : {"softplus", "identity"}, default "softplus" (the competition transform)
     compile : bool, default False
         Run the EM pass through ``torch.compile``.
     random_state : None, int, numpy Generator or RandomState, default None
@@ -106,7 +104,7 @@ class GaussianMoE:
 
     variance_min, variance_cap, variance_ratio : float
         The other bounds of the declared parameter space (:class:`~mixsim.options.FitOptions`).
-    search_candidates, search_iter, search_scale, search_keep, hit_tol
+    search_candidates, search_iter, search_points, search_scale, search_keep, hit_tol
         The budget of ``init="search"`` (:class:`~mixsim.options.FitOptions`).
 
     The fit options (every field of :class:`~mixsim.options.FitOptions`) take its defaults;
@@ -166,6 +164,7 @@ class GaussianMoE:
         variance_ratio: float | None = _OPTS.variance_ratio,
         search_candidates: int = _OPTS.search_candidates,
         search_iter: int = _OPTS.search_iter,
+        search_points: int | None = _OPTS.search_points,
         search_scale: float = _OPTS.search_scale,
         search_keep: int = _OPTS.search_keep,
         hit_tol: float = _OPTS.hit_tol,
@@ -190,8 +189,8 @@ class GaussianMoE:
         self.phi = phi
         self.compile = compile
         self.variance_min, self.variance_cap, self.variance_ratio = variance_min, variance_cap, variance_ratio
-        self.search_candidates, self.search_iter, self.search_scale, self.search_keep, self.hit_tol = (
-            search_candidates, search_iter, search_scale, search_keep, hit_tol)
+        self.search_candidates, self.search_iter, self.search_points = search_candidates, search_iter, search_points
+        self.search_scale, self.search_keep, self.hit_tol = search_scale, search_keep, hit_tol
         self.random_state = random_state
 
     # -- scikit-learn's parameter protocol ------------------------------------------------------

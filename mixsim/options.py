@@ -68,7 +68,11 @@ class FitOptions:
         ``init="search"``: starts screened per data set (near-truth, data-driven and split starts;
         the reference protocol's ``n_init`` starts come on top and are always continued).
     search_iter : int, default 10
-        ``init="search"``: iterations of each screening run.
+        ``init="search"``: iterations of each screening round (successive halving: each round
+        keeps the best third, until ``search_keep`` are left).
+    search_points : int or None, default 4000
+        ``init="search"``: screening runs on a random subset of this many samples of each data
+        set (None: all), so that its cost does not grow with n.
     search_scale : float, default 1.0
         ``init="search"``: sd of the wide near-truth starts' noise on gate and expert parameters
         (fixed in n; a tenth of it on variances), and the spread of split atoms (in expert sds).
@@ -94,6 +98,7 @@ class FitOptions:
     compile: bool = False
     search_candidates: int = 24
     search_iter: int = 10
+    search_points: int | None = 4000
     search_scale: float = 1.0
     search_keep: int = 3
     hit_tol: float = 0.01
@@ -115,6 +120,7 @@ class FitOptions:
             "compile": check_bool(self.compile, "compile"),
             "search_candidates": check_int(self.search_candidates, "search_candidates", 0),
             "search_iter": check_int(self.search_iter, "search_iter", 1),
+            "search_points": None if self.search_points is None else check_int(self.search_points, "search_points", 1),
             "search_scale": check_real(self.search_scale, "search_scale", 0.0, strict=True),
             "search_keep": check_int(self.search_keep, "search_keep", 1),
             "hit_tol": check_real(self.hit_tol, "hit_tol", 0.0),

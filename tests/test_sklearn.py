@@ -30,7 +30,7 @@ def test_get_params_set_params_and_clone():
     assert params["n_experts"] == 3 and params["gate"] == "competition" and params["random_state"] == 7
     assert set(params) == {"n_experts", "gate", "top_k", "expert", "tol", "gtol", "max_iter", "n_init", "init", "rng",
                            "truth", "method", "init_options", "em_warmup", "variance_floor", "gate_bias", "phi", "compile",
-                           "random_state", "variance_min", "variance_cap", "variance_ratio", "search_candidates", "search_iter",
+                           "random_state", "variance_min", "variance_cap", "variance_ratio", "search_candidates", "search_iter", "search_points",
                            "search_scale", "search_keep", "hit_tol"}
     twin = clone(model)
     assert twin is not model and twin.get_params() == params

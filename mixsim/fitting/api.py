@@ -23,7 +23,7 @@ from .bounds import VarianceBounds
 from .engine import run_engine
 from .layout import Layout, affine
 from .result import FitResult, Rows, assemble_results
-from .search import Starts, pack_starts, protocol_starts, search_starts
+from .search import Starts, pack_starts, run_search
 from .starts import init_auto, init_near_truth
 
 __all__ = ["fit", "fit_batch", "merge_options", "DEFAULT", "INITS"]
@@ -113,6 +113,7 @@ def fit_batch(
     compile: bool = DEFAULT,
     search_candidates: int = DEFAULT,
     search_iter: int = DEFAULT,
+    search_points: int | None = DEFAULT,
     search_scale: float = DEFAULT,
     search_keep: int = DEFAULT,
     hit_tol: float = DEFAULT,
@@ -158,7 +159,7 @@ def fit_batch(
         each option and its default). Each option may also be given as a keyword
         (``method``, ``n_init``, ``tol``, ``gtol``, ``max_iter``, ``em_warmup``,
         ``variance_floor``, ``variance_min``, ``variance_cap``, ``variance_ratio``, ``gate_bias``,
-        ``phi``, ``compile``, ``search_candidates``, ``search_iter``, ``search_scale``,
+        ``phi``, ``compile``, ``search_candidates``, ``search_iter``, ``search_points``, ``search_scale``,
         ``search_keep``, ``hit_tol``): a keyword given explicitly always wins over ``options``;
         options given by neither take FitOptions' defaults. In short: ``tol`` (default 1e-8) is
         the per-sample log-likelihood change of the last accepted iteration and ``gtol`` (1e-10)
@@ -178,7 +179,7 @@ def fit_batch(
     given = dict(method=method, n_init=n_init, tol=tol, gtol=gtol, max_iter=max_iter, em_warmup=em_warmup,
                  variance_floor=variance_floor, variance_min=variance_min, variance_cap=variance_cap,
                  variance_ratio=variance_ratio, gate_bias=gate_bias, phi=phi, compile=compile,
-                 search_candidates=search_candidates, search_iter=search_iter, search_scale=search_scale,
+                 search_candidates=search_candidates, search_iter=search_iter, search_points=search_points, search_scale=search_scale,
                  search_keep=search_keep, hit_tol=hit_tol)
     opts = merge_options(options, **given)
     opts.check_model(gate, expert)
@@ -206,12 +207,8 @@ def fit_batch(
     n_starts = np.full(B, opts.n_init)
     failed = np.zeros(B, dtype=int)
     if init == "search":
-        starts = protocol_starts(truth, k, n, noise, opts.n_init, gens, centre, scale) if truth is not None else \
-            _auto_starts(layout, X_np, y_np, opts.n_init, gens, "protocol")
-        screened, kept, failed = search_starts(layout, X, y, bounds, opts, truth, n, gens, centre, scale)
-        theta0 = torch.cat([pack_starts(layout, starts.params, bounds.take(torch.as_tensor(starts.owner)), X.dtype, dev), screened])
-        owner, kind = np.array(starts.owner + kept.owner), starts.kind + kept.kind
-        n_starts = n_starts + opts.search_candidates
+        theta0, outcome, owner, kind, n_starts, failed = run_search(layout, X, y, bounds, opts, truth, noise, n, gens,
+                                                                   centre, scale)
     else:  # data set b, start r -> row b * n_init + r
         starts = Starts([], [], [])
         for b in range(B):
@@ -222,9 +219,9 @@ def fit_batch(
                     starts.add(init_auto(layout, X_np[b], y_np[b], gens[b]), b, init)
         owner, kind = np.array(starts.owner), starts.kind
         theta0 = pack_starts(layout, starts.params, bounds.take(torch.as_tensor(owner)), X.dtype, dev)
-    rows_t = torch.as_tensor(owner, device=dev)
-    outcome = run_engine(layout, theta0, X[rows_t], y[rows_t], bounds.take(rows_t), opts)
-    results = assemble_results(layout, outcome, theta0, bounds.take(rows_t), Rows(owner, kind, init, n_starts, failed), n,
+        rows_t = torch.as_tensor(owner, device=dev)
+        outcome = run_engine(layout, theta0, X[rows_t], y[rows_t], bounds.take(rows_t), opts)
+    results = assemble_results(layout, outcome, theta0, bounds.take(torch.as_tensor(owner, device=dev)), Rows(owner, kind, init, n_starts, failed), n,
                                time.perf_counter() - t0, opts, warn, (centre[owner], scale[owner]))
     if truth is not None:  # the certificate's likelihood half: excess over the truth on the same data
         results = [_with_excess(r, truth, X_raw[b], y_np[b]) for b, r in enumerate(results)]
@@ -240,14 +237,6 @@ def _bounds(opts: FitOptions, var_y: np.ndarray, dev: torch.device) -> VarianceB
     log_ratio = math.inf if opts.variance_ratio is None else math.log(opts.variance_ratio)
     as_t = lambda v: torch.as_tensor(v, dtype=torch.float64, device=dev)  # noqa: E731
     return VarianceBounds(as_t(lower), as_t(upper), log_ratio)
-
-
-def _auto_starts(layout: Layout, X: np.ndarray, y: np.ndarray, m: int, gens, kind: str) -> Starts:
-    out = Starts([], [], [])
-    for b, gen in enumerate(gens):
-        for _ in range(m):
-            out.add(init_auto(layout, X[b], y[b], gen), b, kind)
-    return out
 
 
 def _with_excess(res: FitResult, truth: MoEParams, X: np.ndarray, y: np.ndarray) -> FitResult:

@@ -11,11 +11,14 @@ candidate starts per data set:
   its atoms split in two in turn;
 - ``auto``: data-driven starts (:func:`~mixsim.fitting.starts.init_auto`).
 
-All candidates of all data sets are screened together by ``search_iter`` iterations of the
-engine; the ``search_keep`` best of each data set are continued to certification (Biernacki,
-Celeux and Govaert's emEM, 2003), together with the reference protocol's ``n_init`` near-truth
-starts, which are always continued: so the search never returns less than the protocol, and the
-protocol's own optimum (``FitResult.search.protocol``) comes from the same run.
+All candidates of all data sets are screened together, on a random subset of ``search_points``
+samples of each data set (all of them when n is smaller), by successive halving: rounds of
+``search_iter`` iterations of the engine, each keeping the best third (by likelihood; starts
+already on a variance bound last, and a start that reached the same point as a better one after
+it), until ``search_keep`` are left. Those are continued to certification on all the data
+(Biernacki, Celeux and Govaert's emEM, 2003), together with the reference protocol's ``n_init``
+near-truth starts, which are always continued: so the search never returns less than the
+protocol, and the protocol's own optimum (``FitResult.search.protocol``) comes from the same run.
 """
 from __future__ import annotations
 
@@ -29,13 +32,14 @@ import torch
 from ..model import MoEParams
 from ..options import FitOptions, NearTruthInit
 from .bounds import VarianceBounds
-from .engine import run_engine
+from .engine import EngineOutcome, run_engine
 from .layout import Layout, affine
+from .moves import merge_split_moves, split_atom
 from .starts import init_auto, init_near_truth
 
-__all__ = ["Starts", "search_starts", "protocol_starts", "KINDS"]
+__all__ = ["Starts", "run_search", "screen", "protocol_starts", "pack_starts", "KINDS"]
 
-KINDS = ("protocol", "near_truth", "split", "auto")  # kinds of start, in the order they are drawn
+KINDS = ("protocol", "near_truth", "split", "auto", "move")  # kinds of start, in the order they are drawn
 
 
 @dataclass
@@ -80,33 +84,6 @@ def _wide(truth: MoEParams, layout: Layout, n: int, scale: float, m: int, gen, c
     return out
 
 
-def split_atom(p: dict[str, np.ndarray | None], j: int, scale: float, gen: np.random.Generator) -> dict[str, np.ndarray | None]:
-    """A start with one atom more: atom ``j`` of ``p`` (standardised X) split in two (SMEM).
-
-    The two halves share atom j's weight (intercept minus log 2 each) and move apart by
-    ``scale`` times the expert's standard deviation in intercept, and by ``scale`` in their
-    expert and gate slopes (standardised X), with random signs.
-    """
-    out: dict[str, np.ndarray | None] = {}
-    for name, v in p.items():
-        out[name] = None if v is None else np.concatenate([v, v[j:j + 1]], axis=0)
-    sd = math.sqrt(float(p["variance"][j]))
-    sign = gen.choice([-1.0, 1.0])
-    d = p["expert_weight"].shape[1]
-    push_w = scale * gen.standard_normal(d)
-    out["expert_bias"][j] += sign * scale * sd
-    out["expert_bias"][-1] -= sign * scale * sd
-    out["expert_weight"][j] += push_w * sd
-    out["expert_weight"][-1] -= push_w * sd
-    if out["gate_weight"] is not None:
-        push_g = scale * gen.standard_normal(d)
-        out["gate_weight"][j] += push_g
-        out["gate_weight"][-1] -= push_g
-    if out["gate_bias"] is not None:
-        out["gate_bias"][[j, -1]] -= math.log(2.0)
-    return out
-
-
 def _parents(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
              truth: MoEParams | None, n: int, gens, centres, scales) -> list[dict]:
     """A certified fit with one expert fewer per data set (numpy parameters, standardised X): the
@@ -145,22 +122,83 @@ def pack_starts(layout: Layout, params: list[dict], bounds: VarianceBounds, dtyp
     return layout.pack(p0)
 
 
-def search_starts(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
-                  truth: MoEParams | None, n: int, gens, centres, scales) -> tuple[torch.Tensor, Starts, np.ndarray]:
-    """Screen ``opts.search_candidates`` starts per data set and keep the ``opts.search_keep`` best.
+def run_search(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
+               truth: MoEParams | None, noise: NearTruthInit, n: int, gens, centres, scales):
+    """The whole search for B data sets (standardised X): protocol starts, screening, continuation,
+    then one round of merge-and-split moves from each data set's best optimum.
 
-    Returns the screened rows of theta to continue (R, P), their :class:`Starts` record (kind
-    and data set per row) and the number of candidates per data set that failed in screening
-    (a non-finite likelihood: dropped).
+    Returns the start rows theta0 (R, P), the engines' outcome, the data set and kind of each
+    row, the starts run and the starts that failed in screening per data set.
     """
     B = len(gens)
+    proto = protocol_starts(truth, layout.k, n, noise, opts.n_init, gens, centres, scales) if truth is not None else \
+        Starts([], [], [])
+    if truth is None:  # no protocol: n_init data-driven starts stand in for it
+        for b, gen in enumerate(gens):
+            for _ in range(opts.n_init):
+                proto.add(init_auto(layout, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "protocol")
+    Xs, ys = _subset(X, y, opts.search_points, gens)
+    cand = _candidates(layout, Xs, ys, bounds, opts, truth, n, gens, centres, scales)
+    screened, kept, failed = screen(layout, cand, Xs, ys, bounds, opts, B)
+    theta0 = torch.cat([pack_starts(layout, proto.params, bounds.take(torch.as_tensor(proto.owner)), X.dtype, X.device),
+                        screened])
+    owner, kind = proto.owner + kept.owner, proto.kind + kept.kind
+    out = _continue(layout, theta0, owner, X, y, bounds, opts)
+    n_starts = np.full(B, opts.n_init + len(cand) // max(B, 1))
+    if layout.k > 2 and opts.search_candidates:  # merge-and-split moves from the best so far
+        best = _best_params(layout, out, owner, B)
+        moves = Starts([], [], [])
+        for b, gen in enumerate(gens):
+            for p in merge_split_moves(best[b], opts.search_scale, gen, opts.search_candidates):
+                moves.add(p, b, "move")
+        theta_m, kept_m, failed_m = screen(layout, moves, Xs, ys, bounds, opts, B, keep=1)
+        out_m = _continue(layout, theta_m, kept_m.owner, X, y, bounds, opts)
+        theta0, out = torch.cat([theta0, theta_m]), EngineOutcome.concat([out, out_m])
+        owner, kind = owner + kept_m.owner, kind + kept_m.kind
+        failed, n_starts = failed + failed_m, n_starts + len(moves) // max(B, 1)
+    return theta0, out, np.asarray(owner), kind, n_starts, failed
+
+
+def _subset(X: torch.Tensor, y: torch.Tensor, m: int | None, gens) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random subset of ``m`` samples of each data set (all of them when n <= m or m is None)."""
+    B, n = y.shape
+    if m is None or n <= m:
+        return X, y
+    sub = torch.as_tensor(np.stack([np.sort(gen.choice(n, m, replace=False)) for gen in gens]), device=X.device)
+    rows = torch.arange(B, device=X.device)[:, None]
+    return X[rows, sub], y[rows, sub]
+
+
+def _continue(layout: Layout, theta: torch.Tensor, owner: list[int], X, y, bounds: VarianceBounds, opts: FitOptions) -> EngineOutcome:
+    rows = torch.as_tensor(owner, dtype=torch.long, device=X.device)
+    return run_engine(layout, theta, X[rows], y[rows], bounds.take(rows), opts)
+
+
+def _best_params(layout: Layout, out: EngineOutcome, owner: list[int], B: int) -> list[dict]:
+    """The parameters (numpy, standardised X) of each data set's best finite row."""
+    f = torch.where(torch.isfinite(out.f), out.f, torch.full_like(out.f, -math.inf)).cpu().numpy()
+    p = {name: None if v is None else v.cpu().numpy() for name, v in layout.unpack(out.theta).items()}
+    owner_a = np.asarray(owner)
+    best = []
+    for b in range(B):
+        r = max(np.flatnonzero(owner_a == b), key=lambda i: f[i])
+        best.append({name: None if v is None else v[r].copy() for name, v in p.items()})
+    return best
+
+
+def _candidates(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
+                truth: MoEParams | None, n: int, gens, centres, scales) -> Starts:
+    """``opts.search_candidates`` starts per data set: splits of a fit with one expert fewer (in
+    mean and in variance), wide near-truth starts over the placements of the extra atoms (half of
+    the rest, with a truth), data-driven starts."""
     cand = Starts([], [], [])
     C = opts.search_candidates
     parents = _parents(layout, X, y, bounds, opts, truth, n, gens, centres, scales) if layout.k > 1 and C else None
     for b, gen in enumerate(gens):
-        n_split = min(C, layout.k - 1) if parents is not None else 0
-        for j in range(n_split):
-            cand.add(split_atom(parents[b], j, opts.search_scale, gen), b, "split")
+        moves = [(j, how) for how in ("mean", "variance") for j in range(layout.k - 1)] if parents is not None else []
+        n_split = min(C, len(moves))
+        for j, how in moves[:n_split]:
+            cand.add(split_atom(parents[b], j, opts.search_scale, gen, how), b, "split")
         left = C - n_split
         n_wide = left // 2 if truth is not None else 0
         for p in _wide(truth, layout, n, opts.search_scale, n_wide, gen, centres[b], scales[b]) if n_wide else []:
@@ -168,17 +206,54 @@ def search_starts(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: Vari
         Xb, yb = X[b].cpu().numpy(), y[b].cpu().numpy()
         for _ in range(left - n_wide):
             cand.add(init_auto(layout, Xb, yb, gen), b, "auto")
+    return cand
+
+
+def screen(layout: Layout, cand: Starts, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
+           B: int, keep: int | None = None) -> tuple[torch.Tensor, Starts, np.ndarray]:
+    """Successive halving of ``cand`` on (X, y): rounds of ``opts.search_iter`` iterations, each
+    keeping the best third (at least ``keep``, default ``opts.search_keep``) of every data set's
+    starts, until ``keep`` are left. Returns their rows of theta, their record, and the starts
+    per data set dropped as failed (a non-finite likelihood)."""
+    keep = opts.search_keep if keep is None else keep
     failed = np.zeros(B, dtype=int)
     if not len(cand):
         return X.new_zeros(0, layout.n_params), cand, failed
-    out = _run(layout, cand, X, y, bounds, opts.replace(max_iter=opts.search_iter))
-    f = out.f.cpu().numpy()
-    ok = np.isfinite(f) & torch.isfinite(out.theta).all(1).cpu().numpy()
-    keep: list[int] = []
-    for b in range(B):
-        rows = [r for r, o in enumerate(cand.owner) if o == b]
-        failed[b] = sum(not ok[r] for r in rows)
-        good = sorted((r for r in rows if ok[r]), key=lambda r: -f[r])
-        keep += good[:opts.search_keep]
-    kept = Starts([cand.params[r] for r in keep], [cand.owner[r] for r in keep], [cand.kind[r] for r in keep])
-    return out.theta[keep], kept, failed
+    owner = torch.as_tensor(cand.owner, device=X.device)
+    theta = pack_starts(layout, cand.params, bounds.take(owner), X.dtype, X.device)
+    alive = np.arange(len(cand))
+    rounds = opts.replace(max_iter=opts.search_iter)
+    while True:
+        out = run_engine(layout, theta, X[owner[alive]], y[owner[alive]], bounds.take(owner[alive]), rounds)
+        theta = out.theta
+        f = out.f.cpu().numpy()
+        ok = np.isfinite(f) & torch.isfinite(theta).all(1).cpu().numpy()
+        on_bound = _on_bound(layout, theta, bounds.take(owner[alive]))
+        chosen, more = [], False
+        for b in range(B):
+            mine = np.flatnonzero(np.asarray(cand.owner)[alive] == b)
+            failed[b] += int((~ok[mine]).sum())
+            # Interior points first: a start already on a variance bound is heading for a
+            # collapsed (spurious) optimum, and it climbs fastest, so it would crowd out the rest.
+            good = _distinct(sorted((i for i in mine if ok[i]), key=lambda i: (on_bound[i], -f[i])), f)
+            more |= len(good) > keep
+            chosen += good[:max(keep, math.ceil(len(good) / 3))] if len(good) > keep else good
+        alive, theta = alive[chosen], theta[chosen]
+        if not more:
+            break
+    kept = Starts([cand.params[r] for r in alive], [cand.owner[r] for r in alive], [cand.kind[r] for r in alive])
+    return theta, kept, failed
+
+
+def _distinct(order: list[int], f: np.ndarray, tol: float = 1e-9) -> list[int]:
+    """``order`` with candidates that reached the same point as an earlier one (the same
+    per-sample log-likelihood to ``tol``) moved to the end: continuing both would find one optimum twice."""
+    first, again = [], []
+    for i in order:
+        (again if any(abs(f[i] - f[j]) <= tol for j in first) else first).append(i)
+    return first + again
+
+
+def _on_bound(layout: Layout, theta: torch.Tensor, bounds: VarianceBounds) -> np.ndarray:
+    active = bounds.active(layout.unpack(theta)["variance"])
+    return (active["floor"] | active["cap"] | active["ratio"]).cpu().numpy()

@@ -35,6 +35,7 @@ from .runner import Engine, RunnerHooks, Task, fit_label, plan_tasks, plan_units
 from .parallel import BACKENDS, JOBLIB_BACKENDS, run_study
 from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
+from .certificates import CERTIFICATE_SUMMARY_COLUMNS, certificate_markdown, certificate_summary
 from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
 from .status import StudyStatus, study_status
 from .tables import RATE_EXCLUDED_METRICS, RateContext, as_table, local_rate_table, rate_context, rate_table, theory
@@ -49,4 +50,6 @@ __all__ = [
     "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
     "metric_applies", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
     "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
+    # issue 19: the certificates of a study's fits
+    "certificate_summary", "certificate_markdown", "CERTIFICATE_SUMMARY_COLUMNS",
 ]

@@ -30,6 +30,8 @@ __all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_params", "evaluate"]
 ESTIMATE_COLUMNS = (
     "study", "truth", "n", "replicate", "gate", "fitted_k", "seed", "expert", "log_likelihood", "stationarity",
     "grad_norm", "iterations", "status", "converged", "seconds", "model_gate", "top_k", "expert_family", "phi",
+    *("excess_loglik", "variance_bounded", "bounds_active", "search_hits", "search_starts", "search_failed",
+      "search_winner", "search_hit_tol", "protocol_loglik"),
 )
 _VECTORS = ("gate_weight", "expert_weight")
 _SCALARS = ("gate_bias", "expert_bias", "variance")
@@ -65,7 +67,10 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
         One row per fit and fitted expert, sorted by n, replicate, fit and expert. Columns
         :data:`ESTIMATE_COLUMNS` (``gate`` is the study's gate label, ``model_gate`` the gate family;
         ``log_likelihood`` is the total over the fit's data; ``stationarity`` its Newton decrement
-        per sample), then the parameters: ``gate_bias``, ``gate_weight_0 .. d-1`` (absent for
+        per sample; the certificate: ``excess_loglik`` over the truth, ``variance_bounded`` and
+        ``bounds_active``, ``search_hits``, ``search_starts``, ``search_failed``,
+        ``search_winner`` and ``protocol_loglik`` (:class:`mixsim.fitting.SearchRecord`; missing
+        values for task files written before these were recorded)), then the parameters: ``gate_bias``, ``gate_weight_0 .. d-1`` (absent for
         competition), ``expert_weight_0 .. d-1``, ``expert_bias``, ``variance``. Values are the
         stored float64 numbers bit for bit. Failed fits have no estimate and no row.
     """
@@ -81,7 +86,7 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
             "log_likelihood": est["log_likelihood"], "stationarity": est.get("stationarity", math.nan),
             "grad_norm": est["grad_norm"], "iterations": est["iterations"], "status": est["status"],
             "converged": est["converged"], "seconds": est["seconds"], "model_gate": p["gate"], "top_k": p["top_k"],
-            "expert_family": p["expert"], "phi": p["phi"],
+            "expert_family": p["expert"], "phi": p["phi"], **certificate_columns(est),
         }
         for i in range(len(p["variance"])):
             row = base | {"expert": i}
@@ -96,6 +101,23 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     params = [c for c in df.columns if c not in ESTIMATE_COLUMNS]
     return df[list(ESTIMATE_COLUMNS) + params].reset_index(drop=True)
+
+
+def certificate_columns(est: dict[str, Any]) -> dict[str, Any]:
+    """A stored estimate's certificate (issue 19) as columns; missing values for task files
+    written before certificates were recorded (NaN, None, or NA for ``variance_bounded``)."""
+    search = est.get("search") or {}
+    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    count = lambda key: pd.NA if key not in search else int(search[key])  # noqa: E731
+    bounded = est.get("variance_bounded")
+    return {
+        "excess_loglik": num(est.get("excess_loglik")),
+        "variance_bounded": pd.NA if bounded is None else bool(bounded),
+        "bounds_active": ",".join(est["bounds_active"]) if "bounds_active" in est else None,
+        "search_hits": count("hits"), "search_starts": count("n_starts"), "search_failed": count("n_failed"),
+        "search_winner": search.get("winner"), "search_hit_tol": num(search.get("hit_tol")),
+        "protocol_loglik": num(search.get("protocol_loglik")),
+    }
 
 
 def _check_metrics(metrics: Any) -> list[str]:

@@ -157,18 +157,43 @@ def _fit_info(res: Any) -> dict[str, Any]:
     }
 
 
-def estimate_record(res: Any, seed: int) -> dict[str, Any]:
-    """A fit's estimate and outcome as plain JSON values (floats round-trip exactly through JSON)."""
-    p = res.params
+def _params_record(p: Any) -> dict[str, Any]:
     arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64).tolist()  # noqa: E731
     return {
-        "params": {
-            "gate": p.gate, "top_k": p.top_k, "expert": p.expert, "phi": p.phi,
-            "gate_weight": arr(p.gate_weight), "gate_bias": arr(p.gate_bias),
-            "expert_weight": arr(p.expert_weight), "expert_bias": arr(p.expert_bias), "variance": arr(p.variance),
-        },
-        "log_likelihood": float(res.log_likelihood), "seed": int(seed), **_fit_info(res),
+        "gate": p.gate, "top_k": p.top_k, "expert": p.expert, "phi": p.phi,
+        "gate_weight": arr(p.gate_weight), "gate_bias": arr(p.gate_bias),
+        "expert_weight": arr(p.expert_weight), "expert_bias": arr(p.expert_bias), "variance": arr(p.variance),
     }
+
+
+def _certificate(res: Any) -> dict[str, Any]:
+    """A fit's certificate (issue 19): excess log-likelihood over the truth, the active variance
+    bounds, and the search record (hits, starts, the winning kind, the protocol's optimum)."""
+    excess = getattr(res, "excess_loglik", None)
+    out: dict[str, Any] = {
+        "excess_loglik": None if excess is None else float(excess),
+        "variance_bounded": bool(getattr(res, "variance_bounded", False)),
+        "bounds_active": list(getattr(res, "bounds_active", ())),
+    }
+    search = getattr(res, "search", None)
+    if search is not None:
+        out["search"] = {
+            "init": search.init, "n_starts": int(search.n_starts), "n_continued": int(search.n_continued),
+            "n_failed": int(search.n_failed), "hits": int(search.hits), "hit_tol": float(search.hit_tol),
+            "winner": search.winner,
+            "protocol_loglik": None if search.protocol_loglik is None else float(search.protocol_loglik),
+        }
+        if search.protocol is not None:  # the reference protocol's estimate, from the same search
+            out["protocol"] = {"params": _params_record(search.protocol.params),
+                               "log_likelihood": float(search.protocol.log_likelihood), **_fit_info(search.protocol),
+                               **{k: v for k, v in _certificate(search.protocol).items() if k != "search"}}
+    return out
+
+
+def estimate_record(res: Any, seed: int) -> dict[str, Any]:
+    """A fit's estimate, outcome and certificate as plain JSON values (floats round-trip exactly through JSON)."""
+    return {"params": _params_record(res.params), "log_likelihood": float(res.log_likelihood), "seed": int(seed),
+            **_fit_info(res), **_certificate(res)}
 
 
 def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
@@ -212,7 +237,7 @@ def fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
         gate=task.gate.name, top_k=task.gate.top_k, expert=fs.expert, init=fs.init,
         n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter, method=fs.method, warn=False,
     )
-    if fs.init == "near_truth":
+    if fs.init in ("near_truth", "search"):  # search: the protocol's starts beside its own
         kwargs |= dict(truth=spec.for_truth(task.truth).truth, init_options=NearTruthInit(**dict(fs.near_truth)))
     return kwargs | dict(fs.options) | dict(task.gate.options)
 
