@@ -12,9 +12,10 @@ from typing import Any
 
 from .checks import check_bool, check_choice, check_int, check_real
 
-__all__ = ["FitOptions", "NearTruthInit", "METHODS", "PHIS", "em_applies"]
+__all__ = ["FitOptions", "NearTruthInit", "METHODS", "INITS", "PHIS", "em_applies"]
 
 METHODS = ("auto", "em", "newton")
+INITS = ("auto", "near_truth", "search")  # start rules of a fit (mixsim.fitting.api documents them)
 PHIS = ("softplus", "identity")  # competition transforms (mixsim.gates.PHI has the functions)
 
 

@@ -18,7 +18,7 @@ from ..checks import check_choice, check_int
 from ..experts import check_expert
 from ..gates import canonical_gate
 from ..model import MoEParams, as_rng, check_data, float_array, log_likelihood
-from ..options import FitOptions, NearTruthInit
+from ..options import INITS, FitOptions, NearTruthInit
 from .bounds import VarianceBounds
 from .engine import run_engine
 from .layout import Layout, affine
@@ -80,7 +80,6 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
-INITS = ("auto", "near_truth", "search")
 
 
 def fit_batch(

@@ -173,7 +173,7 @@ def assemble_results(layout: Layout, out: EngineOutcome, theta0: torch.Tensor, b
         record = SearchRecord(
             init=rows.init, n_starts=int(rows.n_starts[b]), n_continued=len(mine),
             n_failed=int(rows.n_failed[b]) + len(mine) - len(good),
-            hits=sum(f[best] * n - f[r] * n <= opts.hit_tol for r in good), hit_tol=opts.hit_tol,
+            hits=int(sum(f[best] * n - f[r] * n <= opts.hit_tol for r in good)), hit_tol=opts.hit_tol,
             winner=rows.kind[best], protocol_loglik=None if proto is None else proto.log_likelihood, protocol=proto)
         res = replace(res, search=record)
         results.append(res)

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..model import MoEParams
+from ..options import FitOptions
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
 from .spec_fields import FitSpec, GateSpec, SpecError
 from .spec_parse import RATES_DEFAULTS, parse_document
@@ -179,6 +180,8 @@ class StudySpec:
         doc.pop("rates")  # read after the fits: no stored number depends on it
         doc.pop("run")
         doc["format"] = SPEC_FORMAT
+        if "fit" in doc:
+            _drop_default_options(doc["fit"])
         if self.truth is not None:
             doc["truth_params"] = truth_to_dict(self.truth)
         if len(self.truths) > 1:  # an ensemble: every drawn truth changes the numbers
@@ -301,3 +304,18 @@ def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | 
     if overrides:
         doc = apply_overrides(doc, overrides)
     return StudySpec.from_dict(doc, source=str(path), default_name=path.stem)
+
+
+_FIT_DEFAULTS = FitOptions()
+
+
+def _drop_default_options(fit: dict[str, Any]) -> None:
+    """Leave out of the hash every fit option declared at FitOptions' default value: declaring a
+    default (e.g. the variance bound every spec now states) does not change a number, so it
+    must not change the hash (results directories of earlier runs still resume)."""
+    is_default = lambda name, value: name in FitOptions.names() and value == getattr(_FIT_DEFAULTS, name)  # noqa: E731
+    options = {k: v for k, v in fit.get("options", {}).items() if not is_default(k, v)}
+    fit.pop("options", None)
+    if options:
+        fit["options"] = options
+    fit["gates"] = [{k: v for k, v in g.items() if k in ("name", "label", "top_k") or not is_default(k, v)} for g in fit["gates"]]

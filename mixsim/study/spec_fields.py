@@ -168,7 +168,7 @@ class FitSpec:
             "max_iter": self.max_iter,
             "method": self.method,
         }
-        if self.init == "near_truth":
+        if self.init in ("near_truth", "search"):
             doc["near_truth"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.near_truth}
         if self.options:
             doc["options"] = dict(self.options)

@@ -17,7 +17,7 @@ from ..experts import EXPERTS
 from ..gates import canonical_gate
 from ..losses import WEIGHTINGS
 from ..model import X_DISTS, MoEParams, n_free_params
-from ..options import METHODS, FitOptions, NearTruthInit
+from ..options import INITS, METHODS, FitOptions, NearTruthInit
 from ..rates import SLOPE_AVERAGES
 from .metrics import MLE_METRICS, REGISTRY
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
@@ -27,7 +27,6 @@ from .spec_truths import parse_truths
 __all__ = ["KINDS", "INITS", "SPACINGS", "RATES_DEFAULTS", "parse_document", "parse_grid"]
 
 KINDS = ("mle", "nn")
-INITS = ("near_truth", "auto")
 SPACINGS = ("log", "linear")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The near-truth start's noise (THEORY.md section 2), with the fitter's own defaults.
@@ -221,10 +220,10 @@ def _parse_fit(doc: Any, truth: MoEParams) -> FitSpec:
             raise SpecError(f"fit.gates: top_k = {g.top_k} of gate {g.label!r} exceeds fitted_k = {min(fitted_k)}", "fit.gates")
     init = t.get("init", _str(INITS), "near_truth")
     n_init_exact, n_init_over = t.get("n_init", _parse_n_init, (1, 5))
-    if init == "near_truth":
+    if init in ("near_truth", "search"):  # search: the protocol's starts run beside its own
         near_truth = _parse_near_truth(t.get("near_truth", _any, {}))
     elif t.has("near_truth"):
-        raise SpecError("fit.near_truth is only used with fit.init = 'near_truth'", "fit.near_truth")
+        raise SpecError("fit.near_truth is only used with fit.init = 'near_truth' or 'search'", "fit.near_truth")
     else:
         near_truth = ()
     options_doc = t.get("options", _any, {})
