@@ -137,3 +137,30 @@ def test_matching_refuses_what_it_cannot_do():
         mixsim.gate_distance(comp, soft, X=np.ones((5, 2)))
     with pytest.raises(ValueError, match="x_dist"):
         mixsim.gate_distance(comp, soft, x_dist="cauchy")
+
+
+def test_the_matched_gates_figure_draws_both_gates(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    from mixsim.plots import MATCHED_COLUMNS, matched_gates_data, plot_matched_gates, plotted_data, save_figure
+
+    truth = mixsim.preset("competition_k2")
+    matched = mixsim.matched_truth(truth, "softmax")
+    data = matched_gates_data(truth, matched, num=11)
+    assert list(data.columns) == MATCHED_COLUMNS and len(data) == 2 * 2 * 11
+    grid = np.linspace(0, 1, 11)[:, None]
+    for index, params in enumerate((truth, matched)):  # the weights drawn are the scipy formulas'
+        rows = data[data["truth"] == index].sort_values(["x", "expert"])
+        np.testing.assert_allclose(rows["weight"].to_numpy().reshape(11, 2), weights(params, grid), atol=1e-12)
+    assert data["distance"].unique().tolist() == [mixsim.gate_distance(truth, matched)]
+    ax = plot_matched_gates(truth, matched, num=11)
+    assert len(ax.lines) == 4 and "expected KL" in ax.get_title()
+    assert plotted_data(ax).equals(data)
+    paths = save_figure(ax.figure, tmp_path / "matched", data)
+    assert all(p.exists() for p in paths)
+    plt.close("all")
+    with pytest.raises(ValueError, match="d = 2"):
+        matched_gates_data(mixsim.preset("competition_k2_d2"), mixsim.preset("softmax_k2_d2"))
