@@ -172,7 +172,8 @@ def matched_truth(truth: MoEParams, gate: str, X: Any = None, *, n_mc: int = N_M
     Parameters
     ----------
     truth : MoEParams
-        A softmax or competition truth (a top-K truth is matched by a dense gate).
+        A dense softmax or competition truth (a top-K gate's zero weights have no closest dense
+        gate: the parameters would run off to infinity).
     gate : {"softmax", "competition"}
         The family of the matched truth; not ``truth.gate``.
     X : array of shape (n, d), optional
@@ -194,8 +195,8 @@ def matched_truth(truth: MoEParams, gate: str, X: Any = None, *, n_mc: int = N_M
     Raises
     ------
     ValueError
-        Unknown ``gate``, ``gate == truth.gate``, a truth of another family, or a match farther
-        than ``max_distance``. A RuntimeWarning says when Newton's method stopped short of its
+        Unknown ``gate``, ``gate == truth.gate``, a truth of another family or with a top-K gate,
+        or a match farther than ``max_distance``. A RuntimeWarning says when Newton's method stopped short of its
         tolerance (weights near 0 or 1 push the optimum towards infinite parameters).
     """
     if not isinstance(truth, MoEParams):
@@ -205,6 +206,8 @@ def matched_truth(truth: MoEParams, gate: str, X: Any = None, *, n_mc: int = N_M
         raise ValueError(f"truth: matched_truth maps between {MATCH_GATES}; got a {truth.gate!r} truth")
     if gate == truth.gate:
         raise ValueError(f"gate: the truth already has gate {gate!r}; pass the other family")
+    if truth.top_k is not None:  # its zero weights would push the closest dense gate's parameters to infinity
+        raise ValueError(f"truth: matched_truth needs a dense gate (top_k=None); got top_k={truth.top_k}")
     phi = check_phi(truth.phi if phi is None else phi)
     max_distance = None if max_distance is None else check_real(max_distance, "max_distance", 0.0)
     X = _inputs(X, truth.dim, n_mc, x_dist, rng)

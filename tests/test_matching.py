@@ -127,6 +127,8 @@ def test_matching_refuses_what_it_cannot_do():
         mixsim.matched_truth(sig, "softmax")
     with pytest.raises(TypeError, match="truth"):
         mixsim.matched_truth("competition_k2", "softmax")
+    with pytest.raises(ValueError, match="top_k"):  # one-hot weights: the closest softmax gate is at infinity
+        mixsim.matched_truth(mixsim.random_truth("competition", 3, 1, 2).replace(top_k=1), "softmax")
     # softmax_k2's steep gate is far from any competition gate with its experts: refused on request
     with pytest.raises(ValueError, match="max_distance"):
         mixsim.matched_truth(soft, "competition", max_distance=0.1)
@@ -164,3 +166,16 @@ def test_the_matched_gates_figure_draws_both_gates(tmp_path):
     plt.close("all")
     with pytest.raises(ValueError, match="d = 2"):
         matched_gates_data(mixsim.preset("competition_k2_d2"), mixsim.preset("softmax_k2_d2"))
+
+
+def test_a_match_stopped_short_warns(monkeypatch):
+    from mixsim import matching
+
+    solve = matching._soft_logistic
+    monkeypatch.setattr(matching, "_soft_logistic", lambda *args: solve(*args, max_iter=1))  # one Newton step only
+    with pytest.warns(RuntimeWarning, match="stopped short"):
+        loose = mixsim.matched_truth(mixsim.preset("competition_k2"), "softmax")
+    monkeypatch.undo()
+    tight = mixsim.matched_truth(mixsim.preset("competition_k2"), "softmax")
+    truth = mixsim.preset("competition_k2")
+    assert mixsim.gate_distance(truth, loose) > mixsim.gate_distance(truth, tight)
