@@ -129,3 +129,18 @@ def test_two_matched_arms_of_a_crn_study_share_their_inputs():
         for r in range(arms[0].replications):
             (Xa, ya), (Xb, yb) = task_data(arms[0], n, r), task_data(arms[1], n, r)
             assert np.array_equal(Xa, Xb) and np.mean(ya == yb) > 0.95
+
+
+def test_a_matched_ensemble_spec_pairs_truth_j_with_truth_j():
+    overrides = {"replications": 2, "grid.values": [200, 400]}
+    comp = load_study(STUDIES / "competition_overfit_ensemble.toml", overrides | {"sampling": "crn"})
+    soft = comp.with_overrides({"truth.match": "softmax", "fit.gates": ["softmax"]})
+    assert len(soft.truths) == len(comp.truths) == 9 and soft.hash != comp.hash
+    for j, (c, s) in enumerate(zip(comp.truths, soft.truths)):
+        assert s == mixsim.matched_truth(c, "softmax", x_dist=comp.x_dist)  # the same experts, the closest softmax gate
+        (Xc, yc), (Xs, ys) = task_data(comp, 400, 1, j), task_data(soft, 400, 1, j)
+        assert np.array_equal(Xc, Xs) and np.mean(yc == ys) > 0.8, j  # same seeds, same streams
+    with pytest.raises(SpecError, match="truth.match"):
+        comp.with_overrides({"truth.match": "sigmoid"})
+    with pytest.raises(SpecError, match="truth.match"):
+        comp.with_overrides({"truth.match": "competition"})  # already competition

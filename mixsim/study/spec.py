@@ -18,6 +18,7 @@ Schema (defaults in brackets)::
 
     [truth]                           # preset = NAME, and/or inline MoEParams fields (they override the preset)
     preset = "softmax_k2"
+    match = "softmax"                 # [none] every truth replaced by mixsim.matched_truth of it (matched pairs)
 
     [grid]                            # either values = [...] or start/stop/num [+ spacing = "log" | "linear"]
     start = 1e3
