@@ -3,6 +3,8 @@ and the noise from three streams, so two matched truths share X and y wherever t
 is drawn; the default ("sequential") keeps every shipped spec's hash and numbers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import special
@@ -10,8 +12,6 @@ from scipy import special
 import mixsim
 from mixsim.study import SpecError, StudySpec, load_study, replicate_seed, replicate_streams, task_data
 from mixsim.study.spec import truth_to_dict
-
-from pathlib import Path
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
