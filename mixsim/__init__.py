@@ -6,6 +6,7 @@ The network layer lives in :mod:`mixsim.nn` (imported on demand).
 from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean
 from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelihood, preset, random_truth, sample
+from .matching import gate_distance, matched_truth
 from .fitting import ConvergenceWarning, FitOptions, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE, KSelection, NotFittedError, select_n_experts
 from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GATES", "EXPERTS", "log_gate_weights", "expert_mean",
     "MoEParams", "preset", "list_presets", "random_truth", "TruthPrior", "log_density", "log_likelihood", "sample",
+    "matched_truth", "gate_distance",
     "fit", "fit_batch", "FitOptions", "FitResult", "NearTruthInit", "ConvergenceWarning", "GaussianMoE", "select_n_experts",
     "KSelection", "NotFittedError",
     "voronoi_cells", "voronoi_loss", "group_errors", "cell_diagnosis", "hellinger", "total_variation",

@@ -24,6 +24,7 @@ __all__ = [
     "log_gate_and_mean",
     "LOG_2PI",
     "X_DISTS",
+    "SAMPLINGS",
     "log_terms",
     "log_terms_local",
     "log_density",
@@ -344,7 +345,17 @@ def sample_x(n: int, d: int, x_dist: str = "uniform", rng: Any = None) -> np.nda
     return X_DISTS[x_dist](check_int(n, "n"), d, as_rng(rng))
 
 
-def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+#: How :func:`sample` draws; a study's top-level ``sampling`` key. ``"sequential"`` (the default,
+#: the numbers of every shipped spec): X, one uniform per sample (the component, by the inverse CDF
+#: of the gate weights) and the Gaussian noise, one after another from ``rng``. ``"crn"`` (common
+#: random numbers): each from its own stream, ``rng.spawn(3)``, so that two truths of any gates
+#: sampled with the same seed share X, the uniforms and the noise by construction (their y differ
+#: only where the drawn component differs), and the first m samples of size n are the sample of size m.
+SAMPLINGS = ("sequential", "crn")  # the first is the default
+
+
+def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform",
+           sampling: str = SAMPLINGS[0]) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``(X, y)`` from the model: X of shape (n, d), y of shape (n,).
 
     Parameters
@@ -352,8 +363,10 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
     params : MoEParams
     n : int
         Number of samples.
-    rng : numpy Generator, int seed or None
+    rng : numpy Generator, SeedSequence, int seed or None
     x_dist : {"uniform", "grid", "normal"}, default "uniform"
+    sampling : {"sequential", "crn"}, default "sequential"
+        One stream, or common random numbers (three streams spawned from ``rng``): see :data:`SAMPLINGS`.
 
     Raises
     ------
@@ -365,8 +378,11 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
     """
     if not isinstance(params, MoEParams):
         raise TypeError(f"params must be a MoEParams (e.g. mixsim.preset('softmax_k2')); got {type(params).__name__}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}")
     rng = as_rng(rng)
-    X = sample_x(n, params.dim, x_dist, rng)
+    x_rng, z_rng, noise_rng = (rng,) * 3 if sampling == "sequential" else rng.spawn(3)
+    X = sample_x(n, params.dim, x_dist, x_rng)
     log_prob, mean = log_gate_and_mean(params, X)
     bad = ~np.isfinite(mean).all(axis=1)
     if bad.any():
@@ -377,10 +393,10 @@ def sample(params: MoEParams, n: int, rng: Any = None, x_dist: str = "uniform") 
         raise ValueError(f"params: the gate weights are not finite at {int(bad.sum())} of {len(X)} inputs "
                          "(gate logits overflow float64: gate_weight / gate_bias too large for x_dist); rescale them")
     cum = np.cumsum(np.exp(log_prob), axis=1)  # same draws as ever: one uniform per input
-    z = np.minimum((rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
+    z = np.minimum((z_rng.uniform(size=(n, 1)) > cum).sum(axis=1), params.n_experts - 1)
     rows = np.arange(n)
     with np.errstate(over="ignore"):
-        y = mean[rows, z] + np.sqrt(params.variance[z]) * rng.standard_normal(n)
+        y = mean[rows, z] + np.sqrt(params.variance[z]) * noise_rng.standard_normal(n)
     if not np.all(np.isfinite(y)):
         raise ValueError("params: the drawn responses overflow float64 (expert means or variance too large); rescale them")
     return X, y

@@ -79,6 +79,19 @@ class RateComparison:
         Resamples on which the ratio is undefined (both slopes >= 0), left out of its interval.
     efficiency : tuple of str, length q
         :func:`verdict` on the log ratio's interval at each ``eps`` ("faster": ``a`` needs fewer samples).
+    n_ref : array of shape (r,)
+        Reference sample sizes of the **n-to-eps ratio**: ``b``'s fitted line at ``n_ref`` sets the
+        error level ``eps_ref``, and ``a``'s fitted line says how many samples ``a`` needs for it.
+    eps_ref, n_a_ref : arrays of shape (r,)
+        That error level and that sample size (inf when ``a``'s slope is >= 0).
+    ref_ratio, ref_ratio_low, ref_ratio_high : arrays of shape (r,)
+        ``n_a_ref / n_ref`` with its interval, from the same resamples: each resample refits both
+        lines, so the level ``eps_ref`` moves with ``b``'s resample (< 1: ``a`` reaches ``b``'s
+        error with fewer samples). NaN where a side has no rate.
+    ref_reached : bool array of shape (r,)
+        Whether ``n_ref`` lies in ``b``'s fitted sizes and ``n_a_ref`` in ``a``'s (no extrapolation).
+    ref_efficiency : tuple of str, length r
+        :func:`verdict` on the log ratio's interval ("faster": ``a`` needs fewer samples).
     """
 
     a: RateEstimate
@@ -102,9 +115,18 @@ class RateComparison:
     n_ratio_high: np.ndarray
     n_undefined: np.ndarray
     efficiency: tuple[str, ...]
+    n_ref: np.ndarray
+    eps_ref: np.ndarray
+    n_a_ref: np.ndarray
+    ref_ratio: np.ndarray
+    ref_ratio_low: np.ndarray
+    ref_ratio_high: np.ndarray
+    ref_reached: np.ndarray
+    ref_efficiency: tuple[str, ...]
 
     def to_row(self) -> dict[str, Any]:
-        """The scalar results as one flat dict; the ratio at the middle ``eps`` (NaN if there is none)."""
+        """The scalar results as one flat dict; the ratios at the middle ``eps`` and the middle ``n_ref``
+        (NaN if there is none)."""
         names = ("difference", "difference_low", "difference_high", "slope_difference", "slope_difference_low",
                  "slope_difference_high", "verdict", "paired")
         row = {name: getattr(self, name) for name in names}
@@ -115,7 +137,14 @@ class RateComparison:
             "eps": pick(self.eps), "n_ratio": pick(self.n_ratio), "n_ratio_low": pick(self.n_ratio_low),
             "n_ratio_high": pick(self.n_ratio_high),
             "efficiency": self.efficiency[mid] if self.eps.size else "cannot tell",
-        }
+        } | self._reference_row()
+
+    def _reference_row(self) -> dict[str, Any]:
+        mid = self.n_ref.size // 2
+        pick = lambda arr: float(arr[mid]) if self.n_ref.size else float("nan")  # noqa: E731
+        return {"n_ref": pick(self.n_ref), "ref_ratio": pick(self.ref_ratio), "ref_ratio_low": pick(self.ref_ratio_low),
+                "ref_ratio_high": pick(self.ref_ratio_high),
+                "ref_efficiency": self.ref_efficiency[mid] if self.n_ref.size else "cannot tell"}
 
 
 def _side_streams(rng: Any) -> tuple[np.random.Generator, np.random.Generator]:
@@ -159,6 +188,39 @@ def _default_eps(ea: RateEstimate, eb: RateEstimate, line_a: tuple, line_b: tupl
     if not low < high:
         return np.empty(0)
     return np.exp(low + (high - low) * np.arange(1, n_eps + 1) / (n_eps + 1))
+
+
+def _reference_ratio(res_a: Resampled, res_b: Resampled, line_a: tuple | None, line_b: tuple | None, n_ref: Any,
+                     paired: bool, level: float, interval: str) -> dict[str, Any]:
+    """The n-to-eps ratio ``n_a(eps_b(n_ref)) / n_ref`` with its interval (fields of RateComparison)."""
+    if n_ref is None:  # default: the geometric middle of the sizes b's rate line was fitted on
+        n_ref = np.empty(0) if line_b is None else np.exp([np.mean(res_b.log_n[line_b[2]])])
+    q = n_ref.size
+    out = {"n_ref": n_ref, "eps_ref": np.full(q, np.nan), "n_a_ref": np.full(q, np.nan), "ref_ratio": np.full(q, np.nan),
+           "ref_ratio_low": np.full(q, np.nan), "ref_ratio_high": np.full(q, np.nan), "ref_reached": np.zeros(q, dtype=bool),
+           "ref_efficiency": ("cannot tell",) * q}
+    if not q or line_a is None or line_b is None:
+        return out
+    log_ref = np.log(n_ref)
+    log_eps = lambda Lb: (Lb @ line_b[1])[..., None] + (Lb @ line_b[0])[..., None] * log_ref  # noqa: E731  b's line at n_ref
+    stat = lambda La, Lb: _log_n_needed(La, line_a, log_eps(Lb)) - log_ref  # noqa: E731  (..., q)
+    with np.errstate(invalid="ignore"):
+        point, boot = stat(res_a.point, res_b.point), stat(res_a.boot, res_b.boot)
+        if paired:  # leave replicate r out of both sides at once
+            jack, groups, counts = stat(res_a.jack, res_b.jack), res_a.jack_group, res_a.counts
+        else:
+            jack = np.concatenate([stat(res_a.jack, res_b.point), stat(res_a.point, res_b.jack)])
+            groups = np.concatenate([res_a.jack_group, res_b.jack_group + res_a.counts.size])
+            counts = np.concatenate([res_a.counts, res_b.counts])
+    ci = np.array([bootstrap_interval(point[j], boot[:, j], level, interval, jack[:, j], groups, counts) for j in range(q)])
+    span = lambda res, line: (res.log_n[line[2]].min() - 1e-12, res.log_n[line[2]].max() + 1e-12)  # noqa: E731
+    (a_lo, a_hi), (b_lo, b_hi) = span(res_a, line_a), span(res_b, line_b)
+    return out | {
+        "eps_ref": np.exp(log_eps(res_b.point)), "n_a_ref": np.exp(point + log_ref), "ref_ratio": np.exp(point),
+        "ref_ratio_low": np.exp(ci[:, 0]), "ref_ratio_high": np.exp(ci[:, 1]),
+        "ref_reached": (log_ref >= b_lo) & (log_ref <= b_hi) & (point + log_ref >= a_lo) & (point + log_ref <= a_hi),
+        "ref_efficiency": tuple(verdict(low, high) for low, high in ci),
+    }
 
 
 def _tidy(n: Any, errors: Any, replicate: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -223,6 +285,7 @@ def compare_rates(
     n_eps: int = 3,
     paired: bool = False,
     rng: Any = 0,
+    n_ref: Any = None,
 ) -> RateComparison:
     """Compare the rates of two data sets: slope difference ``a - b``, sample-efficiency ratio, verdict.
 
@@ -234,6 +297,12 @@ def compare_rates(
     one study whose seeds do not depend on the gate), pass ``paired=True``: replicate r of both
     sides is then drawn together, which keeps their correlation (independent resampling would
     overstate the noise of the difference when the correlation is positive).
+
+    With ``paired=True`` on matched truths sampled with common random numbers (the same data seed
+    per replicate index, :func:`mixsim.matched_truth`, ``sampling="crn"``), the error *levels*
+    compare too, and the **n-to-eps ratio** says how many samples ``a`` needs to reach the error
+    ``b`` reaches at a reference size ``n_ref``: ``n_a(eps_b(n_ref)) / n_ref`` from the two fitted
+    lines, with an interval from the same (joint) resamples (computed for independent sides too).
 
     The **sample-efficiency ratio** at an error level eps is ``n_a(eps) / n_b(eps)``, the sizes at
     which the two fitted lines (the lines of each side's rate) reach eps, with an interval from the
@@ -263,6 +332,9 @@ def compare_rates(
     rng : Generator, int seed, None, or a pair of them, default 0
         One seed or Generator is split into two independent streams (one per side); a pair is
         used as given (``a`` first). With ``paired=True``: one seed or Generator.
+    n_ref : float or array-like of float > 0, optional
+        Reference sizes of the n-to-eps ratio (``b``'s error at ``n_ref``). Default: one, the
+        geometric middle of the sizes ``b``'s rate line was fitted on (none when ``b`` has no rate).
 
     Returns
     -------
@@ -270,6 +342,10 @@ def compare_rates(
     """
     average = canonical_average(average)
     _check_common(level, n_boot, interval, fallback)
+    if n_ref is not None:
+        n_ref = np.atleast_1d(np.asarray(n_ref, dtype=np.float64))
+        if n_ref.ndim != 1 or not np.all(np.isfinite(n_ref)) or np.any(n_ref <= 0):
+            raise ValueError(f"n_ref must be finite sample sizes > 0; got {n_ref}")
     if isinstance(n_eps, bool) or not isinstance(n_eps, (int, np.integer)) or n_eps < 1:
         raise ValueError(f"n_eps must be an int >= 1; got {n_eps!r}")
     if eps is not None:
@@ -341,4 +417,5 @@ def compare_rates(
         slope_difference=slope_diff[0], slope_difference_low=slope_diff[1], slope_difference_high=slope_diff[2],
         verdict=verdict(diff[1], diff[2]), eps=eps, reached=reached, n_a=n_need_a, n_b=n_need_b,
         n_ratio=ratio, n_ratio_low=ratio_low, n_ratio_high=ratio_high, n_undefined=undefined, efficiency=efficiency,
+        **_reference_ratio(res_a, res_b, line_a, line_b, n_ref, paired, float(level), interval),
     )

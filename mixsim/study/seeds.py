@@ -7,7 +7,10 @@ streams, ``SeedSequence(seed, spawn_key=(i,))`` for i = 0 (data), 1 (the fit's s
 (Monte Carlo inputs of the density distances). Every gate and fitted k at one (n, r) sees the same
 data set, the same start noise and the same evaluation inputs, so gate comparisons are paired; and
 a replicate's numbers depend on (root_seed, n, r) only, never on the number of jobs or the backend.
-A network study's task seed is the same ``replicate_seed``.
+A network study's task seed is the same ``replicate_seed``. The data stream is drawn as the spec's
+``sampling`` says (:data:`mixsim.model.SAMPLINGS`): with ``"crn"`` two specs that differ only in
+their truths' gates (a matched pair, :func:`mixsim.matched_truth`) share X, the component
+uniforms and the noise at every unit, so their arms are paired.
 """
 from __future__ import annotations
 
@@ -52,4 +55,5 @@ def task_data(spec: "StudySpec", n: int, replicate: int, truth: int | None = Non
     """Regenerate the data set ``(X, y)`` of replicate ``replicate`` at sample size ``n`` of a study
     (of truth ``truth`` in a study with several)."""
     seed = replicate_seed(spec.root_seed, n, replicate, truth)
-    return sample(spec.for_truth(truth).truth, n, rng=np.random.default_rng(replicate_streams(seed).data), x_dist=spec.x_dist)
+    data = np.random.default_rng(replicate_streams(seed).data)
+    return sample(spec.for_truth(truth).truth, n, rng=data, x_dist=spec.x_dist, sampling=spec.sampling)

@@ -12,10 +12,13 @@ Schema (defaults in brackets)::
     root_seed = 2024                  # [0] int >= 0
     replications = 40                 # int >= 1
     x_dist = "uniform"                # ["uniform"] | "grid" | "normal"
+    sampling = "crn"                  # ["sequential"] | "crn": how a data set is drawn (mixsim.model.SAMPLINGS);
+                                      # in the spec hash only when not "sequential" (older hashes unchanged)
     metrics = ["D1", "groups"]        # [D1 and/or D2 as they apply, "groups", "loglik"] names of metrics.MLE_METRICS
 
     [truth]                           # preset = NAME, and/or inline MoEParams fields (they override the preset)
     preset = "softmax_k2"
+    match = "softmax"                 # [none] every truth replaced by mixsim.matched_truth of it (matched pairs)
 
     [grid]                            # either values = [...] or start/stop/num [+ spacing = "log" | "linear"]
     start = 1e3
@@ -67,7 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..model import MoEParams
+from ..model import SAMPLINGS, MoEParams
 from ..options import FitOptions
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
 from .spec_fields import FitSpec, GateSpec, SpecError
@@ -101,6 +104,8 @@ class StudySpec:
     n_values : tuple of int
         Sample sizes, ascending, distinct.
     x_dist : str
+    sampling : str
+        How data sets are drawn (:data:`mixsim.model.SAMPLINGS`); ``"sequential"`` by default.
     metrics : tuple of str
         Requested metric names (keys of :data:`mixsim.study.metrics.MLE_METRICS`); empty for ``kind = "nn"``.
     truth : MoEParams or None
@@ -128,6 +133,7 @@ class StudySpec:
     n_values: tuple[int, ...]
     description: str = ""
     x_dist: str = "uniform"
+    sampling: str = SAMPLINGS[0]
     metrics: tuple[str, ...] = ()
     truth: MoEParams | None = None
     truth_table: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +166,7 @@ class StudySpec:
         if self.kind == "mle":
             doc |= {
                 "x_dist": self.x_dist,
+                **({} if self.sampling == SAMPLINGS[0] else {"sampling": self.sampling}),  # old hashes kept
                 "metrics": list(self.metrics),
                 "truth": copy.deepcopy(self.truth_table),
                 "fit": self.fit.to_dict(),

@@ -16,7 +16,7 @@ import numpy as np
 from ..experts import EXPERTS
 from ..gates import canonical_gate
 from ..losses import WEIGHTINGS
-from ..model import X_DISTS, MoEParams, n_free_params
+from ..model import SAMPLINGS, X_DISTS, MoEParams, n_free_params
 from ..options import INITS, METHODS, FitOptions, NearTruthInit
 from ..rates import SLOPE_AVERAGES
 from .metrics import MLE_METRICS, REGISTRY
@@ -61,6 +61,7 @@ def parse_document(doc: Mapping[str, Any], source: str | None, default_name: str
         return dict(nn=copy.deepcopy(dict(nn)), **common)
     truth_table = top.get("truth", _any)
     x_dist = top.get("x_dist", _str(tuple(X_DISTS)), "uniform")
+    sampling = top.get("sampling", _str(SAMPLINGS), SAMPLINGS[0])
     truths = parse_truths(truth_table, x_dist)
     truth = truths[0]
     if x_dist == "grid" and any(t.dim != 1 for t in truths):
@@ -73,7 +74,7 @@ def parse_document(doc: Mapping[str, Any], source: str | None, default_name: str
     losses = _parse_losses(top.get("losses", _any, {}))
     top.finish()
     return dict(
-        x_dist=x_dist, metrics=metrics, truth=truth, truth_table=copy.deepcopy(dict(truth_table)), truths=tuple(truths),
+        x_dist=x_dist, sampling=sampling, metrics=metrics, truth=truth, truth_table=copy.deepcopy(dict(truth_table)), truths=tuple(truths),
         fit=fit, losses=losses, **common,
     )
 

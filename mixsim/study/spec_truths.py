@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..experts import EXPERTS
+from ..matching import MATCH_GATES, matched_truth
 from ..model import MoEParams, list_presets, preset, random_truth
 from .spec_fields import _MISSING, SpecError, _any, _float, _int, _str, _Table, _type_name
 
@@ -33,9 +34,18 @@ def parse_truths(doc: Any, x_dist: str) -> list[MoEParams]:
     Each random table: ``count`` (>= 1) truths from ``seed``; ``gate``, ``k``, ``d`` and ``expert``
     default to the first truth's; ``delta``, ``floor``, ``mass`` are random_truth's separation and
     visibility settings. Every truth must share the gate family, expert family and number of experts.
+
+    ``match = GATE`` (``"softmax"`` or ``"competition"``) replaces every truth, after they are
+    drawn, by :func:`mixsim.matched_truth` of it under gate family GATE (the same experts; inputs
+    from ``x_dist``): a spec and its copy with ``match`` are the two arms of matched pairs, truth j
+    against truth j, with the same seeds (use ``sampling = "crn"`` to share the data too).
     """
     if not isinstance(doc, Mapping):
         raise SpecError(f"truth must be a table; got {_type_name(doc)}", "truth")
+    match = doc.get("match")
+    if match is not None and (not isinstance(match, str) or match not in MATCH_GATES):
+        raise SpecError(f"truth.match must be one of {MATCH_GATES}; got {match!r}", "truth.match")
+    doc = {key: v for key, v in doc.items() if key != "match"}
     groups = doc.get("random", [])
     groups = [groups] if isinstance(groups, Mapping) else groups
     if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
@@ -61,6 +71,11 @@ def parse_truths(doc: Any, x_dist: str) -> list[MoEParams]:
                                            expert=opts["expert"], x_dist=x_dist, **extra))
             except (ValueError, RuntimeError) as exc:
                 raise SpecError(f"{key}: {exc}", key) from exc
+    if match is not None:
+        try:
+            truths = [matched_truth(t, match, x_dist=x_dist) for t in truths]
+        except ValueError as exc:
+            raise SpecError(f"truth.match: {exc}", "truth.match") from exc
     for t in truths[1:]:
         if (t.gate, t.expert, t.n_experts) != (truths[0].gate, truths[0].expert, truths[0].n_experts):
             raise SpecError("every truth of a study must share the gate family, the expert family and the number of experts; "
