@@ -20,6 +20,7 @@ from ..options import FitOptions, NearTruthInit
 from .engine import run_engine
 from .layout import Layout, affine
 from .result import FitResult, assemble_results
+from .scaling import feature_scale, outcome_to_units_of_y, response_scale, scale_start
 from .starts import init_auto, init_near_truth
 
 __all__ = ["fit", "fit_batch", "merge_options"]
@@ -186,9 +187,10 @@ def fit_batch(
     # Fit in standardised inputs (each feature of each data set centred and scaled): gate logits
     # and expert pre-activations are affine in x, so the fitted model maps back exactly and the
     # fit does not depend on the units or the origin of X.
-    centre, scale = X_np.mean(axis=1), X_np.std(axis=1)  # (B, d)
-    scale = np.where(scale > 0, scale, 1.0)
+    centre, scale = feature_scale(X_np)  # (B, d)
     X_np = (X_np - centre[:, None]) / scale[:, None]
+    y_scale = response_scale(y_np, expert)  # (B,): y far from unit scale is fitted as y / y_scale (scaling.py)
+    y_np = y_np / y_scale[:, None]
 
     # Starts: data set b, start r -> row b * n_init + r.
     n_init = opts.n_init
@@ -196,7 +198,7 @@ def fit_batch(
     for b in range(B):
         for _ in range(n_init):
             if init == "near_truth":  # the protocol's noise is in the units of the truth
-                starts.append(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]))
+                starts.append(scale_start(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]), y_scale[b]))
             else:
                 starts.append(init_auto(layout, X_np[b], y_np[b], gens[b]))
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -210,6 +212,7 @@ def fit_batch(
     }
     p0["variance"] = torch.maximum(p0["variance"], floor[:, None])
     outcome = run_engine(layout, layout.pack(p0), X, y, floor, opts)
+    outcome, floor = outcome_to_units_of_y(layout, outcome, floor, np.repeat(y_scale, n_init))
     rows_centre, rows_scale = (np.repeat(v, n_init, axis=0) for v in (centre, scale))
     return assemble_results(layout, outcome, floor, B, n, n_init, time.perf_counter() - t0, opts.method, warn, opts.gtol,
                             (rows_centre, rows_scale))

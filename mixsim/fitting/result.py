@@ -10,6 +10,7 @@ import torch
 from ..model import MoEParams
 from .engine import EngineOutcome
 from .layout import Layout, affine
+from .scaling import refuse_non_finite
 
 __all__ = ["ConvergenceWarning", "FitResult", "assemble_results"]
 
@@ -41,8 +42,9 @@ class FitResult:
         fitter's internal coordinates (standardised X, log-variances): depends on units; prefer
         ``stationarity``.
     status : str
-        ``converged``, ``max_iter`` (iteration cap reached first) or ``stalled`` (neither EM nor
-        trust-region Newton found an improving step, and the point is not stationary).
+        ``converged``, ``max_iter`` (iteration cap reached first), ``stalled`` (neither EM nor
+        trust-region Newton found an improving step, and the point is not stationary) or
+        ``non_finite`` (the log-likelihood or the estimate is not finite: never converged).
     variance_floor : float
         Lower bound applied to every variance (``variance_floor`` argument times var(y)).
     variance_floored : bool
@@ -104,10 +106,11 @@ def assemble_results(layout: Layout, out: EngineOutcome, floor: torch.Tensor, B:
             method=method,
             stationarity=float(stat[best]),
         )
+        res = refuse_non_finite(res)  # never "converged" with a non-finite likelihood or estimate
         results.append(res)
-        if warn and not conv:
+        if warn and not res.converged:
             warnings.warn(
-                f"data set {b}: the best of {n_init} start(s) did not converge ({status}) after "
+                f"data set {b}: the best of {n_init} start(s) did not converge ({res.status}) after "
                 f"{res.n_iter} iterations (Newton decrement {res.stationarity:.2e} nats per sample, "
                 f"gtol {gtol:.0e}); raise max_iter or try more starts",
                 ConvergenceWarning, stacklevel=3,
