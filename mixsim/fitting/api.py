@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..checks import check_int
+from ..devices import check_device
 from ..experts import check_expert
 from ..gates import canonical_gate
 from ..model import MoEParams, as_rng, check_data, float_array
@@ -201,7 +202,7 @@ def fit_batch(
                 starts.append(scale_start(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]), y_scale[b]))
             else:
                 starts.append(init_auto(layout, X_np[b], y_np[b], gens[b]))
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = check_device(device)
     dt = torch.float64
     X = torch.as_tensor(X_np, dtype=dt, device=dev).repeat_interleave(n_init, dim=0)
     y = torch.as_tensor(y_np, dtype=dt, device=dev).repeat_interleave(n_init, dim=0)
