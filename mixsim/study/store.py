@@ -35,6 +35,8 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from .spec import SpecError, StudySpec
+
 __all__ = [
     "StudyMismatchError",
     "StudyLockedError",
@@ -179,7 +181,23 @@ def read_meta(out_dir: str | Path) -> dict[str, Any]:
                                  "or --force to delete this directory's results") from exc
     if not isinstance(meta, dict) or "spec_hash" not in meta:
         raise StudyMismatchError(f"{path} is damaged (no spec_hash); use a new --out directory, or --force to delete its results")
+    _check_recorded_spec(path, meta)
     return meta
+
+
+def _check_recorded_spec(path: Path, meta: dict[str, Any]) -> None:
+    """The spec recorded in ``study.json`` must hash to its ``spec_hash``: an edit of it (say of
+    ``replications``) is detected as a task file's edit is, instead of changing what is planned."""
+    try:
+        digest = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source")).hash
+    except (KeyError, TypeError, ValueError, SpecError) as exc:
+        raise StudyMismatchError(f"{path} is damaged (its 'spec' does not parse: {exc}); use a new --out directory, "
+                                 "or --force to delete its results") from exc
+    if digest != meta["spec_hash"]:
+        raise StudyMismatchError(
+            f"{path} was edited: its 'spec' hashes to {digest[:12]}, not to its spec_hash {str(meta['spec_hash'])[:12]}, "
+            "so what it plans is not what was run; restore the file, or rerun the study into a new --out "
+            "directory (or with --force, which deletes these results)")
 
 
 def write_meta(out_dir: str | Path, meta: dict[str, Any]) -> None:
