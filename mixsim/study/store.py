@@ -104,7 +104,7 @@ def locked(out_dir: str | Path, wait: bool = False, poll: float = 0.5) -> Iterat
                     holder = fh.read().strip() or "unknown process"
                     raise StudyLockedError(
                         f"{path} is held by another run ({holder}); wait for it to finish, "
-                        "or pass --wait (run_study(..., wait=True)) to queue behind it") from None
+                        "or pass --wait (wait=True in Python) to queue behind it") from None
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
