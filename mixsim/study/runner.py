@@ -158,14 +158,18 @@ def estimate_record(res: Any, seed: int) -> dict[str, Any]:
 def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
                 info: dict[str, Any], hooks: RunnerHooks, cache: dict, rows: list[dict[str, Any]]) -> str | None:
     """Append the rows of one metric of one fit to ``rows``; a metric that raises gives one
-    ``metric_error`` row, and its traceback is returned (else None): the study goes on."""
+    ``metric_error`` row, and its traceback is returned (else None): the study goes on. A
+    non-finite value is kept but marked ``metric_error`` with its name in ``error``."""
     try:
         values = REGISTRY[metric].compute(MetricContext(spec, res, n, k, seed, hooks, cache))
     except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
         rows.append(_row(spec, n, r, seed, label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)})))
         return traceback.format_exc()[-_ERROR_CHARS:]
-    rows.extend(_row(spec, n, r, seed, label, k, name, value, **info) for name, value in values.items())
-    return None
+    bad = {name: value for name, value in values.items() if not math.isfinite(float(value))}
+    for name, value in values.items():  # a non-finite value is a failed measurement, named, never a silent inf
+        error = {"status": "metric_error", "error": f"{name} = {float(value)}: not finite"} if name in bad else {}
+        rows.append(_row(spec, n, r, seed, label, k, name, value, **(info | error)))
+    return f"metric {metric}: non-finite values {bad}" if bad else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +186,8 @@ def _unit_rows(spec: StudySpec, task: Task, r: int, seed: int, res: Any, hooks: 
         return rows, True, "".join(traceback.format_exception(res))[-_ERROR_CHARS:]
     rows, failed, tb, cache = [], False, None, {}
     info = _fit_info(res) | {"truth": task.truth or 0}
+    if info["status"] == "non_finite":
+        info["error"] = "the fit's log-likelihood or estimate is not finite"
     for m in planned_metrics(spec, k):
         metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, res, info, hooks, cache, rows)
         if metric_tb is not None:
