@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -196,7 +197,10 @@ def _run_locked(spec: StudySpec, out: Path, n_jobs: int, backend: str, scheduler
         if tasks:
             parallel = Parallel(return_as="generator_unordered", **parallel_kwargs)
             with progress_bar(len(tasks), len(index.complete()), spec.name, progress) as bar:
-                parent = os.getpid() if backend == "loky" else None  # loky's workers are this process's children
+                # loky's workers are children of this process; tie them to it when the main thread (which lives
+                # as long as the process) runs the study: the kernel's parent-death signal follows the spawning thread
+                main = threading.current_thread() is threading.main_thread()
+                parent = os.getpid() if backend == "loky" and main else None
                 for task, units, _ in parallel(delayed(_worker_task)(parent, spec, t, engine) for t in tasks):
                     write_task_file(out, spec.hash, task.to_dict(), units)
                     n_fits += len(units)
