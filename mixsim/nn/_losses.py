@@ -132,11 +132,12 @@ def _diversity_token_major(y: torch.Tensor, n_tokens: int, K: int, keep: torch.T
 
 
 def _finite_weight(w: object) -> bool:
-    """A weight is a finite real number (Python, numpy or a one-element tensor), not a bool."""
+    """A weight is a finite real number (Python or numpy), not a bool; a one-element float tensor is
+    taken as it is (reading its value would sync the device every step)."""
     if isinstance(w, (bool, np.bool_)):
         return False
     if isinstance(w, torch.Tensor):
-        return w.numel() == 1 and not w.dtype == torch.bool and bool(torch.isfinite(w).all())
+        return w.numel() == 1 and w.is_floating_point()
     return isinstance(w, numbers.Real) and math.isfinite(float(w))
 
 
