@@ -90,6 +90,14 @@ def test_2_y_at_extreme_scales_is_fitted_in_its_own_units(c):
     np.testing.assert_allclose(res.params.gate_weight, ref.gate_weight, rtol=1e-7, atol=1e-7)
 
 
+def test_2_a_batch_mixing_scales_rescales_each_data_set_alone():
+    Xs, ys = np.stack([X, X]), np.stack([Y, Y * 1e-155])
+    plain, tiny = mixsim.fit_batch(Xs, ys, 2, rng=[1, 1], n_init=2)
+    assert plain.converged and tiny.converged
+    assert tiny.log_likelihood == pytest.approx(plain.log_likelihood - len(Y) * np.log(1e-155), rel=1e-12)
+    np.testing.assert_allclose(tiny.params.variance / 1e-310, plain.params.variance, rtol=1e-8)  # subnormal: ~1e-13
+
+
 def test_2_y_too_small_for_float64_is_refused_by_name_and_no_fit_says_converged_with_nan():
     with pytest.raises(ValueError, match=r"ys: values too small .*rescale y"):
         mixsim.fit(X, Y * 1e-165, 2, rng=1)
