@@ -281,6 +281,11 @@ def test_16_dask_without_a_scheduler_is_refused_before_anything_is_written(tmp_p
     assert main(["run", "smoke", "--out", str(out), "--backend", "dask"]) == 2
     assert "needs a scheduler address" in capsys.readouterr().err
     assert not out.exists()
+    import dask
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # an address nothing listens on
+        assert main(["run", "smoke", "--out", str(out), "--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "tcp://127.0.0.1:1" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_17_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):

@@ -123,9 +123,10 @@ def run_study(
         raise ValueError(f"out_dir (--out) must be a non-empty directory path; got {out_dir!r}")
     out = Path(out_dir)
     _check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out, wait=wait):
-        return _run_locked(spec, out, n_jobs, backend, scheduler, progress, force, block_size, engine)
+    with _parallel_backend(backend, n_jobs, scheduler) as parallel_kwargs:  # a Dask scheduler is reached first
+        out.mkdir(parents=True, exist_ok=True)
+        with locked(out, wait=wait):
+            return _run_locked(spec, out, n_jobs, backend, scheduler, progress, force, block_size, engine, parallel_kwargs)
 
 
 def _check_run_args(n_jobs: Any, backend: str, scheduler: str | None, block_size: Any) -> None:
@@ -188,12 +189,13 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _run_locked(spec: StudySpec, out: Path, n_jobs: int, backend: str, scheduler: str | None, progress: bool,
-                force: bool, block_size: int | None, engine: RunnerHooks | None) -> pd.DataFrame:
+                force: bool, block_size: int | None, engine: RunnerHooks | None,
+                parallel_kwargs: dict[str, Any]) -> pd.DataFrame:
     meta = prepare_out_dir(out, spec, force=force, block_size=block_size)
     index = scan_tasks(out, spec.hash)
     tasks = plan_tasks(spec, index.complete(), meta.get("block_size", spec.block_size))
     started, t0, n_fits, failed_units = now(), time.perf_counter(), 0, 0
-    with torch_threads(1), _parallel_backend(backend, n_jobs, scheduler) as parallel_kwargs:
+    with torch_threads(1):
         if tasks:
             parallel = Parallel(return_as="generator_unordered", **parallel_kwargs)
             with progress_bar(len(tasks), len(index.complete()), spec.name, progress) as bar:
