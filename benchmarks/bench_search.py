@@ -68,7 +68,7 @@ def pool(truth, X, y, size: int, seed: int, opts: FitOptions) -> dict:
     Xs = (X - centre) / scale
     n = len(y)
     half = size // 2
-    params = _wide(truth, layout, n, 1.0, half, gen, centre, scale)
+    params = _wide(truth, layout, n, 1.0, half, gen, 0, ([centre], [scale], [1.0]))
     params += [init_auto(layout, Xs, y, gen) for _ in range(size - half)]
     var_y = float(np.var(y))
     lower = torch.full((size,), opts.variance_floor * var_y, dtype=torch.float64)

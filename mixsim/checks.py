@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArgumentTypeError", "check_int", "check_real", "check_bool", "check_choice"]
+__all__ = ["ArgumentTypeError", "check_int", "check_real", "check_bool", "check_choice", "check_level"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -40,6 +40,14 @@ def check_real(value: Any, name: str, minimum: float | None = None, strict: bool
     if bad:
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
         raise ValueError(f"{name} must be a finite number{bound}; got {value!r}")
+    return float(value)
+
+
+def check_level(value: Any, name: str = "level") -> float:
+    """A confidence level: ``value`` as a ``float`` strictly between 0 and 1 (numpy scalars
+    accepted, bools refused); ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a float in (0, 1); got {value!r}")
     return float(value)
 
 

@@ -12,18 +12,26 @@
 
 ``STUDY`` is a TOML file or the name of one in a ``studies/`` folder (``mixsim run smoke``).
 Errors in a spec, a bad argument or an unusable path name the key, argument or path and exit with
-status 2, before anything is written. A run holds ``DIR/.lock``: a second run into the same
+status 2, before anything is written. ``mixsim run`` exits with status 3 when the run leaves failed
+units (their errors are listed; a rerun retries them), 130 when interrupted (Ctrl-C or SIGTERM:
+the workers stop, completed tasks are kept). A run holds ``DIR/.lock``: a second run into the same
 directory refuses (naming the lock), or with ``--wait`` waits for the first and then resumes.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["main", "build_parser", "find_study", "studies_dirs"]
+__all__ = ["main", "build_parser", "find_study", "studies_dirs", "EXIT_FAILED_UNITS"]
+
+#: Exit status of ``mixsim run`` when the run leaves failed units (2: refused before anything ran).
+EXIT_FAILED_UNITS = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,13 +69,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .study import load_study, run_study, study_status
 
     spec = load_study(find_study(args.study), overrides=args.set)
-    out = Path(args.out) if args.out else Path("results") / spec.name
+    out = Path("results") / spec.name if args.out is None else args.out  # run_study refuses an empty --out
     print(f"mixsim: running study {spec.name!r} into {out} (backend {args.backend}, n_jobs {args.n_jobs})", file=sys.stderr)
     df = run_study(spec, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler,
                    progress=not args.no_progress, force=args.force, block_size=args.block_size, wait=args.wait)
     status = study_status(out)
     print(status.summary())
     print(f"{len(df)} rows in {out}")
+    if status.failed:
+        print(f"mixsim: {status.failed} unit(s) failed (exit status {EXIT_FAILED_UNITS}); see their errors above, "
+              "and run the same command again to retry them", file=sys.stderr)
+        return EXIT_FAILED_UNITS
     return 0
 
 
@@ -85,9 +97,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_rates(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .study import rate_table
+    from .study import rate_table, study_status
 
-    table = rate_table(args.dir, metrics=args.metric, min_n=args.min_n)
+    status = study_status(args.dir)
+    if not status.done:
+        print(f"mixsim: warning: study incomplete: {status.complete}/{status.planned} units complete, {status.failed} "
+              f"failed, {status.missing} not run; these rates use only the units present", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = rate_table(args.dir, metrics=args.metric, min_n=args.min_n)
+    for w in caught:
+        print(f"mixsim: warning: {w.message}", file=sys.stderr)
     csv = Path(args.csv) if args.csv else Path(args.dir) / "rates.csv"
     table.to_csv(csv, index=False)
     shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_exponent", "theory_tag") if c in table]
@@ -100,7 +120,7 @@ def _cmd_rates(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .study import evaluate
 
-    df = evaluate(args.dir, args.metric, force=args.force, progress=not args.no_progress)
+    df = evaluate(args.dir, args.metric, force=args.force, progress=not args.no_progress, wait=args.wait)
     done = df[df["metric"].isin(args.metric) | df["metric"].str.startswith(tuple(f"{m}_" for m in args.metric))]
     print(f"{len(done)} rows of {', '.join(args.metric)} in {args.dir} ({len(df)} rows in all)")
     return 0
@@ -184,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", action="append", required=True, help="metric to compute (repeatable), e.g. --metric cells")
     ev.add_argument("--force", action="store_true", help="recompute metrics already evaluated")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--wait", action="store_true",
+                    help="if a run holds the directory's lock (DIR/.lock), wait for it to finish instead of refusing")
     ev.set_defaults(func=_cmd_evaluate)
 
     lst = sub.add_parser("list", help="studies in studies/ folders and preset truths")
@@ -202,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
+    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # `kill PID` stops the workers too
     try:
         return handler(args)
     except (SpecError, StudyMismatchError, StudyLockedError, ValueError, ImportError) as exc:
@@ -214,6 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mixsim: interrupted; completed tasks are saved, run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the run unwinds, joblib stops its workers, completed tasks stay saved."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -426,6 +426,8 @@ def select_n_experts(
         raise ValueError("select_n_experts sets n_experts and the seed itself; pass candidates= and rng=")
     Xt, yt = check_data(X, y)
     Xn, yn = Xt.numpy(), yt.numpy()
+    if criterion == "cv" and int(cv) > len(yn):
+        raise ValueError(f"cv must be an int between 2 and the number of samples ({len(yn)}); got {cv}")
     rows, models = [], {}
     for k in sorted(int(k) for k in ks):
         model = GaussianMoE(k, rng=rng, **options).fit(Xn, yn)

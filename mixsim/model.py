@@ -271,7 +271,10 @@ def float_array(value: Any, name: str) -> np.ndarray:
     arrays); an error naming ``name`` for sparse, complex or non-numeric values."""
     if hasattr(value, "tocsr"):  # scipy.sparse matrices and arrays
         raise TypeError(f"{name}: sparse input is not supported; pass a dense array ({name}.toarray())")
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array of numbers; its rows differ in length ({exc})") from exc
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise ValueError(f"{name}: Complex data not supported; got a complex array")
     try:

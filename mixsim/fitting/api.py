@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..checks import check_choice, check_int
+from ..devices import check_device
 from ..experts import check_expert
 from ..gates import canonical_gate
 from ..model import MoEParams, as_rng, check_data, float_array, log_likelihood
@@ -23,6 +24,7 @@ from .bounds import VarianceBounds
 from .engine import run_engine
 from .layout import Layout, affine
 from .result import FitResult, Rows, assemble_results
+from .scaling import feature_scale, outcome_to_units_of_y, response_scale, scale_start, theta_to_units_of_y
 from .search import Starts, pack_starts, run_search
 from .starts import init_auto, init_near_truth
 
@@ -195,41 +197,51 @@ def fit_batch(
     # Fit in standardised inputs (each feature of each data set centred and scaled): gate logits
     # and expert pre-activations are affine in x, so the fitted model maps back exactly and the
     # fit does not depend on the units or the origin of X.
-    centre, scale = X_np.mean(axis=1), X_np.std(axis=1)  # (B, d)
-    scale = np.where(scale > 0, scale, 1.0)
+    centre, scale = feature_scale(X_np)  # (B, d)
     X_np = (X_np - centre[:, None]) / scale[:, None]
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    y_raw = y_np
+    y_scale = response_scale(y_np, expert)  # (B,): y far from unit scale is fitted as y / y_scale (scaling.py)
+    y_np = y_np / y_scale[:, None]
+    dev = check_device(device)
     X = torch.as_tensor(X_np, dtype=torch.float64, device=dev)
     y = torch.as_tensor(y_np, dtype=torch.float64, device=dev)
-    bounds = _bounds(opts, y_np.var(axis=1), dev)
+    bounds = _bounds(opts, y_np.var(axis=1), y_scale, dev)
 
     n_starts = np.full(B, opts.n_init)
     failed = np.zeros(B, dtype=int)
     if init == "search":
         theta0, outcome, owner, kind, n_starts, failed = run_search(layout, X, y, bounds, opts, truth, noise, n, gens,
-                                                                   centre, scale)
+                                                                   centre, scale, y_scale)
     else:  # data set b, start r -> row b * n_init + r
         starts = Starts([], [], [])
         for b in range(B):
             for _ in range(opts.n_init):
                 if init == "near_truth":  # the protocol's noise is in the units of the truth
-                    starts.add(affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b]), b, init)
+                    p = affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b])
+                    starts.add(scale_start(p, y_scale[b]), b, init)
                 else:
                     starts.add(init_auto(layout, X_np[b], y_np[b], gens[b]), b, init)
         owner, kind = np.array(starts.owner), starts.kind
         theta0 = pack_starts(layout, starts.params, bounds.take(torch.as_tensor(owner)), X.dtype, dev)
         rows_t = torch.as_tensor(owner, device=dev)
         outcome = run_engine(layout, theta0, X[rows_t], y[rows_t], bounds.take(rows_t), opts)
-    results = assemble_results(layout, outcome, theta0, bounds.take(torch.as_tensor(owner, device=dev)), Rows(owner, kind, init, n_starts, failed), n,
+    rows_t = torch.as_tensor(owner, device=dev)
+    row_scale = y_scale[owner]  # back to the units of y (nothing changes where y_scale is 1)
+    outcome, lower = outcome_to_units_of_y(layout, outcome, bounds.lower[rows_t], row_scale)
+    s2 = torch.as_tensor(row_scale**2, dtype=torch.float64, device=dev)
+    row_bounds = VarianceBounds(lower, bounds.upper[rows_t] * s2, bounds.log_ratio)
+    theta0 = theta_to_units_of_y(layout, theta0, row_scale)
+    results = assemble_results(layout, outcome, theta0, row_bounds, Rows(owner, kind, init, n_starts, failed), n,
                                time.perf_counter() - t0, opts, warn, (centre[owner], scale[owner]))
     if truth is not None:  # the certificate's likelihood half: excess over the truth on the same data
-        results = [_with_excess(r, truth, X_raw[b], y_np[b]) for b, r in enumerate(results)]
+        results = [_with_excess(r, truth, X_raw[b], y_raw[b]) for b, r in enumerate(results)]
     return results
 
 
-def _bounds(opts: FitOptions, var_y: np.ndarray, dev: torch.device) -> VarianceBounds:
-    """The declared variance bounds of each data set (:mod:`mixsim.fitting.bounds`)."""
-    lower = np.maximum(opts.variance_floor * var_y, opts.variance_min)
+def _bounds(opts: FitOptions, var_y: np.ndarray, y_scale: np.ndarray, dev: torch.device) -> VarianceBounds:
+    """The declared variance bounds of each data set (:mod:`mixsim.fitting.bounds`), in the units
+    the engines see (``var_y``: the variance of y / y_scale; ``variance_min`` is in y's units)."""
+    lower = np.maximum(opts.variance_floor * var_y, opts.variance_min / y_scale**2)
     upper = opts.variance_cap * var_y
     if np.any(lower >= upper):
         raise ValueError(f"variance_min={opts.variance_min:g} is not below variance_cap * var(y) = {upper.min():g}; lower it")

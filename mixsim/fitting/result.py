@@ -12,6 +12,7 @@ from ..options import FitOptions
 from .bounds import VarianceBounds
 from .engine import EngineOutcome
 from .layout import Layout, affine
+from .scaling import refuse_non_finite
 
 __all__ = ["ConvergenceWarning", "FitResult", "SearchRecord", "assemble_results"]
 
@@ -86,7 +87,8 @@ class FitResult:
     status : str
         ``converged``, ``max_iter`` (iteration cap reached first), ``stalled`` (neither EM nor
         trust-region Newton found an improving step, and the point is not stationary) or
-        ``failed`` (every start diverged; ``params`` is then the best start, unfitted).
+        ``failed`` (every start diverged; ``params`` is then the best start, unfitted), or
+        ``non_finite`` (the log-likelihood or the estimate is not finite: never converged).
     variance_floor : float
         Lower bound applied to every variance (``variance_floor`` argument times var(y)).
     variance_floored : bool
@@ -193,7 +195,7 @@ def _result(layout: Layout, out: EngineOutcome, p: dict, active: dict, lower: np
     conv = bool(out.converged[r]) and ok
     status = "converged" if conv else ("failed" if not ok else ("stalled" if bool(out.stalled[r]) else "max_iter"))
     on = tuple(key for key in ("floor", "cap", "ratio") if active[key][r]) if ok else ()
-    return FitResult(
+    return refuse_non_finite(FitResult(
         params=layout.to_params(p, r),
         log_likelihood=float(f[r]) * n if ok else float(out.trace[r][0]) * n,
         converged=conv,
@@ -208,4 +210,4 @@ def _result(layout: Layout, out: EngineOutcome, p: dict, active: dict, lower: np
         stationarity=float(out.stationarity[r]),
         variance_bounded=bool(on),
         bounds_active=on,
-    )
+    ))  # never "converged" with a non-finite likelihood or estimate

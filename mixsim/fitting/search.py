@@ -35,6 +35,7 @@ from .bounds import VarianceBounds
 from .engine import EngineOutcome, run_engine
 from .layout import Layout, affine
 from .moves import merge_split_moves, split_atom
+from .scaling import scale_start
 from .starts import init_auto, init_near_truth
 
 __all__ = ["Starts", "run_search", "screen", "protocol_starts", "pack_starts", "KINDS"]
@@ -59,12 +60,19 @@ class Starts:
         return len(self.owner)
 
 
-def protocol_starts(truth: MoEParams, k: int, n: int, noise: NearTruthInit, n_init: int, gens, centres, scales) -> Starts:
+def _near(truth: MoEParams, k: int, n: int, noise: NearTruthInit, gen, b: int, frame) -> dict:
+    """A near-truth start of data set b in the fitter's units (``frame``: the centres and scales of
+    X, (B, d) each, and the scales of y, (B,))."""
+    centres, scales, y_scales = frame
+    return scale_start(affine(init_near_truth(truth, k, n, noise, gen), centres[b], scales[b]), y_scales[b])
+
+
+def protocol_starts(truth: MoEParams, k: int, n: int, noise: NearTruthInit, n_init: int, gens, frame) -> Starts:
     """The reference protocol: ``n_init`` near-truth starts per data set (THEORY.md section 2)."""
     out = Starts([], [], [])
     for b, gen in enumerate(gens):
         for _ in range(n_init):
-            out.add(affine(init_near_truth(truth, k, n, noise, gen), centres[b], scales[b]), b, "protocol")
+            out.add(_near(truth, k, n, noise, gen, b, frame), b, "protocol")
     return out
 
 
@@ -73,19 +81,19 @@ def _assignments(k: int, k0: int) -> list[tuple[int, ...]]:
     return [tuple(range(k0)) + extra for extra in itertools.combinations_with_replacement(range(k0), k - k0)]
 
 
-def _wide(truth: MoEParams, layout: Layout, n: int, scale: float, m: int, gen, centre, sd) -> list[dict]:
+def _wide(truth: MoEParams, layout: Layout, n: int, scale: float, m: int, gen, b: int, frame) -> list[dict]:
     """``m`` wide near-truth starts, cycling over the placements of the extra atoms."""
     places = _assignments(layout.k, truth.n_experts)
     out = []
     for i in range(m):
         noise = NearTruthInit(gate_scale=scale, expert_scale=scale, variance_scale=0.1 * scale,
                               gate_exponent=0, expert_exponent=0, variance_exponent=0, assign=places[i % len(places)])
-        out.append(affine(init_near_truth(truth, layout.k, n, noise, gen), centre, sd))
+        out.append(_near(truth, layout.k, n, noise, gen, b, frame))
     return out
 
 
 def _parents(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
-             truth: MoEParams | None, n: int, gens, centres, scales) -> list[dict]:
+             truth: MoEParams | None, n: int, gens, frame) -> list[dict]:
     """A certified fit with one expert fewer per data set (numpy parameters, standardised X): the
     best of a near-truth start (when the truth has at most k - 1 experts) and two data-driven ones."""
     small = Layout(layout.gate, None if layout.top_k is None else min(layout.top_k, layout.k - 1), layout.expert,
@@ -93,7 +101,7 @@ def _parents(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceB
     starts = Starts([], [], [])
     for b, gen in enumerate(gens):
         if truth is not None and truth.n_experts <= small.k:
-            starts.add(affine(init_near_truth(truth, small.k, n, NearTruthInit(), gen), centres[b], scales[b]), b, "protocol")
+            starts.add(_near(truth, small.k, n, NearTruthInit(), gen, b, frame), b, "protocol")
         for _ in range(2):
             starts.add(init_auto(small, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "auto")
     out = _run(small, starts, X, y, bounds, opts)
@@ -123,7 +131,7 @@ def pack_starts(layout: Layout, params: list[dict], bounds: VarianceBounds, dtyp
 
 
 def run_search(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
-               truth: MoEParams | None, noise: NearTruthInit, n: int, gens, centres, scales):
+               truth: MoEParams | None, noise: NearTruthInit, n: int, gens, centres, scales, y_scales):
     """The whole search for B data sets (standardised X): protocol starts, screening, continuation,
     then one round of merge-and-split moves from each data set's best optimum.
 
@@ -131,14 +139,15 @@ def run_search(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: Varianc
     row, the starts run and the starts that failed in screening per data set.
     """
     B = len(gens)
-    proto = protocol_starts(truth, layout.k, n, noise, opts.n_init, gens, centres, scales) if truth is not None else \
+    frame = (centres, scales, y_scales)
+    proto = protocol_starts(truth, layout.k, n, noise, opts.n_init, gens, frame) if truth is not None else \
         Starts([], [], [])
     if truth is None:  # no protocol: n_init data-driven starts stand in for it
         for b, gen in enumerate(gens):
             for _ in range(opts.n_init):
                 proto.add(init_auto(layout, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "protocol")
     Xs, ys = _subset(X, y, opts.search_points, gens)
-    cand = _candidates(layout, Xs, ys, bounds, opts, truth, n, gens, centres, scales)
+    cand = _candidates(layout, Xs, ys, bounds, opts, truth, n, gens, frame)
     screened, kept, failed = screen(layout, cand, Xs, ys, bounds, opts, B)
     theta0 = torch.cat([pack_starts(layout, proto.params, bounds.take(torch.as_tensor(proto.owner)), X.dtype, X.device),
                         screened])
@@ -187,13 +196,13 @@ def _best_params(layout: Layout, out: EngineOutcome, owner: list[int], B: int) -
 
 
 def _candidates(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceBounds, opts: FitOptions,
-                truth: MoEParams | None, n: int, gens, centres, scales) -> Starts:
+                truth: MoEParams | None, n: int, gens, frame) -> Starts:
     """``opts.search_candidates`` starts per data set: splits of a fit with one expert fewer (in
     mean and in variance), wide near-truth starts over the placements of the extra atoms (half of
     the rest, with a truth), data-driven starts."""
     cand = Starts([], [], [])
     C = opts.search_candidates
-    parents = _parents(layout, X, y, bounds, opts, truth, n, gens, centres, scales) if layout.k > 1 and C else None
+    parents = _parents(layout, X, y, bounds, opts, truth, n, gens, frame) if layout.k > 1 and C else None
     for b, gen in enumerate(gens):
         moves = [(j, how) for how in ("mean", "variance") for j in range(layout.k - 1)] if parents is not None else []
         n_split = min(C, len(moves))
@@ -201,7 +210,7 @@ def _candidates(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: Varian
             cand.add(split_atom(parents[b], j, opts.search_scale, gen, how), b, "split")
         left = C - n_split
         n_wide = left // 2 if truth is not None else 0
-        for p in _wide(truth, layout, n, opts.search_scale, n_wide, gen, centres[b], scales[b]) if n_wide else []:
+        for p in _wide(truth, layout, n, opts.search_scale, n_wide, gen, b, frame) if n_wide else []:
             cand.add(p, b, "near_truth")
         Xb, yb = X[b].cpu().numpy(), y[b].cpu().numpy()
         for _ in range(left - n_wide):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_int, check_real
+from ..devices import check_device
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
 from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
@@ -22,7 +23,7 @@ from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_
 from ._precision import _autocast_off, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
-from ._schedule import CompetitionSchedule
+from ._schedule import CompetitionSchedule, default_extra_state
 
 __all__ = ["MoE", "CompeteSMoE", "MoEAux"]
 
@@ -182,7 +183,7 @@ class MoE(nn.Module):
             raise TypeError(f"router_float32 must be a bool; got {type(router_float32).__name__}")
         self.router_float32 = router_float32
 
-        kw = {"device": device, "dtype": dtype}
+        kw = {"device": None if device is None else check_device(device), "dtype": dtype}
         E, d, h, o = self.n_experts, self.d_model, self.d_hidden, self.d_out
         hi = hidden_in(self.activation, h)  # 2h for SwiGLU ([gate | up])
         gate_dtype = torch.float32 if router_float32 else dtype
@@ -197,6 +198,7 @@ class MoE(nn.Module):
         self.shared_b1 = nn.Parameter(torch.empty(S * hi, **kw)) if S and bias else None
         self.shared_b2 = nn.Parameter(torch.empty(o, **kw)) if S and bias else None
         self.reset_parameters(generator)
+        self.register_load_state_dict_pre_hook(default_extra_state)  # checkpoints saved before the extra state
 
     # -- parameters ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,8 +236,9 @@ class MoE(nn.Module):
         """Restore the schedule's step from ``load_state_dict``."""
         if not isinstance(state, dict) or "schedule_step" not in state:
             raise ValueError(f"extra state must be a dict with 'schedule_step'; got {state!r}")
-        if state["schedule_step"] is not None and self.schedule is not None:
-            self.schedule.set_step(int(state["schedule_step"]))
+        step = None if state["schedule_step"] is None else check_int(state["schedule_step"], "extra state 'schedule_step'", 0)
+        if step is not None and self.schedule is not None:
+            self.schedule.set_step(step)
 
     def set_router(self, router: str) -> "MoE":
         """Switch the routing policy in place (the parameters are the same for every router).

@@ -5,8 +5,11 @@ the authors' coefficients) and adds them to the task loss.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +36,8 @@ def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         only the first as in the authors' code).
     """
     E = probs.shape[-1]
+    if probs.shape[0] == 0:  # no tokens (empty or all-padding batch): nothing to balance
+        return probs.new_zeros((), dtype=_loss_dtype(probs))
     f = counts.to(probs.dtype) / counts.sum().clamp_min(1).to(probs.dtype)  # (E,)
     return E * (f * probs.mean(0)).sum()
 
@@ -42,6 +47,8 @@ def z_loss(logits: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tenso
 
     ``lse`` of shape (T,) or (T, 1), optional: ``logsumexp(logits, -1)`` if the caller already has it.
     """
+    if logits.shape[0] == 0:  # no tokens: 0, not the mean of nothing
+        return logits.new_zeros((), dtype=_loss_dtype(logits))
     if lse is None:
         lse = torch.logsumexp(logits, dim=-1)
     return lse.square().mean()
@@ -62,6 +69,8 @@ def distillation_loss(router_probs: torch.Tensor, target_probs: torch.Tensor, wi
     alpha : float, default 1.0
         Weight of the winners-only term (the authors' ``router_theta``) [C].
     """
+    if router_probs.shape[0] == 0:  # no tokens: 0, not the mean of nothing
+        return router_probs.new_zeros((), dtype=_loss_dtype(router_probs))
     q = target_probs.detach()
     loss = F.mse_loss(router_probs, q)
     if alpha:
@@ -122,6 +131,16 @@ def _diversity_token_major(y: torch.Tensor, n_tokens: int, K: int, keep: torch.T
     return total / pairs.clamp_min(1.0)  # mean over unordered pairs = mean over ordered pairs i != j
 
 
+def _finite_weight(w: object) -> bool:
+    """A weight is a finite real number (Python or numpy), not a bool; a one-element float tensor is
+    taken as it is (reading its value would sync the device every step)."""
+    if isinstance(w, (bool, np.bool_)):
+        return False
+    if isinstance(w, torch.Tensor):
+        return w.numel() == 1 and w.is_floating_point()
+    return isinstance(w, numbers.Real) and math.isfinite(float(w))
+
+
 LOSS_NAMES = ("balance", "z_loss", "distillation", "diversity")
 
 
@@ -153,6 +172,11 @@ class MoEAux:
     def total(self, weights: dict[str, float] | None = None) -> torch.Tensor:
         """Weighted sum of the losses; ``weights`` defaults to :data:`DEFAULT_AUX_WEIGHTS` (missing names weigh 0)."""
         weights = DEFAULT_AUX_WEIGHTS if weights is None else weights
+        if not isinstance(weights, dict):
+            raise TypeError(f"weights must be a dict of loss name to weight; got {type(weights).__name__}")
+        for name, w in weights.items():
+            if not _finite_weight(w):
+                raise ValueError(f"weights[{name!r}] must be a finite number; got {w!r}")
         unknown = set(weights) - set(self.losses)
         if unknown:
             raise ValueError(f"weights: unknown loss names {sorted(unknown)}; expected some of {sorted(self.losses)}")

@@ -130,7 +130,10 @@ def route_expert_choice(logits: torch.Tensor, capacity: int) -> Routing:
 
 def usmoe_scores(logits: torch.Tensor, alpha: float) -> torch.Tensor:
     """USMoE unified score ``alpha * softmax over tokens + (1 - alpha) * softmax over experts``: (T, E) -> (T, E)."""
-    return alpha * torch.softmax(logits, dim=0) + (1.0 - alpha) * torch.softmax(logits, dim=1)
+    # A NaN token takes no share of the softmax over tokens (so it leaves the other tokens' scores
+    # alone); its own row stays NaN, so it is selected and its output is NaN, as with token choice.
+    over_tokens = torch.softmax(logits.masked_fill(torch.isnan(logits), -math.inf), dim=0)
+    return alpha * over_tokens + (1.0 - alpha) * torch.softmax(logits, dim=1)
 
 
 def route_usmoe(logits: torch.Tensor, budget: int, alpha: float = 0.5, weighting: str = "token") -> Routing:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..checks import check_int
 
-__all__ = ["CompetitionSchedule"]
+__all__ = ["CompetitionSchedule", "default_extra_state"]
 
 
 class _instance_or_class:
@@ -265,3 +265,9 @@ class CompetitionSchedule:
         """Boolean array of shape (n_steps, n_layers): the schedule of steps ``start .. start + n_steps - 1``."""
         n_steps = check_int(n_steps, "n_steps", 0)
         return np.stack([self.layers_at(s) for s in range(start, start + n_steps)]) if n_steps else np.zeros((0, max(self.n_layers, 1)), bool)
+
+
+def default_extra_state(module: Any, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook of the layers: a ``state_dict`` saved before the layers had an
+    extra state (the schedule's step) loads strictly, and the schedule keeps its step."""
+    state_dict.setdefault(f"{prefix}_extra_state", {"schedule_step": None})

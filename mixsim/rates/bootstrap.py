@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
+from ..checks import check_level
+
 __all__ = [
     "SLOPE_AVERAGES", "AVERAGE_ALIASES", "INTERVALS", "ols_slope", "as_groups", "canonical_average", "check_replicates",
     "Resampled", "draw_indices", "resample", "bootstrap_interval", "line_weights", "halves", "LinearStat", "linear_stat", "interval_of",
@@ -65,10 +67,19 @@ def as_groups(n: Any, errors: Any) -> tuple[np.ndarray, list[np.ndarray]]:
 #: choice: a few fits far off move it little), ``"median"`` (log of the median) and ``"mean"`` (log
 #: of the arithmetic mean, as the reference plots). ``"logmean"`` (the name :data:`mixsim.rates.AVERAGES` uses)
 #: is accepted as an alias of ``"log"``.
+def _log_of(summary: Callable[..., np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Log of ``summary`` (mean, median) over the last axis of positive errors, computed on the
+    errors divided by their largest, so that errors near float64's maximum do not overflow."""
+    def log_summary(errors: np.ndarray) -> np.ndarray:
+        top = np.max(errors, axis=-1)
+        return np.log(top) + np.log(summary(errors / top[..., None], axis=-1))
+    return log_summary
+
+
 SLOPE_AVERAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "log": lambda errors: np.mean(np.log(errors), axis=-1),
-    "median": lambda errors: np.log(np.median(errors, axis=-1)),
-    "mean": lambda errors: np.log(np.mean(errors, axis=-1)),
+    "median": _log_of(np.median),
+    "mean": _log_of(np.mean),
 }
 #: Other names accepted for an average: ``"logmean"`` (the name :func:`mixsim.rates.fit_rate` uses) for ``"log"``.
 AVERAGE_ALIASES = {"logmean": "log"}
@@ -222,8 +233,7 @@ def bootstrap_interval(
     -------
     (low, high) : tuple of float
     """
-    if isinstance(level, bool) or not isinstance(level, (float, int)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1); got {level!r}")
+    level = check_level(level)
     boot = np.asarray(boot, dtype=np.float64)
     boot = boot[~np.isnan(boot)]
     if boot.size == 0:

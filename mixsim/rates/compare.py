@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_bool
 from ..model import as_rng
 from .bootstrap import (Resampled, as_groups, bootstrap_interval, canonical_average, check_replicates, draw_indices, halves,
                         line_weights, linear_stat, resample)
@@ -357,8 +358,7 @@ def compare_rates(
             check_replicates(n, errors, rep)
         except ValueError as exc:
             raise ValueError(f"side {side} (n_{side}, errors_{side}, replicate_{side}): {exc}") from exc
-    if not isinstance(paired, bool):
-        raise TypeError(f"paired must be a bool; got {type(paired).__name__}")
+    paired = check_bool(paired, "paired")
     if paired:
         (n_a, errors_a, replicate_a), (n_b, errors_b, replicate_b) = _paired_rows(n_a, errors_a, replicate_a, n_b, errors_b, replicate_b)
     res_a, res_b = _resample_sides(n_a, errors_a, n_b, errors_b, average, int(n_boot), paired, rng)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_level
 from ..model import as_rng
 from .bootstrap import (INTERVALS, Resampled, canonical_average, check_replicates, halves, interval_of, line_weights,
                         linear_stat, resample)
@@ -134,8 +135,7 @@ def _check_window(window: Any, m: int, where: str = "") -> int:
 
 
 def _check_common(level: Any, n_boot: Any, interval: Any, fallback: Any) -> None:
-    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (float, int, np.floating, np.integer)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1); got {level!r}")
+    check_level(level)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
         raise ValueError(f"n_boot must be an int >= 2 (thousands for a 95% interval); got {n_boot!r}")
     if interval not in INTERVALS:
@@ -254,6 +254,7 @@ def estimate_rate(
     """
     average = canonical_average(average)
     _check_common(level, n_boot, interval, fallback)
+    level = float(level)
     check_replicates(n, errors, replicate)
     res = resample(n, errors, average, int(n_boot), as_rng(rng))
     return _estimate(res, average, level, interval, _check_window(window, res.log_n.size), fallback)

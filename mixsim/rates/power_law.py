@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
+from ..checks import check_level
 from ..model import as_rng
 from .bootstrap import as_groups, ols_slope
 
@@ -21,12 +22,21 @@ def _geometric_mean(errors: np.ndarray, axis: int) -> np.ndarray:
     return np.exp(np.mean(np.log(errors), axis=axis))
 
 
+def _scaled(summary: Callable[..., np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``summary`` (mean, median) of positive errors computed on the errors divided by their
+    largest, so that errors near float64's maximum do not overflow."""
+    def scaled_summary(errors: np.ndarray, axis: int) -> np.ndarray:
+        top = np.max(errors, axis=axis, keepdims=True)
+        return np.squeeze(top, axis=axis) * summary(errors / top, axis=axis)
+    return scaled_summary
+
+
 #: How the replicate errors at one sample size are summarised before taking logs:
 #: ``mean`` (log of the mean error, as the reference plots do; the default), ``median``
 #: (log of the median), ``logmean`` (mean of log errors, i.e. log of the geometric mean).
 AVERAGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "mean": lambda errors, axis: np.mean(errors, axis=axis),
-    "median": lambda errors, axis: np.median(errors, axis=axis),
+    "mean": _scaled(np.mean),
+    "median": _scaled(np.median),
     "logmean": _geometric_mean,
 }
 
@@ -46,7 +56,8 @@ class RateFit:
         there are only two sizes.
     boot_low, boot_high : float
         Percentile bootstrap interval at ``level``: replicates resampled with replacement within
-        each size, averaged, and the slope refitted; NaN when ``n_boot == 0``.
+        each size, averaged, and the slope refitted; NaN when ``n_boot == 0`` or when a size
+        has a single replicate (resampling it cannot vary, so there is no interval to give).
     n_points : int
         Number of distinct sample sizes (points on the log-log line).
     local_slopes : array of shape (n_points - 1,)
@@ -137,8 +148,7 @@ def fit_rate(
     """
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {tuple(AVERAGES)}; got {average!r}")
-    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (float, int, np.floating, np.integer)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1); got {level!r}")
+    level = check_level(level)
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f"n_boot must be an int >= 0; got {n_boot!r}")
     sizes, groups = as_groups(n, errors)
@@ -155,7 +165,7 @@ def fit_rate(
         ci = (slope - half, slope + half)
     else:
         stderr, ci = float("nan"), (float("nan"), float("nan"))
-    if n_boot > 0:
+    if n_boot > 0 and min(g.size for g in groups) >= 2:
         boot = _bootstrap_slopes(log_n, groups, summarise, int(n_boot), as_rng(rng))
         boot_ci = tuple(float(v) for v in np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2]))
     else:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..checks import check_bool
 from ..model import MoEParams
 from .metrics import MLE_METRICS, metric_applies
 from .parallel import progress_bar
@@ -138,6 +139,7 @@ def evaluate(
     force: bool = False,
     progress: bool = True,
     engine: RunnerHooks | None = None,
+    wait: bool = False,
 ) -> pd.DataFrame:
     """Compute metrics from the stored estimates of a results directory, without refitting.
 
@@ -147,7 +149,7 @@ def evaluate(
     run: the same estimate, truth and Monte Carlo inputs). Resumable: files already written are
     kept unless ``force``, so an interrupted call is finished by calling it again. It holds the
     directory's lock while it writes, so it refuses to run beside a run of the study
-    (:class:`mixsim.study.StudyLockedError`).
+    (:class:`mixsim.study.StudyLockedError`), or with ``wait`` waits for that run to finish.
 
     Parameters
     ----------
@@ -162,6 +164,8 @@ def evaluate(
         A tqdm bar over task files (only when stderr is a terminal).
     engine : RunnerHooks, optional
         Replacement loss functions (tests, extensions).
+    wait : bool, default False
+        When a run holds the directory's lock, wait for it instead of raising (``--wait``).
 
     Returns
     -------
@@ -169,6 +173,7 @@ def evaluate(
         The updated results table (:func:`mixsim.load_results`), also written to the directory.
     """
     metrics = _check_metrics(metrics)
+    wait = check_bool(wait, "wait")
     out = Path(path)
     meta = read_meta(out)
     spec = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source"))
@@ -179,7 +184,7 @@ def evaluate(
     by_task: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
     for (n, r, fit), unit in units:
         by_task.setdefault((n, fit), []).append((r, unit))
-    with locked(out):  # not while a run writes into the directory
+    with locked(out, wait=wait):  # not while a run writes into the directory
         _evaluate_jobs(out, spec, meta["spec_hash"], by_task, metrics, force, progress, engine)
         return collect(out)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,7 @@ from .spec import StudySpec, load_study
 from .store import locked, now, prepare_out_dir, record_run, scan_tasks, write_task_file
 from .threads import torch_threads
 
-__all__ = ["JOBLIB_BACKENDS", "BACKENDS", "progress_bar", "run_study"]
+__all__ = ["JOBLIB_BACKENDS", "BACKENDS", "progress_bar", "run_study", "tie_to_parent"]
 
 #: Backends of :func:`run_study` (joblib's, and Dask through joblib).
 JOBLIB_BACKENDS = ("loky", "threading", "sequential", "dask")
@@ -118,11 +119,14 @@ def run_study(
     if not isinstance(spec, StudySpec):
         spec = load_study(spec)
     _check_run_args(n_jobs, backend, scheduler, block_size)
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
+        raise ValueError(f"out_dir (--out) must be a non-empty directory path; got {out_dir!r}")
     out = Path(out_dir)
     _check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out, wait=wait):
-        return _run_locked(spec, out, n_jobs, backend, scheduler, progress, force, block_size, engine)
+    with _parallel_backend(backend, n_jobs, scheduler) as parallel_kwargs:  # a Dask scheduler is reached first
+        out.mkdir(parents=True, exist_ok=True)
+        with locked(out, wait=wait):
+            return _run_locked(spec, out, n_jobs, backend, scheduler, progress, force, block_size, engine, parallel_kwargs)
 
 
 def _check_run_args(n_jobs: Any, backend: str, scheduler: str | None, block_size: Any) -> None:
@@ -137,9 +141,40 @@ def _check_run_args(n_jobs: Any, backend: str, scheduler: str | None, block_size
         check_int(block_size, "block_size (--block-size)", 1)
     if backend == "dask":
         try:
-            import distributed  # noqa: F401
+            import distributed
         except ImportError as exc:
             raise ValueError("backend 'dask' needs dask[distributed]: pip install 'mixsim[dask]'") from exc
+        if scheduler is None:
+            try:
+                distributed.get_client()
+            except ValueError as exc:
+                raise ValueError("backend 'dask' needs a scheduler address (--scheduler tcp://HOST:8786) "
+                                 "or a running distributed.Client") from exc
+
+
+def _worker_task(parent: int | None, spec: StudySpec, task: Any, engine: RunnerHooks | None) -> tuple:
+    """:func:`run_task` in a worker; a child process of the run (``parent``: the run's pid) is first
+    tied to it, so that it dies with the run, even when the run is killed with SIGKILL (Linux)."""
+    if parent is not None and os.getpid() != parent:
+        tie_to_parent(parent)
+    return run_task(spec, task, engine)
+
+
+def tie_to_parent(parent: int) -> None:
+    """Ask the kernel (Linux ``prctl(PR_SET_PDEATHSIG)``) to kill this process when its parent
+    dies; exit at once if the parent ``parent`` is already gone. Elsewhere: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: the worker exits when joblib notices the parent is gone
+        return
+    if os.getppid() != parent:  # the run died before the signal was armed
+        os._exit(1)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -154,16 +189,21 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _run_locked(spec: StudySpec, out: Path, n_jobs: int, backend: str, scheduler: str | None, progress: bool,
-                force: bool, block_size: int | None, engine: RunnerHooks | None) -> pd.DataFrame:
+                force: bool, block_size: int | None, engine: RunnerHooks | None,
+                parallel_kwargs: dict[str, Any]) -> pd.DataFrame:
     meta = prepare_out_dir(out, spec, force=force, block_size=block_size)
     index = scan_tasks(out, spec.hash)
     tasks = plan_tasks(spec, index.complete(), meta.get("block_size", spec.block_size))
     started, t0, n_fits, failed_units = now(), time.perf_counter(), 0, 0
-    with torch_threads(1), _parallel_backend(backend, n_jobs, scheduler) as parallel_kwargs:
+    with torch_threads(1):
         if tasks:
             parallel = Parallel(return_as="generator_unordered", **parallel_kwargs)
             with progress_bar(len(tasks), len(index.complete()), spec.name, progress) as bar:
-                for task, units, _ in parallel(delayed(run_task)(spec, t, engine) for t in tasks):
+                # loky's workers are children of this process; tie them to it when the main thread (which lives
+                # as long as the process) runs the study: the kernel's parent-death signal follows the spawning thread
+                main = threading.current_thread() is threading.main_thread()
+                parent = os.getpid() if backend == "loky" and main else None
+                for task, units, _ in parallel(delayed(_worker_task)(parent, spec, t, engine) for t in tasks):
                     write_task_file(out, spec.hash, task.to_dict(), units)
                     n_fits += len(units)
                     failed_units += sum(u["failed"] for u in units)

@@ -14,10 +14,13 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .plan import plan_units
+from .spec import StudySpec
 from .store import (RESULTS, ResultsIndex, StudyLockedError, file_digest, listing_digest, locked, now,
                     read_meta, scan_evals, scan_tasks, write_meta)
 
-__all__ = ["COLUMNS", "FAILED_STATUSES", "empty_table", "assemble", "collect", "read_table", "load_results", "iter_rows"]
+__all__ = ["COLUMNS", "FAILED_STATUSES", "empty_table", "assemble", "collect", "read_table", "load_results", "missing_units",
+           "iter_rows"]
 
 #: Columns of the tidy results table, in order, with their dtypes.
 COLUMNS: dict[str, str] = {
@@ -100,7 +103,8 @@ def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
     """
     out = Path(out_dir)
     meta = read_meta(out)
-    df = assemble(scan_tasks(out, meta["spec_hash"]), scan_evals(out, meta["spec_hash"]))
+    index = scan_tasks(out, meta["spec_hash"])
+    df = assemble(index, scan_evals(out, meta["spec_hash"]))
     fmt = fmt or ("parquet" if _have_pyarrow() else "csv")
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be 'parquet' or 'csv'; got {fmt!r}")
@@ -116,7 +120,7 @@ def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
             (out / other).unlink(missing_ok=True)
     meta = read_meta(out)
     meta["collected"] = {"file": target.name, "tasks_digest": listing_digest(out), "rows": len(df), "at": now(),
-                         "sha256": file_digest(target)}
+                         "sha256": file_digest(target), "missing_units": len(missing_units(meta, index))}
     write_meta(out, meta)
     return df
 
@@ -152,7 +156,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
         with the task files and unaltered (its SHA-256 is recorded in ``study.json``); otherwise
         (a run in progress or killed, an edited or truncated file) the rows are assembled from the
         task files and the combined file is rewritten (when no run holds the directory's lock).
-        Corrupt task files are left out with a RuntimeWarning (``mixsim run`` redoes them).
+        Corrupt task files are left out with a RuntimeWarning (``mixsim run`` redoes them). A
+        table that lacks planned units (never run, a task file deleted) is never presented as
+        complete: a RuntimeWarning names the missing units, and the combined file is not
+        rewritten without them.
 
     Returns
     -------
@@ -168,6 +175,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
     target = path / str(collected.get("file", ""))
     if (collected and target.is_file() and collected.get("tasks_digest") == listing_digest(path)
             and collected.get("sha256") == file_digest(target)):
+        if collected.get("missing_units"):
+            _warn_missing(path, missing_units(meta, scan_tasks(path, meta["spec_hash"], quarantine=False)))
         return read_table(target)
     # The combined file is missing, stale (task files changed), edited or truncated: rebuild it from the
     # task files, and rewrite it when no run holds the directory (a read-only one is left as it is).
@@ -176,6 +185,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
         warnings.warn(
             f"{path}: {len(index.corrupt)} corrupt task file(s) (e.g. {index.corrupt[0].name}) are left out, so their "
             "units are missing from this table; run the study again to redo them", RuntimeWarning, stacklevel=2)
+        return assemble(index, scan_evals(path, meta["spec_hash"]))
+    missing = missing_units(meta, index)
+    if missing:  # planned units without a task file: say so, and keep the combined file as it is
+        _warn_missing(path, missing)
         return assemble(index, scan_evals(path, meta["spec_hash"]))
     if collected or target.is_file():
         try:
@@ -186,6 +199,21 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return assemble(index, scan_evals(path, meta["spec_hash"]))
 
 
+
+
+def missing_units(meta: dict[str, Any], index: ResultsIndex) -> list[tuple[int, int, str]]:
+    """The units (n, replicate, fit) the spec of ``meta`` plans that have no record in ``index``
+    (neither complete nor failed: never run, or their task file was deleted or is corrupt)."""
+    spec = StudySpec.from_dict(meta["spec"], source=meta.get("spec_source"))
+    return sorted(set(plan_units(spec)) - set(index.units))
+
+
+def _warn_missing(path: Path, missing: list[tuple[int, int, str]]) -> None:
+    shown = ", ".join(f"(n={n}, replicate={r}, fit={f})" for n, r, f in missing[:5])
+    warnings.warn(
+        f"{path}: incomplete: {len(missing)} planned unit(s) have no task file, so their rows are missing from "
+        f"this table: {shown}{', ...' if len(missing) > 5 else ''}; run the study again to do them "
+        "(the combined results file is not rewritten without them)", RuntimeWarning, stacklevel=3)
 
 
 def iter_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import fit_batch, losses
 from ..options import NearTruthInit
+from .plan import fit_label, plan_units, study_fits
 from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
 from .results import FAILED_STATUSES, iter_rows
 from .seeds import replicate_seed, replicate_streams, task_data
@@ -97,23 +98,6 @@ class Task:
         return doc if self.truth is None else doc | {"truth": self.truth}
 
 
-def fit_label(gate: GateSpec, k: int, truth: int | None = None) -> str:
-    """The unit's fit name: ``<gate label>_k<k>``, and ``_t<truth>`` in a study with several truths."""
-    return f"{gate.label}_k{k}" + ("" if truth is None else f"_t{truth}")
-
-
-def _fits(spec: StudySpec) -> list[tuple[str, GateSpec | None, int | None, int | None]]:
-    if spec.kind == "nn":
-        return [("nn", None, None, None)]
-    truths = range(len(spec.truths)) if spec.ensemble else [None]
-    return [(fit_label(g, k, j), g, k, j) for j in truths for g in spec.fit.gates for k in spec.fit.fitted_k]
-
-
-def plan_units(spec: StudySpec) -> list[tuple[int, int, str]]:
-    """Every unit key (n, replicate, fit) of a study."""
-    return [(n, r, label) for n in spec.n_values for label, *_ in _fits(spec) for r in range(spec.replications)]
-
-
 def plan_tasks(spec: StudySpec, done: set[tuple[int, int, str]] = frozenset(), block_size: int | None = None) -> list[Task]:
     """Tasks covering the units not in ``done``, largest n first (long tasks start early).
 
@@ -123,7 +107,7 @@ def plan_tasks(spec: StudySpec, done: set[tuple[int, int, str]] = frozenset(), b
     block = 1 if spec.kind == "nn" else int(block_size or spec.block_size)
     tasks = []
     for n in sorted(spec.n_values, reverse=True):
-        for label, gate, k, truth in _fits(spec):
+        for label, gate, k, truth in study_fits(spec):
             for start in range(0, spec.replications, block):
                 reps = tuple(r for r in range(start, min(start + block, spec.replications)) if (n, r, label) not in done)
                 if reps:
@@ -199,14 +183,18 @@ def estimate_record(res: Any, seed: int) -> dict[str, Any]:
 def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
                 info: dict[str, Any], hooks: RunnerHooks, cache: dict, rows: list[dict[str, Any]]) -> str | None:
     """Append the rows of one metric of one fit to ``rows``; a metric that raises gives one
-    ``metric_error`` row, and its traceback is returned (else None): the study goes on."""
+    ``metric_error`` row, and its traceback is returned (else None): the study goes on. A
+    non-finite value is kept but marked ``metric_error`` with its name in ``error``."""
     try:
         values = REGISTRY[metric].compute(MetricContext(spec, res, n, k, seed, hooks, cache))
     except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
         rows.append(_row(spec, n, r, seed, label, k, metric, math.nan, **(info | {"status": "metric_error", "error": _error_text(exc)})))
         return traceback.format_exc()[-_ERROR_CHARS:]
-    rows.extend(_row(spec, n, r, seed, label, k, name, value, **info) for name, value in values.items())
-    return None
+    bad = {name: value for name, value in values.items() if not math.isfinite(float(value))}
+    for name, value in values.items():  # a non-finite value is a failed measurement, named, never a silent inf
+        error = {"status": "metric_error", "error": f"{name} = {float(value)}: not finite"} if name in bad else {}
+        rows.append(_row(spec, n, r, seed, label, k, name, value, **(info | error)))
+    return f"metric {metric}: non-finite values {bad}" if bad else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +211,8 @@ def _unit_rows(spec: StudySpec, task: Task, r: int, seed: int, res: Any, hooks: 
         return rows, True, "".join(traceback.format_exception(res))[-_ERROR_CHARS:]
     rows, failed, tb, cache = [], False, None, {}
     info = _fit_info(res) | {"truth": task.truth or 0}
+    if info["status"] == "non_finite":
+        info["error"] = "the fit's log-likelihood or estimate is not finite"
     for m in planned_metrics(spec, k):
         metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, res, info, hooks, cache, rows)
         if metric_tb is not None:

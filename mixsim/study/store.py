@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+from .spec import SpecError, StudySpec
 
 __all__ = [
     "StudyMismatchError",
@@ -102,7 +105,7 @@ def locked(out_dir: str | Path, wait: bool = False, poll: float = 0.5) -> Iterat
                     holder = fh.read().strip() or "unknown process"
                     raise StudyLockedError(
                         f"{path} is held by another run ({holder}); wait for it to finish, "
-                        "or pass --wait (run_study(..., wait=True)) to queue behind it") from None
+                        "or pass --wait (wait=True in Python) to queue behind it") from None
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
@@ -179,7 +182,27 @@ def read_meta(out_dir: str | Path) -> dict[str, Any]:
                                  "or --force to delete this directory's results") from exc
     if not isinstance(meta, dict) or "spec_hash" not in meta:
         raise StudyMismatchError(f"{path} is damaged (no spec_hash); use a new --out directory, or --force to delete its results")
+    _check_recorded_spec(path, meta)
     return meta
+
+
+def _check_recorded_spec(path: Path, meta: dict[str, Any]) -> None:
+    """The spec recorded in ``study.json`` must hash to its ``spec_hash``: an edit of it (say of
+    ``replications``) is detected as a task file's edit is, instead of changing what is planned."""
+    try:
+        digest = _spec_digest(json.dumps(meta["spec"], sort_keys=True))
+    except (KeyError, TypeError, ValueError, SpecError) as exc:
+        raise StudyMismatchError(f"{path} is damaged (its 'spec' does not parse: {exc}); use a new --out directory, "
+                                 "or --force to delete its results") from exc
+    if digest != meta["spec_hash"]:
+        raise StudyMismatchError(f"{path} was edited: its 'spec' hashes to {digest[:12]}, not to its spec_hash "
+                                 f"{str(meta['spec_hash'])[:12]}, so what it plans is not what was run; restore the file, or "
+                                 "rerun the study into a new --out directory (or with --force, which deletes these results)")
+
+
+@functools.lru_cache(maxsize=32)
+def _spec_digest(spec_json: str) -> str:  # cached: resolving an ensemble's truths takes ~0.1 s
+    return StudySpec.from_dict(json.loads(spec_json)).hash
 
 
 def write_meta(out_dir: str | Path, meta: dict[str, Any]) -> None:
