@@ -8,7 +8,8 @@ from .experts import EXPERTS, expert_mean
 from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelihood, preset, random_truth, sample
 from .matching import gate_distance, matched_truth
 from .fitting import ConvergenceWarning, FitOptions, FitResult, NearTruthInit, fit, fit_batch
-from .estimator import GaussianMoE, KSelection, NotFittedError, select_n_experts
+from .estimator import GaussianMoE, NotFittedError
+from .selection import KSelection, select_n_experts
 from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss
 from .rates import compare_rates, estimate_rate, fit_rate, theory_rate
 from .study import StudySpec, evaluate, load_estimates, load_results, load_study, run_study
