@@ -16,7 +16,7 @@ from .derivatives import features, grad_hess, has_closed_form, loglik
 from .layout import Layout, project
 
 if TYPE_CHECKING:
-    from .engine import EngineState
+    from .state import EngineState
 
 __all__ = ["run_newton", "measure", "stationarity", "newton_decrement"]
 
