@@ -5,7 +5,8 @@ The network layer lives in :mod:`mixsim.nn` (imported on demand).
 """
 from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean
-from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelihood, preset, random_truth, sample
+from .model import MoEParams, log_density, log_likelihood, sample
+from .truths import TruthPrior, list_presets, preset, random_truth
 from .fitting import ConvergenceWarning, FitOptions, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE, KSelection, NotFittedError, select_n_experts
 from .losses import cell_diagnosis, group_errors, hellinger, total_variation, voronoi_cells, voronoi_loss

@@ -116,7 +116,7 @@ def _describe(path: Path) -> tuple[str, str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .model import list_presets
+    from .truths import list_presets
 
     print("studies:")
     for d in studies_dirs():
