@@ -145,8 +145,15 @@ def test_old_names_are_aliases():
     import mixsim.nn._experiment as exp
     import mixsim.study as study
 
-    assert study.Engine is study.RunnerHooks
-    assert study.BACKENDS == study.JOBLIB_BACKENDS == ("loky", "threading", "sequential", "dask")
+    with pytest.warns(DeprecationWarning, match="RunnerHooks"):
+        assert study.Engine is study.RunnerHooks  # the fitting engine is mixsim.fitting.engine
+    with pytest.warns(DeprecationWarning, match="JOBLIB_BACKENDS"):
+        assert study.BACKENDS == study.JOBLIB_BACKENDS == ("loky", "threading", "sequential", "dask")
+    assert "Engine" not in study.__all__ and "BACKENDS" not in study.__all__
+    from mixsim.study import metrics
+    assert metrics.measure is metrics.compute_metrics and "measure" not in metrics.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        study.no_such_name  # noqa: B018
     assert study.METRICS is study.MLE_METRICS and set(study.METRICS) <= set(REGISTRY)
     assert exp.task_seed is replicate_seed and exp.METRICS == study.NN_METRICS
     assert set(study.NN_METRICS) <= set(REGISTRY)
@@ -155,11 +162,11 @@ def test_old_names_are_aliases():
 def test_every_metric_is_one_function_of_a_context():
     import torch
 
-    from mixsim.study.metrics import HeldOut, measure
+    from mixsim.study.metrics import HeldOut, compute_metrics
 
     ctx = MetricContext(None, HeldOut(prediction=torch.tensor([1.0, 2.0]), labels=torch.tensor([1.0, 0.0]),
                                       mean=torch.tensor([0.0, 2.0])), n=10, k=2, seed=0)
-    assert measure(["test_mse", "excess_mse"], ctx) == {"test_mse": 2.0, "excess_mse": 0.5}
+    assert compute_metrics(["test_mse", "excess_mse"], ctx) == {"test_mse": 2.0, "excess_mse": 0.5}
 
 
 def test_nested_torch_threads_restore_the_enclosing_count(one_thread):

@@ -5,9 +5,10 @@ Read the modules in the order the data flows:
 * :mod:`~mixsim.study.spec` - :class:`StudySpec`, :func:`load_study` (TOML, ``--set`` overrides);
   schema only (parsing in ``spec_parse``, ``spec_fields``, ``spec_truths``; network options in
   ``nn_options``); imports neither the fitter nor :mod:`mixsim.nn`;
-* :mod:`~mixsim.study.seeds` - a replicate's seed and streams, its data set (:func:`task_data`);
+* :mod:`~mixsim.study.seeds` - a replicate's seed and its random streams;
 * :mod:`~mixsim.study.metrics` - the one registry of metrics, each a function of a :class:`MetricContext`;
-* :mod:`~mixsim.study.runner` - tasks, and one task run (fit, then measure; or a network task);
+* :mod:`~mixsim.study.runner` - tasks, a replicate's data set (:func:`task_data`), and one task run
+  (fit, then measure; or a network task);
 * :mod:`~mixsim.study.parallel` - :func:`run_study`: the tasks through joblib or Dask, resumable;
 * :mod:`~mixsim.study.store` - the results directory (metadata, lock, checksummed task files);
 * :mod:`~mixsim.study.results` - the tidy table, :func:`load_results`;
@@ -28,11 +29,11 @@ Example
 from .spec import FitSpec, GateSpec, SpecError, StudySpec, apply_overrides, load_study, parse_override, truth_to_dict
 from .spec_parse import parse_grid
 from .nn_options import NN_METRICS, check_nn_options
-from .seeds import replicate_seed, replicate_streams, task_data
-from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, metric_applies
+from .seeds import replicate_seed, replicate_streams
+from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, compute_metrics, metric_applies
 from .threads import torch_threads
-from .runner import Engine, RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task
-from .parallel import BACKENDS, JOBLIB_BACKENDS, run_study
+from .runner import RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task, task_data
+from .parallel import JOBLIB_BACKENDS, run_study
 from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
@@ -41,12 +42,28 @@ from .tables import RATE_EXCLUDED_METRICS, RateContext, as_table, local_rate_tab
 
 __all__ = [
     "StudySpec", "GateSpec", "FitSpec", "SpecError", "METRICS", "load_study", "apply_overrides",
-    "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Engine", "Task", "BACKENDS", "COLUMNS", "StudyMismatchError",
+    "run_study", "load_results", "load_estimates", "estimate_params", "evaluate", "collect", "Task", "COLUMNS", "StudyMismatchError",
     "replicate_seed", "replicate_streams", "task_data", "plan_units", "plan_tasks", "run_task",
     "StudyStatus", "study_status", "rate_table", "local_rate_table", "RATE_EXCLUDED_METRICS",
     "FAILED_STATUSES", "as_table", "theory", "RateContext", "rate_context",
     # added by the package (issue 13)
     "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
-    "metric_applies", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
+    "metric_applies", "compute_metrics", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
     "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
 ]
+
+# Earlier names, kept for a while: each warns and names its replacement.
+_DEPRECATED = {
+    "Engine": ("RunnerHooks", "mixsim.fitting.engine is the fitting engine, another thing"),
+    "BACKENDS": ("JOBLIB_BACKENDS", "mixsim.nn.BACKENDS are dispatch kernels, another thing"),
+}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        import warnings
+
+        new, why = _DEPRECATED[name]
+        warnings.warn(f"mixsim.study.{name} is deprecated; use mixsim.study.{new} ({why})", DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'mixsim.study' has no attribute {name!r}")
