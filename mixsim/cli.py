@@ -90,7 +90,8 @@ def _cmd_rates(args: argparse.Namespace) -> int:
     table = rate_table(args.dir, metrics=args.metric, min_n=args.min_n)
     csv = Path(args.csv) if args.csv else Path(args.dir) / "rates.csv"
     table.to_csv(csv, index=False)
-    shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_exponent", "theory_tag") if c in table]
+    shown = [c for c in ("truth", "gate", "fitted_k", "metric", "average", "slope", "slope_low", "slope_high", "power_law",
+                         "rate", "rate_low", "rate_high", "n_sizes", "theory_exponent", "theory_tag") if c in table]
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
         print(table[shown].to_string(index=False) if len(table) else "(no usable rows)")
     print(f"\nwrote {csv}", file=sys.stderr)
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-v", "--verbose", action="store_true", help="also the complete units per fit and n")
     status.set_defaults(func=_cmd_status)
 
-    rates = sub.add_parser("rates", help="rate table (log-log slopes) per gate, fitted k and metric")
+    rates = sub.add_parser("rates", help="rate table (estimate_rate with the declared [rates]) per gate, fitted k and metric")
     rates.add_argument("dir")
     rates.add_argument("--metric", action="append", help="metric(s) to fit (default: all error metrics)")
     rates.add_argument("--min-n", type=int, help="drop smaller sample sizes (choose before looking)")
