@@ -13,7 +13,7 @@ from .losses import cell_diagnosis, group_errors, hellinger, total_variation, vo
 from .rates import compare_rates, estimate_rate, fit_rate, theory_rate
 from .study import StudySpec, evaluate, load_estimates, load_results, load_study, run_study
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "GATES", "EXPERTS", "log_gate_weights", "expert_mean",

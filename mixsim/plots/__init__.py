@@ -39,7 +39,7 @@ from .data import BANDS, DATA_COLUMNS, error_vs_n_data, local_slopes_data
 from .draw import draw_error_vs_n, draw_local_slopes, plot_error_vs_n, plot_local_slopes, plotted_data
 from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, sample_efficiency_data, summarise
 from .groups import GroupsData, draw_groups, groups_data, plot_groups
-from .paper import GroupRatesData, draw_forest, draw_group_rates, forest_data, group_rates_data
+from .paper import GroupRatesData, claim_figures, draw_forest, draw_group_rates, forest_data, group_rates_data
 from .save import DPI, plot_study, save_figure
 from .style import (AVERAGE_NAMES, GATE_COLOURS, GROUP_LABELS, GROUP_NAMES, MAIN_METRICS, MARKERS, METRIC_LABELS, SERIES_KEYS,
                     PlotWarning)
@@ -58,7 +58,7 @@ __all__ = [
     "plot_study",
     # data, then drawing
     "draw_error_vs_n", "draw_local_slopes", "groups_data", "GroupsData", "draw_groups",
-    "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest",
+    "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest", "claim_figures",
     "summarise", "sample_efficiency_data", "draw_sample_efficiency",
     # names and styles
     "SERIES_KEYS", "DATA_COLUMNS", "SUMMARY_COLUMNS", "MAIN_METRICS", "METRIC_LABELS", "GROUP_LABELS", "GROUP_NAMES",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .bootstrap import AVERAGE_ALIASES, INTERVALS, SLOPE_AVERAGES, bootstrap_interval, canonical_average, ols_slope
 from .compare import RateComparison, compare_rates, verdict
-from .estimate import FALLBACKS, VERDICTS, RateEstimate, estimate_rate
+from .estimate import FALLBACKS, RATE_ROW_COLUMNS, VERDICTS, RateEstimate, estimate_rate
 from .power_law import AVERAGES, RateFit, fit_rate
 from .theory import THEORY_RATES, theory_rate
 
@@ -25,4 +25,5 @@ __all__ = [
     "AVERAGES", "THEORY_RATES", "RateFit", "fit_rate", "theory_rate", "ols_slope",
     "SLOPE_AVERAGES", "INTERVALS", "FALLBACKS", "VERDICTS", "RateEstimate", "RateComparison",
     "estimate_rate", "compare_rates", "bootstrap_interval", "verdict", "canonical_average", "AVERAGE_ALIASES",
+    "RATE_ROW_COLUMNS",
 ]

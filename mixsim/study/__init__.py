@@ -15,7 +15,10 @@ Read the modules in the order the data flows:
 * :mod:`~mixsim.study.estimates` - every fit's estimate (:func:`load_estimates`), metrics
   recomputed from them (:func:`evaluate`);
 * :mod:`~mixsim.study.status` and :mod:`~mixsim.study.tables` - :func:`study_status`,
-  :func:`rate_table` (convergence rates per gate, fitted k and metric).
+  :func:`rate_table` (convergence rates per gate, fitted k and metric: the one rate path);
+* :mod:`~mixsim.study.compare` - :func:`comparison_table` and :func:`verdict_counts` (two studies' rates compared);
+* :mod:`~mixsim.study.claim` and :mod:`~mixsim.study.claim_report` - the claim test's studies and tables;
+* :mod:`~mixsim.study.catalog` - study specs by name: a local ``./studies`` folder, then those shipped in the package.
 
 Maximum-likelihood (``kind = "mle"``) and network (``kind = "nn"``) studies run through the same
 runner.
@@ -38,7 +41,12 @@ from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
 from .status import StudyStatus, study_status
-from .tables import RATE_EXCLUDED_METRICS, RateContext, as_table, local_rate_table, rate_context, rate_table, theory
+from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, local_rate_table, rate_context, rate_table,
+                     series_rate, theory)
+from .catalog import StudyFile, find_study, list_studies
+from .compare import COMPARISON_COLUMNS, comparison_table, verdict_counts
+from .claim import CLAIM_STUDIES, ClaimTables, claim_tables
+from .claim_report import write_claim_tables
 
 __all__ = [
     "StudySpec", "GateSpec", "FitSpec", "SpecError", "METRICS", "load_study", "apply_overrides",
@@ -50,6 +58,9 @@ __all__ = [
     "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
     "metric_applies", "compute_metrics", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
     "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
+    # added by issues 20 and 21
+    "has_rate", "series_rate", "StudyFile", "find_study", "list_studies", "COMPARISON_COLUMNS", "comparison_table",
+    "verdict_counts", "CLAIM_STUDIES", "ClaimTables", "claim_tables", "write_claim_tables",
 ]
 
 # Earlier names, kept for a while: each warns and names its replacement.

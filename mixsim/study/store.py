@@ -35,6 +35,8 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..version import __version__
+
 __all__ = [
     "StudyMismatchError",
     "StudyLockedError",
@@ -144,8 +146,8 @@ def _remove_stale_temporaries(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("mixsim", "numpy", "scipy", "torch", "pandas", "joblib", "tqdm", "dask", "distributed", "pyarrow"):
+    out: dict[str, str | None] = {"python": platform.python_version(), "mixsim": __version__}  # this code's own
+    for name in ("numpy", "scipy", "torch", "pandas", "joblib", "tqdm", "dask", "distributed", "pyarrow"):
         try:
             out[name] = _metadata.version(name)
         except _metadata.PackageNotFoundError:
