@@ -3,7 +3,6 @@ the spec imports neither the fitter nor mixsim.nn, one metric registry, one seed
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -48,15 +47,19 @@ def test_every_shipped_spec_keeps_its_hash():
 
 
 def test_paper_repro_full_specs_keep_their_hashes():
+    """The claim test's full scale (now mixsim.study.claim, run by paper_repro.py and mixsim repro)."""
     import tomllib
 
-    spec = importlib.util.spec_from_file_location("paper_repro_for_hashes", ROOT / "paper_repro.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from mixsim.study.claim import SCALES, claim_spec
+
+    kinds = {"softmax_exact": "exact", "competition_exact": "exact", "softmax_overfit_ensemble": "overfit",
+             "competition_overfit_ensemble": "overfit", "softmax_overfit_tanh": "control",
+             "competition_overfit_tanh": "control"}
     for name, want in PAPER_FULL_HASHES.items():
         path = ROOT / "studies" / f"{name}.toml"
-        doc = apply_overrides(tomllib.loads(path.read_text()), dict(mod.SCALES["full"][mod.kind_of(name)]))
+        doc = apply_overrides(tomllib.loads(path.read_text()), dict(SCALES["full"][kinds[name]]))
         assert StudySpec.from_dict(doc, source=str(path), default_name=name).hash == want, name
+        assert claim_spec(name, "full").hash == want, name
 
 
 # ---------------------------------------------------------------------------------------------
