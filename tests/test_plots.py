@@ -468,6 +468,13 @@ def test_plot_study_draws_a_results_directory_through_the_cli(tmp_path, capsys):
     assert len(written) == 24 and all(p.parent == out / "figures" and p.stat().st_size > 0 for p in written)
     d1 = pd.read_csv(out / "figures" / "error_vs_n_D1.csv")
     assert (d1.loc[d1["kind"] == "theory", "exponent"] == -0.5).all()  # true k read from the study's metadata
+    # the figure's line is the rate table's, with the average the study declared (log)
+    from mixsim.study import rate_table
+    row = rate_table(out, metrics=["D1"]).iloc[0]
+    assert row["average"] == "log"
+    fit = d1[d1["kind"] == "fit"]
+    assert fit["slope"].iloc[0] == pytest.approx(row["slope"], rel=1e-12)
+    assert fit["ci_low"].iloc[0] == pytest.approx(row["slope_low"], rel=1e-12)
     assert plt.get_fignums() == []  # drawn without pyplot: nothing left open
 
 
