@@ -84,5 +84,6 @@ def find_study(name: str | Path, folder: str | Path | None = None) -> StudyFile:
             if study.name == stem:
                 return study
     known = [s.name for s in list_studies(folder)]
+    hint = "" if shipped_studies() else f"; no shipped study was found: reinstall mixsim (package data {SHIPPED_PACKAGE})"
     raise FileNotFoundError(f"no study file {str(name)!r} (and no such name in ./{LOCAL_FOLDER} or among the shipped "
-                            f"studies; known: {known})")
+                            f"studies; known: {known}{hint})")
