@@ -5,7 +5,8 @@ The network layer lives in :mod:`mixsim.nn` (imported on demand).
 """
 from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean
-from .model import MoEParams, TruthPrior, list_presets, log_density, log_likelihood, preset, random_truth, sample
+from .model import MoEParams, log_density, log_likelihood, sample
+from .truths import TruthPrior, list_presets, preset, random_truth
 from .matching import gate_distance, matched_truth
 from .fitting import ConvergenceWarning, FitOptions, FitResult, NearTruthInit, fit, fit_batch
 from .estimator import GaussianMoE, NotFittedError
@@ -14,7 +15,7 @@ from .losses import cell_diagnosis, group_errors, hellinger, total_variation, vo
 from .rates import compare_rates, estimate_rate, fit_rate, theory_rate
 from .study import StudySpec, evaluate, load_estimates, load_results, load_study, run_study
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "GATES", "EXPERTS", "log_gate_weights", "expert_mean",

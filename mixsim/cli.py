@@ -7,10 +7,14 @@
     mixsim status DIR
     mixsim evaluate DIR --metric M [--metric M2 ...] [--force]   (metrics from the stored estimates)
     mixsim rates DIR [--metric M ...] [--min-n N] [--csv FILE]
+    mixsim compare DIR_A DIR_B [--metric M ...] [--csv FILE]
+    mixsim repro [--tiny | --quick | --full] [--out DIR] [--figures DIR]   (the claim test)
     mixsim list
     mixsim plot DIR            (figures; provided by mixsim.plots)
+    mixsim --version
 
-``STUDY`` is a TOML file or the name of one in a ``studies/`` folder (``mixsim run smoke``).
+``STUDY`` is a TOML file or a study name (``mixsim run smoke``): ``./studies/smoke.toml`` if it
+exists, else the study shipped inside the package.
 Errors in a spec, a bad argument or an unusable path name the key, argument or path and exit with
 status 2, before anything is written. ``mixsim run`` exits with status 3 when the run leaves failed
 units (their errors are listed; a rerun retries them), 130 when interrupted (Ctrl-C or SIGTERM:
@@ -26,6 +30,7 @@ import threading
 import tomllib
 import warnings
 from pathlib import Path
+from importlib.resources.abc import Traversable
 from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser", "find_study", "studies_dirs", "EXIT_FAILED_UNITS"]
@@ -39,26 +44,17 @@ EXIT_FAILED_UNITS = 3
 # ---------------------------------------------------------------------------------------------
 
 def studies_dirs() -> list[Path]:
-    """Folders searched for study names: ``./studies`` and the one beside the package (a checkout)."""
-    dirs = [Path.cwd() / "studies", Path(__file__).resolve().parent.parent / "studies"]
-    out: list[Path] = []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
+    """Local folders searched for study names before the shipped studies: ``./studies`` if it exists."""
+    local = Path.cwd() / "studies"
+    return [local] if local.is_dir() else []
 
 
-def find_study(name: str) -> Path:
-    """A spec path from a path or a study name (``smoke`` -> ``studies/smoke.toml``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for d in studies_dirs():
-        candidate = d / (name if name.endswith(".toml") else f"{name}.toml")
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for d in studies_dirs() for p in d.glob("*.toml"))
-    raise FileNotFoundError(f"no study file {name!r} (and no such name in a studies/ folder; known: {known})")
+def find_study(name: str) -> Path | Traversable:
+    """A spec path from a path or a study name (``smoke``): ``./studies/smoke.toml`` first, else the
+    shipped one (:func:`mixsim.study.find_study`)."""
+    from .study import find_study as find
+
+    return find(name).path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +64,7 @@ def find_study(name: str) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .study import load_study, run_study, study_status
 
-    spec = load_study(find_study(args.study), overrides=args.set)
+    spec = load_study(args.study, overrides=args.set)
     out = Path("results") / spec.name if args.out is None else args.out  # run_study refuses an empty --out
     print(f"mixsim: running study {spec.name!r} into {out} (backend {args.backend}, n_jobs {args.n_jobs})", file=sys.stderr)
     df = run_study(spec, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler,
@@ -110,7 +106,8 @@ def _cmd_rates(args: argparse.Namespace) -> int:
         print(f"mixsim: warning: {w.message}", file=sys.stderr)
     csv = Path(args.csv) if args.csv else Path(args.dir) / "rates.csv"
     table.to_csv(csv, index=False)
-    shown = [c for c in ("gate", "fitted_k", "metric", "slope", "ci_low", "ci_high", "n_points", "theory_exponent", "theory_tag") if c in table]
+    shown = [c for c in ("truth", "gate", "fitted_k", "metric", "average", "slope", "slope_low", "slope_high", "power_law",
+                         "rate", "rate_low", "rate_high", "n_sizes", "theory_exponent", "theory_tag") if c in table]
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
         print(table[shown].to_string(index=False) if len(table) else "(no usable rows)")
     print(f"\nwrote {csv}", file=sys.stderr)
@@ -126,7 +123,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(path: Path) -> tuple[str, str]:
+def _describe(path: Path | Traversable) -> tuple[str, str]:
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -136,16 +133,43 @@ def _describe(path: Path) -> tuple[str, str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .model import list_presets
+    from .study import list_studies
+    from .truths import list_presets
 
-    print("studies:")
-    for d in studies_dirs():
-        for path in sorted(d.glob("*.toml")):
-            kind, desc = _describe(path)
-            print(f"  {path.stem:28s} [{kind}] {desc}  ({path})")
+    print("studies (a local ./studies/NAME.toml wins over a study of the same NAME shipped inside mixsim):")
+    for study in list_studies():
+        kind, desc = _describe(study.path)
+        origin = "local, overrides shipped" if study.overrides_shipped else study.origin
+        print(f"  {study.name:28s} [{kind}] {desc}  ({origin}: {study.path})")
     print("\npresets (truths):")
     for name, doc in list_presets().items():
         print(f"  {name:28s} {doc}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .study import comparison_table, verdict_counts
+
+    table = comparison_table(args.dir_a, args.dir_b, metrics=args.metric, label=args.label or "")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    shown = ["truth", "metric", "rate_a", "rate_b", "difference", "difference_low", "difference_high", "verdict", "n_ratio"]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table[shown].to_string(index=False) if len(table) else "(no metric with a rate in both)")
+        if len(table):
+            print("\ntruths per verdict (a - b; 'faster': a's errors fall faster):")
+            print(verdict_counts(table).to_string(index=False))
+    return 0
+
+
+def _cmd_repro(args: argparse.Namespace) -> int:
+    from .repro import run_claim_test
+
+    run_claim_test(args.scale, args.out or Path("results") / f"paper_{args.scale}", args.figures or Path("figures") / args.scale,
+                   n_jobs=args.n_jobs)
     return 0
 
 
@@ -169,11 +193,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .study import JOBLIB_BACKENDS
 
+    from .repro import build_parser as repro_options
+    from .version import __version__
+
     parser = argparse.ArgumentParser(prog="mixsim", description="Convergence studies of Gaussian mixtures of experts.")
+    parser.add_argument("--version", action="version", version=f"mixsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run (or resume) a study")
-    run.add_argument("study", help="a study TOML file, or a name in a studies/ folder")
+    run.add_argument("study", help="a study TOML file, or a study name (./studies first, then the shipped ones)")
     run.add_argument("--out", help="results directory (default: results/<study name>)")
     run.add_argument("--n-jobs", type=int, default=1, help="parallel workers; -1 = all cores (default 1)")
     run.add_argument("--backend", choices=JOBLIB_BACKENDS, default="loky", help="joblib backend (default loky)")
@@ -192,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-v", "--verbose", action="store_true", help="also the complete units per fit and n")
     status.set_defaults(func=_cmd_status)
 
-    rates = sub.add_parser("rates", help="rate table (log-log slopes) per gate, fitted k and metric")
+    rates = sub.add_parser("rates", help="rate table (estimate_rate with the declared [rates]) per gate, fitted k and metric")
     rates.add_argument("dir")
     rates.add_argument("--metric", action="append", help="metric(s) to fit (default: all error metrics)")
     rates.add_argument("--min-n", type=int, help="drop smaller sample sizes (choose before looking)")
@@ -208,7 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="if a run holds the directory's lock (DIR/.lock), wait for it to finish instead of refusing")
     ev.set_defaults(func=_cmd_evaluate)
 
-    lst = sub.add_parser("list", help="studies in studies/ folders and preset truths")
+    cmp = sub.add_parser("compare", help="rate of study A minus rate of study B per truth and metric, with verdicts")
+    cmp.add_argument("dir_a")
+    cmp.add_argument("dir_b")
+    cmp.add_argument("--metric", action="append", help="metric(s) to compare (default: every error metric both have)")
+    cmp.add_argument("--label", help="the comparison column's value")
+    cmp.add_argument("--csv", help="also write the table here")
+    cmp.set_defaults(func=_cmd_compare)
+
+    repro = sub.add_parser("repro", help="the claim test (what python paper_repro.py runs), from any folder")
+    repro_options(repro)
+    repro.set_defaults(func=_cmd_repro)
+
+    lst = sub.add_parser("list", help="studies (local ./studies, then shipped) and preset truths")
     lst.set_defaults(func=_cmd_list)
 
     plot = sub.add_parser("plot", help="draw a study's figures (mixsim.plots)")

@@ -120,7 +120,7 @@ class GaussianMoE:
         Everything the fitter reported (trace, gradient norm, status, variance floor).
     n_features_in_ : int
         Number of input features seen by ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape ``(n_features_in_,)``
         Column names of X, only when ``fit`` got a pandas DataFrame with string column names.
 
     Notes

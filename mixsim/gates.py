@@ -3,13 +3,13 @@
 Every gate maps inputs to **log** gate weights of shape ``(..., n, k)``; the weights of one input
 sum to one over the ``k`` experts (experts outside a top-K selection get weight 0, log weight -inf).
 
-==============  ======================================================  ==================
-name            pi_i(x)                                                  own parameters
-==============  ======================================================  ==================
-``softmax``     softmax_i(beta1_i . x + beta0_i), over the top-K if set  beta1 (k, d), beta0 (k)
-``competition`` softmax_i over the top-K of phi(h_i(x)) + beta0_i         beta0 (k) or none
-``sigmoid``     sigmoid(beta1_i . x + beta0_i) / sum_j sigmoid(...)       beta1 (k, d), beta0 (k)
-==============  ======================================================  ==================
+===============  =======================================================  =======================
+name             pi_i(x)                                                  own parameters
+===============  =======================================================  =======================
+``softmax``      softmax_i(beta1_i . x + beta0_i), over the top-K if set  beta1 (k, d), beta0 (k)
+``competition``  softmax_i over the top-K of phi(h_i(x)) + beta0_i        beta0 (k) or none
+``sigmoid``      sigmoid(beta1_i . x + beta0_i) / sum_j sigmoid(...)      beta1 (k, d), beta0 (k)
+===============  =======================================================  =======================
 
 ``topk`` is accepted as an alias of ``softmax`` with ``top_k`` required. The competition gate has
 no slope of its own: expert ``i`` is preferred where its own response ``h_i(x)`` is large. ``phi``

@@ -2,7 +2,7 @@
 
 ``p(y | x) = sum_i pi_i(x) N(y | h_i(x), sigma2_i)`` with the gate ``pi`` from :mod:`mixsim.gates`
 and the expert means ``h`` from :mod:`mixsim.experts`. Named and random true models live in
-:mod:`mixsim.truths` (re-exported here).
+:mod:`mixsim.truths` (import them from there, or from :mod:`mixsim`).
 """
 from __future__ import annotations
 
@@ -32,14 +32,7 @@ __all__ = [
     "sample",
     "sample_x",
     "gate_and_mean",
-    "preset",
-    "list_presets",
-    "random_truth",
-    "RANDOM_TRUTH_GATES",
-    "TruthPrior",
-    "TRUTH_PRIORS",
     "atom_vectors",
-    "truth_margins",
     "as_rng",
     "check_data",
     "float_array",
@@ -431,15 +424,3 @@ def atom_vectors(params: MoEParams) -> np.ndarray:
     """
     parts = [params.gate_weight, params.expert_weight, params.expert_bias[:, None], params.variance[:, None]]
     return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts if p is not None], axis=1)
-
-
-# Named and random true models (mixsim.truths builds on the classes above, hence the import last).
-from .truths import (  # noqa: E402
-    RANDOM_TRUTH_GATES,
-    TRUTH_PRIORS,
-    TruthPrior,
-    list_presets,
-    preset,
-    random_truth,
-    truth_margins,
-)

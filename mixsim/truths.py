@@ -2,7 +2,7 @@
 
 :func:`preset` gives the reference truths by name (:func:`list_presets` lists them);
 :func:`random_truth` draws many truths per gate (issue 12), keeping only well-separated ones
-whose experts are all visible in the data. Every name is also importable from :mod:`mixsim.model`.
+whose experts are all visible in the data. (:mod:`mixsim.model` does not re-export them: import from here or from :mod:`mixsim`.)
 """
 from __future__ import annotations
 

@@ -121,11 +121,15 @@ def test_engine_state_is_typed():
     assert {"done", "converged", "stalled", "n_iter", "f", "last_change", "stationarity", "grad", "trace"} <= fields
 
 
-def test_model_keeps_the_truth_names():
+def test_the_truth_names_have_one_home():
+    """Issue 20: the presets and random truths live in mixsim.truths (and the package), not also in model."""
     import mixsim.model as M
     import mixsim.truths as T
     for name in ("preset", "list_presets", "random_truth", "RANDOM_TRUTH_GATES", "TruthPrior", "TRUTH_PRIORS",
                  "truth_margins"):
-        assert getattr(M, name) is getattr(T, name)
+        assert not hasattr(M, name), name
+        assert name in T.__all__
+    for name in ("preset", "list_presets", "random_truth", "TruthPrior"):
+        assert getattr(mixsim, name) is getattr(T, name)
     for name in M.__all__:
         assert hasattr(M, name), name

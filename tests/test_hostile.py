@@ -103,7 +103,7 @@ def test_2_y_too_small_for_float64_is_refused_by_name_and_no_fit_says_converged_
         mixsim.fit(X, Y * 1e-165, 2, rng=1)
     with pytest.raises(ValueError, match=r"ys: .*'tanh' experts"):
         mixsim.fit(X, Y * 1e-100, 2, rng=1, expert="tanh")
-    from mixsim.fitting.scaling import refuse_non_finite  # the check every FitResult passes through
+    from mixsim.fitting.result import refuse_non_finite  # the check every FitResult passes through
     bad = refuse_non_finite(dataclasses.replace(REFERENCE, log_likelihood=float("nan")))
     assert bad.status == "non_finite" and not bad.converged
     assert refuse_non_finite(REFERENCE) is REFERENCE
@@ -208,7 +208,7 @@ def test_9_an_infinite_metric_is_a_named_failure_and_the_run_exits_non_zero(tmp_
 
 def non_finite_fit_batch(*args, **kwargs):
     """The real fitter, its results made non-finite as an overflowing fit's would be."""
-    from mixsim.fitting.scaling import refuse_non_finite
+    from mixsim.fitting.result import refuse_non_finite
     return [refuse_non_finite(dataclasses.replace(r, log_likelihood=float("nan"))) for r in mixsim.fit_batch(*args, **kwargs)]
 
 

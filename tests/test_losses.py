@@ -12,7 +12,8 @@ from scipy.stats import norm
 
 import mixsim
 from mixsim import losses as L
-from mixsim.model import MoEParams, preset
+from mixsim.model import MoEParams
+from mixsim.truths import preset
 
 LOG = math.log
 

@@ -1,4 +1,5 @@
-"""examples/quickstart.ipynb runs top to bottom (so it cannot rot), and is committed without outputs."""
+"""examples/quickstart.ipynb runs top to bottom from a folder outside the checkout (so it cannot rot, and it
+needs only the installed package), and is committed without outputs."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,9 @@ def test_quickstart_notebook_executes(tmp_path):
     pytest.importorskip("ipykernel")
     pytest.importorskip("sklearn")
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    # The working folder is outside the checkout, with no studies/ folder: the notebook must run
+    # against the installed package (shipped studies read through importlib.resources).
+    assert not tmp_path.resolve().is_relative_to(NOTEBOOK.parents[1]) and not (tmp_path / "studies").exists()
     client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError (with the cell and traceback) if any cell fails
     outputs = {i: c["outputs"] for i, c in enumerate(nb.cells) if c.cell_type == "code"}

@@ -1,7 +1,7 @@
 """Figures drawn from small synthetic result tables whose errors follow known power laws.
 
 Each check compares what is drawn with an independent computation: the legend's slope with
-:func:`mixsim.rates.fit_rate` on the same rows, the theory line's slope with
+:func:`mixsim.rates.estimate_rate` on the same rows (the rate table's one rate path), the theory line's slope with
 :func:`mixsim.rates.theory_rate`, local slopes with differences of log means.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from mixsim.plots import (  # noqa: E402
     plotted_data,
     save_figure,
 )
-from mixsim.rates import fit_rate, theory_rate  # noqa: E402
+from mixsim.rates import estimate_rate, theory_rate  # noqa: E402
 
 SIZES = (500, 1000, 2000, 5000, 10000)
 
@@ -67,6 +67,11 @@ def series_rows(df: pd.DataFrame, gate: str, k: int, metric: str) -> pd.DataFram
     return df[(df["gate"] == gate) & (df["fitted_k"] == k) & (df["metric"] == metric)]
 
 
+def rate_of(rows: pd.DataFrame, average: str = "mean"):
+    """The rate a figure shows for these rows (the figures' default average is the mean)."""
+    return estimate_rate(rows["n"], rows["value"], average=average)
+
+
 # ---------------------------------------------------------------------------------------------
 # error vs n
 # ---------------------------------------------------------------------------------------------
@@ -80,13 +85,13 @@ def test_error_vs_n_has_log_axes_and_labels():
 
 
 @pytest.mark.parametrize("average", ["mean", "logmean"])
-def test_legend_holds_the_slope_and_interval_of_fit_rate(average):
+def test_legend_holds_the_slope_and_interval_of_estimate_rate(average):
     df = synthetic(EXACT)
     texts = legend_texts(plot_error_vs_n(df, "D1", average=average))
     for gate in ("softmax", "competition"):
         rows = series_rows(df, gate, 2, "D1")
-        rate = fit_rate(rows["n"], rows["value"], average=average, n_boot=0)
-        expected = f"{gate} k=2: slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]"
+        rate = rate_of(rows, average)
+        expected = f"{gate} k=2: slope {rate.slope:.2f} [{rate.slope_low:.2f}, {rate.slope_high:.2f}]"
         assert expected in texts, texts
 
 
@@ -94,14 +99,14 @@ def test_fitted_line_is_the_least_squares_line_over_the_points():
     df = synthetic({("softmax", 2, "D1"): -0.5})
     ax = plot_error_vs_n(df, "D1", theory=False)
     rows = series_rows(df, "softmax", 2, "D1")
-    rate = fit_rate(rows["n"], rows["value"], n_boot=0)
+    rate = rate_of(rows)
     solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
     assert len(solid) == 1
     x, y = (np.asarray(v, dtype=float) for v in solid[0].get_data())
     np.testing.assert_allclose(x, [SIZES[0], SIZES[-1]])
     np.testing.assert_allclose(np.log(y), rate.intercept + rate.slope * np.log(x), rtol=1e-12)
     points = plotted_data(ax).query("kind == 'point'")
-    np.testing.assert_allclose(points["value"], rate.average, rtol=1e-12)  # the markers sit at the means
+    np.testing.assert_allclose(points["value"], rate.average_error, rtol=1e-12)  # the markers sit at the means
 
 
 def dashed_slopes(ax) -> list[float]:
@@ -188,8 +193,8 @@ def test_nonpositive_values_are_dropped_with_a_warning():
     with pytest.warns(PlotWarning, match=r"NaN or <= 0 .*: syn softmax k=2 D1 \(2 of 60\)$"):
         ax = plot_error_vs_n(df, "D1")
     kept = df[df["value"] > 0]
-    rate = fit_rate(kept["n"], kept["value"], n_boot=0)
-    assert any(f"slope {rate.slope:.2f} [{rate.ci_low:.2f}" in t for t in legend_texts(ax))
+    rate = rate_of(kept)
+    assert any(f"slope {rate.slope:.2f} [{rate.slope_low:.2f}" in t for t in legend_texts(ax))
     points = plotted_data(ax).query("kind == 'point'")
     assert list(points["dropped"]) == [2, 0, 0, 0, 0] and list(points["replicates"]) == [10, 12, 12, 12, 12]
 
@@ -219,9 +224,10 @@ def test_a_single_n_draws_points_but_no_line():
     assert local.get_lines() == [] and plotted_data(local).empty
 
 
-def test_two_sizes_give_a_slope_without_interval():
-    ax = plot_error_vs_n(synthetic({("softmax", 2, "D1"): -0.5}, sizes=(1000, 4000)), "D1")
-    assert "(two sizes: no interval)" in legend_texts(ax)[0]
+def test_two_sizes_give_a_slope_with_its_bootstrap_interval():
+    df = synthetic({("softmax", 2, "D1"): -0.5}, sizes=(1000, 4000))
+    rate = rate_of(series_rows(df, "softmax", 2, "D1"))
+    assert f"slope {rate.slope:.2f} [{rate.slope_low:.2f}, {rate.slope_high:.2f}]" in legend_texts(plot_error_vs_n(df, "D1"))[0]
 
 
 def test_by_colours_series_and_keeps_them_apart():
@@ -274,12 +280,12 @@ def test_plot_groups_one_panel_per_group_with_slopes():
     assert titles[0].startswith("weights") and titles[1].startswith("gate slopes") and titles[4].startswith("variances")
     for ax in axes[:5]:
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log" and ax.get_ylabel().startswith("unweighted")
-    # expert slopes, multi cells: the panel's box holds fit_rate's slope on the multi-cell rows, and theory's
+    # expert slopes, multi cells: the panel's box holds estimate_rate's slope on the multi-cell rows, and theory's
     rows = series_rows(df, "competition", 3, "expert_slope_multi_unweighted")
-    rate = fit_rate(rows["n"], rows["value"], n_boot=0)
+    rate = rate_of(rows)
     exponent, tag = theory_rate("competition", 3, 2, "expert_slope_multi_unweighted")
     assert exponent == -0.25
-    assert (f"competition k=3: slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]; theory -1/4 [{tag}]"
+    assert (f"competition k=3: slope {rate.slope:.2f} [{rate.slope_low:.2f}, {rate.slope_high:.2f}]; theory -1/4 [{tag}]"
             in slope_box(axes[2]))
     # competition has no gate slope: that panel holds softmax only, and says so
     assert set(plotted_data(axes[1])["gate"]) == {"softmax"}
@@ -462,6 +468,13 @@ def test_plot_study_draws_a_results_directory_through_the_cli(tmp_path, capsys):
     assert len(written) == 24 and all(p.parent == out / "figures" and p.stat().st_size > 0 for p in written)
     d1 = pd.read_csv(out / "figures" / "error_vs_n_D1.csv")
     assert (d1.loc[d1["kind"] == "theory", "exponent"] == -0.5).all()  # true k read from the study's metadata
+    # the figure's line is the rate table's, with the average the study declared (log)
+    from mixsim.study import rate_table
+    row = rate_table(out, metrics=["D1"]).iloc[0]
+    assert row["average"] == "log"
+    fit = d1[d1["kind"] == "fit"]
+    assert fit["slope"].iloc[0] == pytest.approx(row["slope"], rel=1e-12)
+    assert fit["ci_low"].iloc[0] == pytest.approx(row["slope_low"], rel=1e-12)
     assert plt.get_fignums() == []  # drawn without pyplot: nothing left open
 
 

@@ -55,12 +55,12 @@ def test_fitted_lines_are_the_rate_tables(average):
     df = table(LAWS, truths=2)  # an ensemble: a figure series pools the truths
     band = "quartiles" if average == "median" else "se"
     data = plots.error_vs_n_data(df, "D1", average=average, band=band, true_k=2)
-    rates = rate_table(df.drop(columns="truth"), average=plots.style.rate_average(average), n_boot=0)
+    rates = rate_table(df.drop(columns="truth"), average=average)
     for gate in ("softmax", "competition"):
         fit = data[(data["kind"] == "fit") & (data["gate"] == gate)]
         row = rates[rates["gate"] == gate].iloc[0]
-        assert fit["slope"].iloc[0] == row["slope"] and fit["ci_low"].iloc[0] == row["ci_low"]
-        assert fit["ci_high"].iloc[0] == row["ci_high"]
+        assert fit["slope"].iloc[0] == row["slope"] and fit["ci_low"].iloc[0] == row["slope_low"]
+        assert fit["ci_high"].iloc[0] == row["slope_high"]
         assert list(fit["n"]) == [row["n_min"], row["n_max"]]
         # the line drawn through its two ends has the table's slope (rtol: two logs of rounded values)
         slope = np.diff(np.log(fit["value"].to_numpy(float))) / np.diff(np.log(fit["n"].to_numpy(float)))
@@ -128,7 +128,7 @@ def test_groups_data_is_what_plot_groups_draws(tmp_path):
     axes = plots.plot_groups(df, true_k=2)
     pd.testing.assert_frame_equal(plots.plotted_data(axes[0].figure), data.table)
     # each panel's fitted slope is the rate table's slope of its metric
-    rates = rate_table(df, n_boot=0)
+    rates = rate_table(df, average="mean")  # the figures' default average
     fit = data.table[(data.table["kind"] == "fit") & (data.table["panel"] == "variance")
                      & (data.table["gate"] == "softmax")]
     assert fit["slope"].iloc[0] == rates.query("gate == 'softmax' and metric == 'variance_multi_unweighted'")["slope"].iloc[0]

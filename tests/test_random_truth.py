@@ -9,6 +9,7 @@ import pytest
 import mixsim
 from mixsim import losses as L
 from mixsim import model as M
+from mixsim import truths as T
 
 CASES = [(gate, expert, k, d) for gate in ("softmax", "competition") for expert in ("linear", "tanh")
          for k, d in ((2, 1), (3, 1), (3, 2))]
@@ -70,10 +71,10 @@ def test_conditions_are_enforced_not_luck():
     rng = np.random.default_rng(3)
     for _ in range(40):
         t = mixsim.random_truth("softmax", 4, 1, rng, delta=0.0, floor=0.0, mass=1.0)
-        margins.append(M.truth_margins(t, np.random.default_rng(0).uniform(size=(4000, 1)), 0.25))
+        margins.append(T.truth_margins(t, np.random.default_rng(0).uniform(size=(4000, 1)), 0.25))
     assert min(m[1].min() for m in margins) < 0.2  # some unconstrained draws have a hidden expert
     strict = mixsim.random_truth("softmax", 4, 1, 3, floor=0.25, mass=0.2, delta=3.0)
-    distance, visible = M.truth_margins(strict, np.random.default_rng(5).uniform(size=(50_000, 1)), 0.25)
+    distance, visible = T.truth_margins(strict, np.random.default_rng(5).uniform(size=(50_000, 1)), 0.25)
     assert distance >= 3.0 and visible.min() >= 0.2 - 0.02
     with pytest.raises(ValueError, match="delta"):
         mixsim.random_truth("competition", 3, 1, 0, delta=1e3, max_tries=20)
@@ -81,7 +82,7 @@ def test_conditions_are_enforced_not_luck():
 
 def test_prior_is_the_documented_one():
     # with both conditions off every draw is accepted, so the parameters follow the prior exactly
-    prior = M.TruthPrior(expert_slope_scale=2.0, expert_intercept_scale=0.5, noise_sd=(0.1, 0.3), gate_bias_scale=0.7)
+    prior = T.TruthPrior(expert_slope_scale=2.0, expert_intercept_scale=0.5, noise_sd=(0.1, 0.3), gate_bias_scale=0.7)
     draws = [mixsim.random_truth("competition", 2, 3, s, delta=0.0, floor=0.0, mass=1.0, prior=prior) for s in range(300)]
     a = np.concatenate([t.expert_weight.ravel() for t in draws])
     b = np.concatenate([t.expert_bias for t in draws])
@@ -92,7 +93,7 @@ def test_prior_is_the_documented_one():
     assert np.std(a) == pytest.approx(2.0, rel=0.06) and np.std(b) == pytest.approx(0.5, rel=0.09)
     assert sd.min() >= 0.1 and sd.max() <= 0.3 and np.mean(sd) == pytest.approx(0.2, abs=0.01)
     assert np.std(bias_diff) == pytest.approx(0.7 * np.sqrt(2), rel=0.13)
-    assert M.TRUTH_PRIORS["tanh"].noise_sd[1] <= M.TRUTH_PRIORS["linear"].noise_sd[0]
+    assert T.TRUTH_PRIORS["tanh"].noise_sd[1] <= T.TRUTH_PRIORS["linear"].noise_sd[0]
 
 
 def test_atom_vectors_are_the_losses_atoms():
@@ -134,6 +135,6 @@ def test_bad_input_refused_by_name(args, kwargs, error, name):
 def test_bad_prior_refused_by_name():
     for bad in ((0.5, 0.1), 0.2, (0.1, 0.2, 0.3), (0.0, 0.1), ("a", 0.1)):
         with pytest.raises(ValueError, match="noise_sd"):
-            M.TruthPrior(noise_sd=bad)
+            T.TruthPrior(noise_sd=bad)
     with pytest.raises(ValueError, match="gate_slope_scale"):
-        M.TruthPrior(gate_slope_scale=-1.0)
+        T.TruthPrior(gate_slope_scale=-1.0)

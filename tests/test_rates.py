@@ -1,4 +1,4 @@
-"""fit_rate against scipy's linregress and exact power laws, interval coverage on synthetic data,
+"""fit_rate (the compatibility wrapper over estimate_rate) against scipy's linregress and exact power laws, interval coverage on synthetic data,
 property tests; theory_rate against THEORY.md section 4 and the D2 exponent table."""
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def test_matches_linregress_and_tidy_layout():
     assert fit.stderr == pytest.approx(ref.stderr, rel=1e-10)
     assert (fit.ci_low, fit.ci_high) == pytest.approx((ref.slope - half, ref.slope + half), rel=1e-10)
     # one entry per replicate, in any order, gives the same fit (and the same bootstrap groups)
-    tidy = R.fit_rate(np.repeat(SIZES, errors.shape[1]), errors.reshape(-1))
+    tidy = R.fit_rate(np.repeat(SIZES, errors.shape[1]), errors.reshape(-1), average="mean")
     assert tidy.slope == fit.slope and tidy.ci_low == fit.ci_low and tidy.boot_low == fit.boot_low
     order = rng.permutation(errors.size)
-    shuffled = R.fit_rate(np.repeat(SIZES, errors.shape[1])[order], errors.reshape(-1)[order], n_boot=0)
+    shuffled = R.fit_rate(np.repeat(SIZES, errors.shape[1])[order], errors.reshape(-1)[order], average="mean", n_boot=0)
     assert shuffled.slope == pytest.approx(fit.slope, rel=1e-12)
 
 
@@ -54,7 +54,7 @@ def test_averages(average, summary):
     fit = R.fit_rate(SIZES, errors, average=average, n_boot=0)
     assert np.allclose(fit.average, summary(errors, axis=1))
     assert fit.slope == pytest.approx(stats.linregress(np.log(SIZES), np.log(fit.average)).slope, rel=1e-12)
-    assert np.isnan(fit.boot_low) and fit.method == average
+    assert np.isnan(fit.boot_low) and fit.method == R.canonical_average(average)
 
 
 def test_interval_coverage_on_synthetic_power_laws():
@@ -186,3 +186,13 @@ def test_numpy_scalars_are_accepted_for_level():
     a = mixsim.fit_rate(n, errors, level=np.float32(0.9))
     b = mixsim.fit_rate(n, errors, level=0.9)
     assert a.ci_low == pytest.approx(b.ci_low, rel=1e-6) and a.level == pytest.approx(0.9)
+
+
+def test_fit_rate_is_a_wrapper_with_estimate_rates_defaults():
+    errors = synthetic(np.random.default_rng(8))
+    fit, est = R.fit_rate(SIZES, errors), R.estimate_rate(SIZES, errors)
+    assert fit.method == est.average == "log"
+    assert fit.slope == pytest.approx(est.slope, rel=1e-12) and fit.intercept == pytest.approx(est.intercept, rel=1e-12)
+    assert (fit.boot_low, fit.boot_high) == (est.slope_low, est.slope_high)
+    np.testing.assert_allclose(fit.local_slopes, est.local_slopes, rtol=1e-12)
+    assert R.fit_rate(SIZES, errors, average="logmean").slope == fit.slope  # the earlier name of "log"

@@ -3,7 +3,6 @@ the spec imports neither the fitter nor mixsim.nn, one metric registry, one seed
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -48,15 +47,19 @@ def test_every_shipped_spec_keeps_its_hash():
 
 
 def test_paper_repro_full_specs_keep_their_hashes():
+    """The claim test's full scale (now mixsim.study.claim, run by paper_repro.py and mixsim repro)."""
     import tomllib
 
-    spec = importlib.util.spec_from_file_location("paper_repro_for_hashes", ROOT / "paper_repro.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from mixsim.study.claim import SCALES, claim_spec
+
+    kinds = {"softmax_exact": "exact", "competition_exact": "exact", "softmax_overfit_ensemble": "overfit",
+             "competition_overfit_ensemble": "overfit", "softmax_overfit_tanh": "control",
+             "competition_overfit_tanh": "control"}
     for name, want in PAPER_FULL_HASHES.items():
         path = ROOT / "studies" / f"{name}.toml"
-        doc = apply_overrides(tomllib.loads(path.read_text()), dict(mod.SCALES["full"][mod.kind_of(name)]))
+        doc = apply_overrides(tomllib.loads(path.read_text()), dict(SCALES["full"][kinds[name]]))
         assert StudySpec.from_dict(doc, source=str(path), default_name=name).hash == want, name
+        assert claim_spec(name, "full").hash == want, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +148,15 @@ def test_old_names_are_aliases():
     import mixsim.nn._experiment as exp
     import mixsim.study as study
 
-    assert study.Engine is study.RunnerHooks
-    assert study.BACKENDS == study.JOBLIB_BACKENDS == ("loky", "threading", "sequential", "dask")
+    with pytest.warns(DeprecationWarning, match="RunnerHooks"):
+        assert study.Engine is study.RunnerHooks  # the fitting engine is mixsim.fitting.engine
+    with pytest.warns(DeprecationWarning, match="JOBLIB_BACKENDS"):
+        assert study.BACKENDS == study.JOBLIB_BACKENDS == ("loky", "threading", "sequential", "dask")
+    assert "Engine" not in study.__all__ and "BACKENDS" not in study.__all__
+    from mixsim.study import metrics
+    assert metrics.measure is metrics.compute_metrics and "measure" not in metrics.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        study.no_such_name  # noqa: B018
     assert study.METRICS is study.MLE_METRICS and set(study.METRICS) <= set(REGISTRY)
     assert exp.task_seed is replicate_seed and exp.METRICS == study.NN_METRICS
     assert set(study.NN_METRICS) <= set(REGISTRY)
@@ -155,11 +165,11 @@ def test_old_names_are_aliases():
 def test_every_metric_is_one_function_of_a_context():
     import torch
 
-    from mixsim.study.metrics import HeldOut, measure
+    from mixsim.study.metrics import HeldOut, compute_metrics
 
     ctx = MetricContext(None, HeldOut(prediction=torch.tensor([1.0, 2.0]), labels=torch.tensor([1.0, 0.0]),
                                       mean=torch.tensor([0.0, 2.0])), n=10, k=2, seed=0)
-    assert measure(["test_mse", "excess_mse"], ctx) == {"test_mse": 2.0, "excess_mse": 0.5}
+    assert compute_metrics(["test_mse", "excess_mse"], ctx) == {"test_mse": 2.0, "excess_mse": 0.5}
 
 
 def test_nested_torch_threads_restore_the_enclosing_count(one_thread):

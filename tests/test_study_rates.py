@@ -1,4 +1,5 @@
-"""Rate tables read off a results table: slopes against a known power law, what is left out, theory columns."""
+"""Rate tables read off a results table: slopes against a known power law and against estimate_rate (the one
+rate path, with the [rates] table the study declared), what is left out, theory columns."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import pytest
 pytest.importorskip("mixsim.rates")
 
 from mixsim.study import COLUMNS  # noqa: E402
-from mixsim.study import local_rate_table, rate_table, run_study  # noqa: E402
+from mixsim.rates import estimate_rate  # noqa: E402
+from mixsim.study import local_rate_table, rate_table, read_meta, run_study  # noqa: E402
 
 import test_study_support as sup  # noqa: E402
 
@@ -31,10 +33,10 @@ def synthetic(slope: float = -0.5, sizes=(100, 300, 1000, 3000, 10000), reps: in
 def test_slope_of_a_known_power_law():
     table = rate_table(synthetic(-0.5), true_k=2)
     (row,) = table.to_dict("records")  # loglik is no error: no rate for it
-    assert row["metric"] == "D1" and row["n_points"] == 5 and row["rows"] == 100
+    assert row["metric"] == "D1" and row["n_sizes"] == 5 and row["rows"] == 100 and row["average"] == "log"
     # 20 log-normal(sd 0.2) replicates per size: the mean's log wobbles by ~0.05, so the slope by < 0.05
     assert row["slope"] == pytest.approx(-0.5, abs=0.05)
-    assert row["ci_low"] < -0.5 < row["ci_high"] and row["boot_low"] < row["boot_high"]
+    assert row["slope_low"] < -0.5 < row["slope_high"] and row["power_law"] in (True, False)
     assert row["theory_exponent"] == -0.5 and row["theory_in_ci"] and row["theory_tag"]
     assert len(json.loads(row["local_slopes"])) == 4
 
@@ -50,7 +52,7 @@ def test_failed_and_nonpositive_values_are_left_out_and_counted():
 
 def test_min_n_and_metric_selection():
     df = synthetic()
-    assert rate_table(df, min_n=1000).iloc[0]["n_points"] == 3
+    assert rate_table(df, min_n=1000).iloc[0]["n_sizes"] == 3
     assert list(rate_table(df, metrics=["D1"])["metric"]) == ["D1"]
 
 
@@ -68,3 +70,29 @@ def test_rate_table_from_a_results_directory_has_theory(tmp_path):
     assert {"D1", "D2"} <= set(table["metric"])
     d2 = table[(table["metric"] == "D2")].iloc[0]
     assert d2["fitted_k"] == 3 and np.isfinite(d2["theory_exponent"])
+
+
+def test_each_row_is_estimate_rate_of_its_series():
+    df = synthetic()
+    rows = df[df["metric"] == "D1"]
+    for options in ({}, {"average": "median", "n_boot": 500, "interval": "bca", "rng": 3}):
+        row = rate_table(df, **options).iloc[0]
+        est = estimate_rate(rows["n"], rows["value"], replicate=rows["replicate"], **options)
+        for name, value in est.to_row().items():
+            assert row[name] == value or (value != value and row[name] != row[name]), name
+        others = [a for a in ("log", "median", "mean") if a != est.average]
+        for a in others:  # reported beside the declared average
+            assert row[f"{a}_slope"] == pytest.approx(estimate_rate(rows["n"], rows["value"], average=a).slope, rel=1e-12)
+
+
+def test_a_directory_uses_the_rates_table_recorded_when_the_study_was_created(tmp_path):
+    spec = sup.tiny_spec().with_overrides({"rates.average": "median"})
+    out = tmp_path / "out"
+    df = run_study(spec, out, engine=sup.FAKE, progress=False)
+    assert read_meta(out)["spec"]["rates"] == {"average": "median"}
+    table = rate_table(out)
+    assert set(table["average"]) == {"median"} and "median_slope" not in table and "log_slope" in table
+    row = table[table["metric"] == "D1"].iloc[0]
+    rows = df[(df["metric"] == "D1") & (df["gate"] == row["gate"]) & (df["fitted_k"] == row["fitted_k"])]
+    assert row["slope_low"] == estimate_rate(rows["n"], rows["value"], average="median").slope_low
+    assert set(rate_table(out, average="mean")["average"]) == {"mean"}  # an explicit option wins

@@ -18,7 +18,7 @@ import pytest
 import test_study_support as sup
 from mixsim.study import COLUMNS, read_meta
 from mixsim.study import (
-    Engine,
+    RunnerHooks,
     StudyMismatchError,
     load_results,
     load_study,
@@ -72,7 +72,7 @@ def test_gates_at_one_replicate_see_the_same_data(tmp_path, monkeypatch):
         return sup.fake_fit_batch(Xs, ys, k, **kw)
 
     spec = sup.tiny_spec(**{"fit.gates": ["softmax", {"name": "topk", "top_k": 1}], "grid.values": [200]})
-    run_study(spec, tmp_path / "out", engine=Engine(fit_batch=spy), backend="sequential", progress=False)
+    run_study(spec, tmp_path / "out", engine=RunnerHooks(fit_batch=spy), backend="sequential", progress=False)
     assert len(seen) == 2 * 2 * 2  # gates x fitted k x blocks
     firsts = [ys for gate, top_k, k, ys in seen if ys.shape[0] == 2]
     for ys in firsts[1:]:
@@ -270,7 +270,7 @@ def test_failing_fit_is_recorded_the_study_goes_on_and_a_rerun_retries(tmp_path,
 
 
 def test_failing_metric_is_recorded_and_others_kept(tmp_path):
-    engine = Engine(fit_batch=sup.fake_fit_batch, voronoi_loss=sup.failing_voronoi_loss)
+    engine = RunnerHooks(fit_batch=sup.fake_fit_batch, voronoi_loss=sup.failing_voronoi_loss)
     df = run_study(sup.tiny_spec(), tmp_path / "out", engine=engine, progress=False)
     bad = df[df["status"] == "metric_error"]
     assert set(bad["metric"]) == {"D1", "D2"} and bad["error"].str.contains("loss refused").all()
@@ -316,11 +316,11 @@ def test_nn_study_rows(tmp_path, counter):
 
     spec = StudySpec.from_dict({"name": "nn_tiny", "kind": "nn", "replications": 2, "grid": {"values": [64, 128]},
                                 "nn": {"n_experts": 4, "epochs": 1}})
-    df = run_study(spec, tmp_path / "out", engine=Engine(nn_task=sup.fake_nn_task), progress=False)
+    df = run_study(spec, tmp_path / "out", engine=RunnerHooks(nn_task=sup.fake_nn_task), progress=False)
     assert sup.fits_counted(counter) == 4  # one task per (n, replicate)
     assert set(df["gate"]) == {"softmax", "competition"} and (df["fitted_k"] == 4).all()
     assert len(df) == 2 * 2 * 2
-    threads = run_study(spec, tmp_path / "threads", n_jobs=2, backend="threading", engine=Engine(nn_task=sup.fake_nn_task), progress=False)
+    threads = run_study(spec, tmp_path / "threads", n_jobs=2, backend="threading", engine=RunnerHooks(nn_task=sup.fake_nn_task), progress=False)
     pd.testing.assert_frame_equal(sup.without_timing(df), sup.without_timing(threads))
 
 
@@ -330,7 +330,7 @@ def test_nn_error_text_becomes_status_error(tmp_path, monkeypatch):
     monkeypatch.setenv(sup.FAIL_ENV, "128")
     spec = StudySpec.from_dict({"name": "nn_tiny", "kind": "nn", "replications": 1, "grid": {"values": [64, 128]},
                                 "nn": {"n_experts": 4}})
-    df = run_study(spec, tmp_path / "out", engine=Engine(nn_task=sup.fake_nn_task), progress=False)
+    df = run_study(spec, tmp_path / "out", engine=RunnerHooks(nn_task=sup.fake_nn_task), progress=False)
     bad = df[df["status"] == "error"]
     assert list(bad["n"]) == [128] and list(bad["error"]) == ["RuntimeError: loss is NaN"]
     assert study_status(tmp_path / "out").failed == 1

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mixsim.fitting import FitResult
-from mixsim.study import Engine, StudySpec
+from mixsim.study import RunnerHooks, StudySpec
 
 COUNTER_ENV = "MIXSIM_TEST_FIT_COUNTER"  # file that gets one line per data set fitted
 SLEEP_ENV = "MIXSIM_TEST_FIT_SLEEP"  # seconds to sleep per fit call (to kill a run mid-way)
@@ -83,7 +83,7 @@ def fake_nn_task(options: dict, n_train: int, seed: int) -> list[dict]:
     return records
 
 
-FAKE = Engine(fit_batch=fake_fit_batch)
+FAKE = RunnerHooks(fit_batch=fake_fit_batch)
 
 
 def tiny_spec(**overrides: Any) -> StudySpec:

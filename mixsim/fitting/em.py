@@ -20,7 +20,7 @@ from .layout import Layout
 from .newton import measure
 
 if TYPE_CHECKING:
-    from .engine import EngineState
+    from .state import EngineState
 
 __all__ = ["run_em"]
 

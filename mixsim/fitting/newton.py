@@ -17,7 +17,7 @@ from .bounds import VarianceBounds, restrict
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .engine import EngineState
+    from .state import EngineState
 
 __all__ = ["run_newton", "measure", "stationarity", "newton_decrement"]
 

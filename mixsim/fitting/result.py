@@ -1,6 +1,7 @@
 """What a fit returns: :class:`FitResult` per data set, and :class:`ConvergenceWarning`."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -12,9 +13,8 @@ from ..options import FitOptions
 from .bounds import VarianceBounds
 from .engine import EngineOutcome
 from .layout import Layout, affine
-from .scaling import refuse_non_finite
 
-__all__ = ["ConvergenceWarning", "FitResult", "SearchRecord", "assemble_results"]
+__all__ = ["ConvergenceWarning", "FitResult", "SearchRecord", "assemble_results", "refuse_non_finite"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -211,3 +211,14 @@ def _result(layout: Layout, out: EngineOutcome, p: dict, active: dict, lower: np
         variance_bounded=bool(on),
         bounds_active=on,
     ))  # never "converged" with a non-finite likelihood or estimate
+
+
+def refuse_non_finite(res: FitResult) -> FitResult:
+    """``res`` (a FitResult), or a copy with ``converged=False`` and status ``non_finite`` when its
+    log-likelihood or any parameter is not finite, or a variance is not positive."""
+    p = res.params
+    values = [p.gate_weight, p.gate_bias, p.expert_weight, p.expert_bias, p.variance]
+    finite = math.isfinite(res.log_likelihood) and all(v is None or bool(np.all(np.isfinite(v))) for v in values)
+    if finite and bool(np.all(np.asarray(p.variance) > 0)):
+        return res
+    return replace(res, converged=False, status="non_finite")

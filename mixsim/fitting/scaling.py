@@ -11,8 +11,6 @@ range are fitted in rescaled units and mapped back exactly:
   total log-likelihood shifts by ``-n log(scale)`` (:func:`outcome_to_units_of_y`). Inside the
   band nothing is rescaled (so ordinary fits are unchanged to the bit).
 
-:func:`refuse_non_finite` makes sure a fit whose likelihood or estimate is not finite is never
-reported as converged.
 """
 from __future__ import annotations
 
@@ -27,10 +25,9 @@ import torch
 if TYPE_CHECKING:
     from .engine import EngineOutcome
     from .layout import Layout
-    from .result import FitResult
 
 __all__ = ["Y_BAND", "TINY_VARIANCE", "feature_scale", "response_scale", "scale_start", "outcome_to_units_of_y",
-           "theta_to_units_of_y", "refuse_non_finite"]
+           "theta_to_units_of_y"]
 
 Y_BAND = 64  # y is rescaled when its spread is below 2**-64 or above 2**64 (squares stay far inside float64)
 TINY_VARIANCE = 2.0**-1038  # ~3e-313: below it a (subnormal) variance keeps fewer than 36 significant bits
@@ -111,14 +108,3 @@ def theta_to_units_of_y(layout: Layout, theta: torch.Tensor, scale: np.ndarray) 
     s = torch.as_tensor(scale, dtype=theta.dtype, device=theta.device)
     gw, gb, ew, eb, logv = torch.split(theta, layout.sizes, dim=-1)
     return torch.cat([gw, gb, ew * s[:, None], eb * s[:, None], logv + 2 * torch.log(s)[:, None]], dim=1)
-
-
-def refuse_non_finite(res: FitResult) -> FitResult:
-    """``res`` (a FitResult), or a copy with ``converged=False`` and status ``non_finite`` when its
-    log-likelihood or any parameter is not finite, or a variance is not positive."""
-    p = res.params
-    values = [p.gate_weight, p.gate_bias, p.expert_weight, p.expert_bias, p.variance]
-    finite = math.isfinite(res.log_likelihood) and all(v is None or bool(np.all(np.isfinite(v))) for v in values)
-    if finite and bool(np.all(np.asarray(p.variance) > 0)):
-        return res
-    return dataclasses.replace(res, converged=False, status="non_finite")

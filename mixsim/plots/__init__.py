@@ -43,7 +43,7 @@ from .draw import draw_error_vs_n, draw_local_slopes, plot_error_vs_n, plot_loca
 from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, sample_efficiency_data, summarise
 from .groups import GroupsData, draw_groups, groups_data, plot_groups
 from .matched import MATCHED_COLUMNS, draw_matched_gates, matched_gates_data, plot_matched_gates
-from .paper import GroupRatesData, draw_forest, draw_group_rates, forest_data, group_rates_data
+from .paper import GroupRatesData, claim_figures, draw_forest, draw_group_rates, forest_data, group_rates_data
 from .save import DPI, plot_study, save_figure
 from .style import (AVERAGE_NAMES, GATE_COLOURS, GROUP_LABELS, GROUP_NAMES, MAIN_METRICS, MARKERS, METRIC_LABELS, SERIES_KEYS,
                     PlotWarning)
@@ -62,7 +62,7 @@ __all__ = [
     "plot_study",
     # data, then drawing
     "draw_error_vs_n", "draw_local_slopes", "groups_data", "GroupsData", "draw_groups",
-    "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest",
+    "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest", "claim_figures",
     "summarise", "sample_efficiency_data", "draw_sample_efficiency",
     "matched_gates_data", "draw_matched_gates", "plot_matched_gates", "MATCHED_COLUMNS",
     # names and styles

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..rates import AVERAGES
 from ..study import FAILED_STATUSES, RateContext, as_table, local_rate_table, rate_context, rate_table, theory
-from .style import SERIES_KEYS, PlotWarning, as_by, as_list, canonical_average, rate_average, series_labels, sorted_keys
+from .style import SERIES_KEYS, PlotWarning, as_by, as_list, canonical_average, series_labels, sorted_keys
 
 #: Columns of an error-vs-n figure table (:func:`error_vs_n_data`).
 DATA_COLUMNS = [
@@ -136,18 +136,19 @@ def _points(group: pd.DataFrame, average: str, band: str) -> pd.DataFrame:
     for n, g in group.groupby("n", sort=True):
         values = g["value"].to_numpy(dtype=float)
         low, high = BANDS[band](values, average)
-        rows.append({"kind": "point", "n": int(n), "value": float(AVERAGES[rate_average(average)](values, 0)),
+        rows.append({"kind": "point", "n": int(n), "value": float(AVERAGES[canonical_average(average)](values, 0)),
                      "low": low, "high": high, "replicates": int(values.size)})
     return pd.DataFrame(rows)
 
 
 def _rates(used: pd.DataFrame, average: str, level: float) -> dict[tuple, Any]:
-    """The rate table's row per series key (slope, t-interval, intercept, n_min, n_max). A figure
-    series pools the truths of an ensemble, so the table is asked for one rate per series."""
+    """The rate table's row per series key (slope, its bootstrap interval at ``level``, intercept,
+    n_min, n_max). A figure series pools the truths of an ensemble, so the table is asked for one
+    rate per series."""
     if used.empty:
         return {}
     pooled = used.drop(columns="truth", errors="ignore")
-    table = rate_table(pooled, metrics=sorted(set(used["metric"])), average=rate_average(average), level=level, n_boot=0)
+    table = rate_table(pooled, metrics=sorted(set(used["metric"])), average=canonical_average(average), level=level)
     return {(r.study, r.gate, int(r.fitted_k), r.metric): r for r in table.itertuples(index=False)}
 
 
@@ -158,7 +159,7 @@ def _fit_rows(rate: Any) -> pd.DataFrame:
     ends = np.array([rate.n_min, rate.n_max])
     fitted = np.exp(rate.intercept + rate.slope * np.log(ends))
     return pd.DataFrame({"kind": "fit", "n": ends.astype(int), "value": fitted, "slope": rate.slope,
-                         "ci_low": rate.ci_low, "ci_high": rate.ci_high})
+                         "ci_low": rate.slope_low, "ci_high": rate.slope_high})
 
 
 def _theory_rows(points: pd.DataFrame, rate: Any, exponent: float, tag: str, anchor: str) -> pd.DataFrame:
@@ -168,7 +169,10 @@ def _theory_rows(points: pd.DataFrame, rate: Any, exponent: float, tag: str, anc
         n0, y0 = n[0], float(points["value"].iloc[0])
     else:  # the fitted line's geometric centre (the points' sizes are the rate's sizes)
         n0 = float(np.exp(np.mean(np.log(n))))
-        y0 = float(np.exp(rate.intercept + rate.slope * np.log(n0)))
+        if rate is not None:
+            y0 = float(np.exp(rate.intercept + rate.slope * np.log(n0)))
+        else:  # no rate (one replicate per size): the centre of the points, where that line would pass
+            y0 = float(np.exp(np.mean(np.log(points["value"].to_numpy(dtype=float)))))
     ends = n[[0, -1]]
     return pd.DataFrame({"kind": "theory", "n": ends.astype(int), "value": y0 * (ends / n0) ** exponent,
                          "exponent": exponent, "tag": tag})
@@ -265,8 +269,9 @@ def error_vs_n_data(
         replicates, dropped, slope, ci_low, ci_high, exponent, tag``. ``kind`` is ``"point"``
         (the average at one n; ``low``/``high`` the band, ``replicates`` used, ``dropped`` NaN or
         <= 0 values left out), ``"fit"`` (the two ends of the line of the series' row of
-        :func:`mixsim.study.rate_table`; ``slope``, ``ci_low``, ``ci_high``; absent with a single
-        n) or ``"theory"`` (the two ends of the reference line drawn for the series' exponent;
+        :func:`mixsim.study.rate_table`; ``slope``, ``ci_low``, ``ci_high``: the slope and its
+        bootstrap interval, ``slope_low`` and ``slope_high`` there; absent without two sizes of
+        two replicates or more) or ``"theory"`` (the two ends of the reference line drawn for the series' exponent;
         ``exponent``, ``tag`` the series' own; absent with a single n or where theory has none).
         Series that share an exponent share one line: over the union of their sizes, through the
         geometric mean of their anchors.
@@ -284,7 +289,7 @@ def local_frame(df: pd.DataFrame, ctx: RateContext, metric: str | Sequence[str],
                 average: str, gates: Any, fitted_k: Any, warn: bool = True) -> pd.DataFrame:
     """:func:`local_slopes_data` of a loaded table and its :class:`mixsim.study.RateContext`."""
     used = loggable(select(df, as_list(metric), gates, fitted_k), warn)
-    local = local_rate_table(used, average=rate_average(average))
+    local = local_rate_table(used, average=canonical_average(average))
     if local.empty:
         return local.assign(series=pd.Series(dtype=object), exponent=pd.Series(dtype=float), tag=pd.Series(dtype=object))
     rows = [tuple(r) for r in local[list(SERIES_KEYS)].itertuples(index=False)]

@@ -185,7 +185,7 @@ def plot_error_vs_n(
     Every (study, gate, fitted k, metric) in the selected rows is its own series (never pooled):
     points at the average over replicates with a band, the least-squares line of the series' row
     of :func:`mixsim.study.rate_table` labelled ``"softmax k=3: slope -0.52 [-0.60, -0.44]"``
-    (the t-interval at ``level``), and where :func:`mixsim.rates.theory_rate` has a prediction a
+    (its bootstrap interval at ``level``), and where :func:`mixsim.rates.theory_rate` has a prediction a
     dashed line ``C n^exponent``, one per distinct exponent, labelled ``"theory n^-1/2 [A/B, B]"``
     (the exponent and the confidence tags of the series it stands for; in the colour of those
     series when they share one, grey otherwise). The same as
@@ -211,7 +211,7 @@ def plot_error_vs_n(
         Bars around each point (:data:`mixsim.plots.BANDS`); their meaning is the legend's title.
         ``"se"`` needs ``average`` "mean" or "log".
     level : float, default 0.95
-        Confidence level of the slope's t-interval.
+        Confidence level of the slope's bootstrap interval (:func:`mixsim.rates.estimate_rate`).
     theory : bool, default True
         Draw the theory's reference slopes.
     anchor : {"centre", "first"}, default "centre"

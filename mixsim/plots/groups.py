@@ -197,7 +197,7 @@ def _notes(data: GroupsData) -> list[str]:
         "",
         band_text(data.band, data.average).replace("; ", "\n"),
         "solid: least-squares fit; box: its slope",
-        f"  [{data.level:.0%} t-interval] per series",
+        f"  [{data.level:.0%} bootstrap interval] per series",
         ("dashed: theory's rate where it has one, one\n  line per exponent (grey: shared by gates)"
          if data.theory else "no theory lines (turned off, or true k unknown)"),
         "",

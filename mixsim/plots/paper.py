@@ -1,5 +1,6 @@
-"""Figures of the claim test (``paper_repro.py``): rate estimates per parameter group, and the
-per-truth slope differences between two gates (a forest plot).
+"""Figures of the claim test (``mixsim repro``, ``paper_repro.py``): rate estimates per parameter group,
+and the per-truth slope differences between two gates (a forest plot); :func:`claim_figures` draws
+and saves them all.
 
 Both are drawn from estimates, never refitted: :func:`group_rates_data` reads the
 :class:`mixsim.rates.RateEstimate` of each (study, truth, metric) (what
@@ -9,6 +10,7 @@ a comparison table (one row per truth and group, from :func:`mixsim.rates.compar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +18,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..losses import GROUPS
+from ..study import load_results
+from ..study.claim import CONTROL, EXACT, OVERFIT, ClaimTables
+from .data import error_vs_n_data
+from .draw import draw_error_vs_n
+from .save import save_figure
 from .style import GATE_COLOURS, GROUP_NAMES
 
 
@@ -193,3 +200,42 @@ def draw_forest(data: pd.DataFrame, fig: Figure | None = None, *, titles: Mappin
     axes[0].set_ylim(max(truths, default=0) + 0.5, -0.5)
     fig.suptitle("Per-truth slope differences with 95% bootstrap intervals (green: competition faster, red: slower)")
     return axes
+
+
+def claim_figures(tables: ClaimTables, folder: str | Path) -> list[Path]:
+    """Draw and save every figure of the claim test (each with the numbers it shows as CSV, by
+    :func:`mixsim.plots.save_figure`); return the PNG paths.
+
+    ``tables`` is :func:`mixsim.study.claim_tables`' result: the exact-fitted D1 of each reference
+    study (error against n), the over-fitted group rates of both gates, the forest plot of the
+    per-truth slope differences, and the tanh control's group rates. Nothing is refitted here.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Figure, stem: str, data: pd.DataFrame) -> None:
+        save_figure(fig, folder / stem, data)
+        written.append(folder / f"{stem}.png")
+
+    for study in EXACT:
+        fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+        data = error_vs_n_data(load_results(tables.out / study), "D1", by=("gate", "fitted_k"), true_k=2)
+        ax = draw_error_vs_n(data, fig.add_subplot(), by=("gate", "fitted_k"))
+        ax.set_title(f"{study}: Voronoi loss D1 (exact fit)")
+        save(fig, f"{study}_D1", data)
+    fig = Figure(figsize=(17, 7.5), layout="constrained")
+    data = group_rates_data(tables.estimates, OVERFIT, tables.weighting)
+    draw_group_rates(data, fig)
+    save(fig, "overfit_groups_softmax_vs_competition", data.points)
+
+    fig = Figure(figsize=(17, 6.5), layout="constrained")
+    forest = forest_data(tables.comparisons, "claim")
+    draw_forest(forest, fig)
+    save(fig, "forest_slope_differences", forest)
+
+    fig = Figure(figsize=(17, 7.5), layout="constrained")
+    data = group_rates_data(tables.estimates, CONTROL, tables.weighting)
+    draw_group_rates(data, fig)
+    save(fig, "control_tanh_groups", data.points)
+    return written

@@ -12,7 +12,7 @@ from ..study import FAILED_STATUSES, RATE_EXCLUDED_METRICS
 from .data import error_vs_n_frame, load, local_frame
 from .draw import draw_error_vs_n, draw_local_slopes, plotted_data
 from .groups import draw_groups, groups_frame
-from .style import MAIN_METRICS, PlotWarning, metric_label
+from .style import AVERAGE_TEXT, MAIN_METRICS, PlotWarning, canonical_average, metric_label
 
 #: Resolution of saved PNGs.
 DPI = 150
@@ -71,7 +71,8 @@ def plot_study(results_dir: str | Path, out_dir: str | Path | None = None) -> li
     Figures (each as PNG, PDF and CSV): ``error_vs_n_<metric>`` and ``local_slopes_<metric>``
     for D1, D2, hellinger and tv where recorded (every error metric for a network study), and
     ``groups_<weighting>`` for each weighting of the per-group errors recorded. Lines per gate
-    and fitted k; theory lines from the study's truth. Drawn on :class:`matplotlib.figure.Figure`
+    and fitted k; theory lines from the study's truth. Points, lines and slopes use the average the
+    study declared before its run (``[rates] average`` in study.json), as ``mixsim rates`` does. Drawn on :class:`matplotlib.figure.Figure`
     objects without pyplot, so it runs headless and leaves no open figures behind.
 
     Parameters
@@ -93,22 +94,25 @@ def plot_study(results_dir: str | Path, out_dir: str | Path | None = None) -> li
         warnings.warn(f"{results_dir}: no finished fits to plot", PlotWarning, stacklevel=2)
         return []
     by = ("gate", "fitted_k")
+    average = canonical_average(ctx.rates.get("average", "mean"))  # a directory without [rates]: the mean, as before
+    band = "quartiles" if average == "median" else "se"
+    words = AVERAGE_TEXT[average]
     written: list[Path] = []
     for metric in main:
         fig = _new_figure((7.5, 5.5))
-        data = error_vs_n_frame(df, ctx, metric, by=by, average="mean", band="se", level=0.95, theory=True,
+        data = error_vs_n_frame(df, ctx, metric, by=by, average=average, band=band, level=0.95, theory=True,
                                 anchor="centre", gates=None, fitted_k=None)
-        draw_error_vs_n(data, fig.subplots(), by=by, families=ctx.families, ylabel=f"{metric_label([metric])} (mean)")
+        draw_error_vs_n(data, fig.subplots(), by=by, families=ctx.families, ylabel=f"{metric_label([metric])} ({words})")
         written += save_figure(fig, out / f"error_vs_n_{metric}", data)
         fig = _new_figure((7.5, 5.5))
-        data = local_frame(df, ctx, metric, by=by, average="mean", gates=None, fitted_k=None, warn=False)  # warned above
+        data = local_frame(df, ctx, metric, by=by, average=average, gates=None, fitted_k=None, warn=False)  # warned above
         draw_local_slopes(data, fig.subplots(), by=by, families=ctx.families,
-                          ylabel=f"local slope of log mean {metric_label([metric])}")
+                          ylabel=f"local slope of log {words} {metric_label([metric])}")
         written += save_figure(fig, out / f"local_slopes_{metric}", data)
     recorded = [w for w in ("unweighted", "weighted", "share", "centre") if has_groups and df["metric"].str.endswith(f"_{w}").any()]
     for weighting in recorded:
         fig = _new_figure((15.0, 11.0))
-        data = groups_frame(df, ctx, weighting=weighting, by=by)
+        data = groups_frame(df, ctx, weighting=weighting, by=by, average=average, band=band)
         draw_groups(data, fig)
         fig.suptitle(f"{', '.join(sorted(set(df['study'])))}: per-group errors ({weighting})")
         written += save_figure(fig, out / f"groups_{weighting}", data.table)

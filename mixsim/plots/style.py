@@ -6,9 +6,8 @@ triangle, ...); labels read ``"softmax k=3"``, with the metric when it varies an
 where labels would otherwise coincide.
 
 Averages carry the study spec's names (:data:`mixsim.rates.SLOPE_AVERAGES`): ``"mean"``,
-``"median"`` and ``"log"`` (the geometric mean; the canonical name). ``"logmean"``, the name
-:data:`mixsim.rates.AVERAGES` and :func:`mixsim.rates.fit_rate` use, is accepted as an alias of
-``"log"`` everywhere in :mod:`mixsim.plots`.
+``"median"`` and ``"log"`` (the geometric mean; the canonical name). ``"logmean"``, an earlier
+name, is accepted as an alias of ``"log"`` everywhere in :mod:`mixsim.plots`.
 """
 from __future__ import annotations
 
@@ -85,9 +84,8 @@ class PlotWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------
 
 def rate_average(average: str) -> str:
-    """The name :func:`mixsim.rates.fit_rate` (and so the rate tables) use for an average."""
-    name = canonical_average(average)
-    return "logmean" if name == "log" else name
+    """Deprecated: :func:`mixsim.rates.canonical_average` (the rates now use the same names as the plots)."""
+    return canonical_average(average)
 
 
 def as_list(value: Any) -> list | None:
@@ -143,7 +141,7 @@ def fit_text(fit: pd.DataFrame) -> str:
     row = fit.iloc[0]
     if np.isfinite(row["ci_low"]):
         return f"slope {row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-    return f"slope {row['slope']:.2f} (two sizes: no interval)"
+    return f"slope {row['slope']:.2f} (no interval)"
 
 
 def metric_label(metrics: Sequence[str]) -> str:

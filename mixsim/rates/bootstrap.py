@@ -65,8 +65,10 @@ def as_groups(n: Any, errors: Any) -> tuple[np.ndarray, list[np.ndarray]]:
 #: Averages of the replicate errors at one size, as a **log** average along the last axis, for
 #: :func:`mixsim.rates.estimate_rate`: ``"log"`` (mean of log errors = log of the geometric mean; the primary
 #: choice: a few fits far off move it little), ``"median"`` (log of the median) and ``"mean"`` (log
-#: of the arithmetic mean, as the reference plots). ``"logmean"`` (the name :data:`mixsim.rates.AVERAGES` uses)
-#: is accepted as an alias of ``"log"``.
+#: of the arithmetic mean, as the reference plots). ``"logmean"`` (an earlier name) is accepted as an
+#: alias of ``"log"``.
+
+
 def _log_of(summary: Callable[..., np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """Log of ``summary`` (mean, median) over the last axis of positive errors, computed on the
     errors divided by their largest, so that errors near float64's maximum do not overflow."""
@@ -81,7 +83,7 @@ SLOPE_AVERAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "median": _log_of(np.median),
     "mean": _log_of(np.mean),
 }
-#: Other names accepted for an average: ``"logmean"`` (the name :func:`mixsim.rates.fit_rate` uses) for ``"log"``.
+#: Other names accepted for an average: ``"logmean"`` (the name of mixsim 0.1's ``fit_rate``) for ``"log"``.
 AVERAGE_ALIASES = {"logmean": "log"}
 
 #: Bootstrap interval methods. ``"percentile"`` (the default): percentiles of the resampled

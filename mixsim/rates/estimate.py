@@ -23,6 +23,13 @@ from .bootstrap import (INTERVALS, Resampled, canonical_average, check_replicate
 #: (no rate: the verdict is "cannot tell").
 FALLBACKS = ("upper_half", "none")
 
+#: The keys of :meth:`RateEstimate.to_row`, in order: the columns of a rate table's estimate.
+RATE_ROW_COLUMNS = [
+    "average", "interval", "level", "n_boot", "slope", "slope_low", "slope_high", "intercept", "lower_slope", "lower_low",
+    "lower_high", "upper_slope", "upper_low", "upper_high", "curvature", "curvature_low", "curvature_high", "power_law",
+    "rate_source", "rate", "rate_low", "rate_high", "n_sizes", "n_min", "n_max", "replicates_min", "note",
+]
+
 #: Verdict words for "a minus b" of a quantity where smaller means faster (slopes, log sample sizes).
 VERDICTS = ("faster", "slower", "cannot tell")
 
@@ -119,11 +126,7 @@ class RateEstimate:
 
     def to_row(self) -> dict[str, Any]:
         """The scalar results as one flat dict (a row of a rates table)."""
-        names = ("average", "interval", "level", "n_boot", "slope", "slope_low", "slope_high", "intercept",
-                 "lower_slope", "lower_low", "lower_high", "upper_slope", "upper_low", "upper_high",
-                 "curvature", "curvature_low", "curvature_high", "power_law", "rate_source", "rate", "rate_low",
-                 "rate_high")
-        row = {name: getattr(self, name) for name in names}
+        row = {name: getattr(self, name) for name in RATE_ROW_COLUMNS[:-5]}
         return row | {"n_sizes": int(self.sizes.size), "n_min": float(self.sizes[0]), "n_max": float(self.sizes[-1]),
                       "replicates_min": int(self.n_replicates.min()), "note": self.note}
 

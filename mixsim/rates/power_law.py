@@ -1,5 +1,6 @@
-"""Power-law fits of errors against sample size: :func:`fit_rate` (the average error at each size,
-its log regressed on log n, with a t-interval, a bootstrap interval and local slopes)."""
+"""The earlier rate function, :func:`fit_rate`, kept for compatibility: a thin wrapper over the one rate
+path (:func:`mixsim.rates.estimate_rate`, whose defaults it shares) that adds the t-interval of the
+least-squares slope. New code: :func:`mixsim.rates.estimate_rate` (or :func:`mixsim.study.rate_table`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,13 +10,8 @@ import numpy as np
 from scipy import stats
 
 from ..checks import check_level
-from ..model import as_rng
-from .bootstrap import as_groups, ols_slope
-
-
-# ---------------------------------------------------------------------------------------------
-# estimating a rate
-# ---------------------------------------------------------------------------------------------
+from .bootstrap import SLOPE_AVERAGES, as_groups, canonical_average, ols_slope
+from .estimate import estimate_rate
 
 
 def _geometric_mean(errors: np.ndarray, axis: int) -> np.ndarray:
@@ -31,13 +27,13 @@ def _scaled(summary: Callable[..., np.ndarray]) -> Callable[[np.ndarray, int], n
     return scaled_summary
 
 
-#: How the replicate errors at one sample size are summarised before taking logs:
-#: ``mean`` (log of the mean error, as the reference plots do; the default), ``median``
-#: (log of the median), ``logmean`` (mean of log errors, i.e. log of the geometric mean).
+#: The averages by name, as functions ``(errors, axis) -> average error`` (not its log): the names of
+#: :data:`mixsim.rates.SLOPE_AVERAGES` (``"log"`` is the geometric mean; ``"logmean"`` is accepted
+#: for it by :func:`fit_rate`).
 AVERAGES: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "mean": _scaled(np.mean),
+    "log": _geometric_mean,
     "median": _scaled(np.median),
-    "logmean": _geometric_mean,
+    "mean": _scaled(np.mean),
 }
 
 
@@ -73,7 +69,7 @@ class RateFit:
     level : float
         Confidence level of both intervals.
     method : str
-        The key of :data:`AVERAGES` used.
+        The average used (a name of :data:`mixsim.rates.SLOPE_AVERAGES`).
     """
 
     slope: float
@@ -99,29 +95,21 @@ class RateFit:
         return bool(low <= exponent <= high)
 
 
-def _bootstrap_slopes(log_n: np.ndarray, groups: list[np.ndarray], average: Callable, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Slopes refitted on ``n_boot`` resamples (replicates drawn with replacement within each size)."""
-    log_avg = np.empty((n_boot, len(groups)))
-    for g, errs in enumerate(groups):
-        idx = rng.integers(0, errs.size, size=(n_boot, errs.size))
-        log_avg[:, g] = np.log(average(errs[idx], 1))
-    return ols_slope(log_n, log_avg)
-
-
 def fit_rate(
     n: Any,
     errors: Any,
     *,
-    average: str = "mean",
+    average: str = "log",
     level: float = 0.95,
-    n_boot: int = 2000,
+    n_boot: int = 4000,
     rng: Any = 0,
 ) -> RateFit:
-    """Fit ``error ~ C n^slope`` to replicate errors at several sample sizes.
+    """Fit ``error ~ C n^slope`` to replicate errors at several sample sizes (compatibility wrapper).
 
-    At each distinct size the replicate errors are summarised by ``average``; the slope is the
-    least-squares slope of ``log(average)`` on ``log(n)`` (each size counts once, however many
-    replicates it has).
+    The slope, intercept, local slopes and bootstrap interval are those of
+    :func:`mixsim.rates.estimate_rate` with the same ``average``, ``level``, ``n_boot`` and ``rng``
+    (its defaults too); this adds the t-interval of the least-squares slope. New code should call
+    :func:`mixsim.rates.estimate_rate`, which also checks curvature.
 
     Parameters
     ----------
@@ -131,14 +119,14 @@ def fit_rate(
         (m, R) (R replicates per size). At least 2 distinct sizes; 3 or more for a t-interval.
     errors : array of shape (N,) or (m, R)
         Per-replicate errors (losses, distances), finite and > 0.
-    average : {"mean", "median", "logmean"}, default "mean"
-        Summary of the replicates at one size (:data:`AVERAGES`). ``"mean"`` (log of the mean
-        error) is what the reference simulations plot; ``"logmean"`` (mean of log errors) is less
-        sensitive to a few bad fits.
+    average : {"log", "median", "mean"}, default "log"
+        Summary of the replicates at one size (:data:`mixsim.rates.SLOPE_AVERAGES`; ``"logmean"``
+        is accepted for ``"log"``). Until 0.2.0 the default was ``"mean"``.
     level : float, default 0.95
         Confidence level of the t and bootstrap intervals.
-    n_boot : int, default 2000
-        Bootstrap resamples; 0 skips the bootstrap (its bounds are then NaN).
+    n_boot : int, default 4000
+        Bootstrap resamples (at least 2 replicates per size); 0 skips the bootstrap (its bounds are
+        then NaN). Until 0.2.0 the default was 2000.
     rng : numpy Generator, int seed or None, default 0
         Randomness of the bootstrap (a fixed seed by default, so results are reproducible).
 
@@ -146,16 +134,13 @@ def fit_rate(
     -------
     RateFit
     """
-    if average not in AVERAGES:
-        raise ValueError(f"average must be one of {tuple(AVERAGES)}; got {average!r}")
+    average = canonical_average(average)
     level = check_level(level)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ValueError(f"n_boot must be an int >= 0; got {n_boot!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0 or n_boot == 1:
+        raise ValueError(f"n_boot must be 0 (no bootstrap) or an int >= 2; got {n_boot!r}")
     sizes, groups = as_groups(n, errors)
-    summarise = AVERAGES[average]
-    avg = np.array([summarise(g, 0) for g in groups])
-    log_n, log_avg = np.log(sizes), np.log(avg)
-    m = sizes.size
+    log_avg = np.array([SLOPE_AVERAGES[average](g) for g in groups])
+    log_n, m = np.log(sizes), sizes.size
     slope = float(ols_slope(log_n, log_avg))
     intercept = float(log_avg.mean() - slope * log_n.mean())
     if m > 2:
@@ -165,13 +150,12 @@ def fit_rate(
         ci = (slope - half, slope + half)
     else:
         stderr, ci = float("nan"), (float("nan"), float("nan"))
-    if n_boot > 0 and min(g.size for g in groups) >= 2:
-        boot = _bootstrap_slopes(log_n, groups, summarise, int(n_boot), as_rng(rng))
-        boot_ci = tuple(float(v) for v in np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2]))
-    else:
-        boot_ci = (float("nan"), float("nan"))
+    boot_ci = (float("nan"), float("nan"))
+    if n_boot > 0 and min(g.size for g in groups) >= 2:  # one replicate at a size: no interval (NaN), never a zero-width one
+        est = estimate_rate(n, errors, average=average, level=float(level), n_boot=int(n_boot), rng=rng)
+        boot_ci = (est.slope_low, est.slope_high)
     return RateFit(
         slope=slope, intercept=intercept, ci_low=ci[0], ci_high=ci[1], boot_low=boot_ci[0], boot_high=boot_ci[1],
-        n_points=int(m), local_slopes=np.diff(log_avg) / np.diff(log_n), average=avg, sizes=sizes,
+        n_points=int(m), local_slopes=np.diff(log_avg) / np.diff(log_n), average=np.exp(log_avg), sizes=sizes,
         n_replicates=np.array([g.size for g in groups]), stderr=stderr, level=float(level), method=average,
     )

@@ -12,19 +12,16 @@ predictions (:class:`HeldOut`), computed by :func:`mixsim.nn.run_nn_task` throug
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..model import sample_x
 from .seeds import replicate_streams
 
-if TYPE_CHECKING:
-    from .spec import GateSpec, StudySpec
-
 __all__ = [
     "MetricContext", "HeldOut", "Metric", "REGISTRY", "MLE_METRICS", "METRICS", "metric_applies",
-    "planned_metrics", "failed_metric_names", "measure",
+    "planned_metrics", "failed_metric_names", "compute_metrics",
 ]
 
 
@@ -51,7 +48,7 @@ class MetricContext:
         Shared by every fit of one (n, replicate): the Monte Carlo inputs of the density distances.
     """
 
-    spec: "StudySpec | None"
+    spec: Any  # a StudySpec (not imported: the spec imports this registry), or None
     result: Any
     n: int
     k: int
@@ -109,7 +106,7 @@ def _cells(ctx: MetricContext) -> dict[str, float]:
     return {f"cells_{key}": v for key, v in ctx.loss("cell_diagnosis")(ctx.result.params, ctx.spec.truth).items()}
 
 
-def eval_inputs(spec: "StudySpec", seed: int) -> np.ndarray:
+def eval_inputs(spec: Any, seed: int) -> np.ndarray:
     """The Monte Carlo inputs of the density distances of a replicate (its evaluation stream)."""
     rng = np.random.default_rng(replicate_streams(seed).eval)
     return sample_x(int(spec.losses["n_mc"]), spec.truth.dim, spec.x_dist, rng)
@@ -159,17 +156,17 @@ MLE_METRICS: dict[str, str] = {m.name: m.description for m in REGISTRY.values() 
 METRICS = MLE_METRICS  # the name mixsim.study has always exported
 
 
-def metric_applies(spec: "StudySpec", metric: str, k: int) -> bool:
+def metric_applies(spec: Any, metric: str, k: int) -> bool:
     """Whether a metric is recorded for a model with k experts: D1 only when exact-fitted, D2 only when over-fitted."""
     return REGISTRY[metric].applies(k, spec.true_k)
 
 
-def planned_metrics(spec: "StudySpec", k: int) -> list[str]:
+def planned_metrics(spec: Any, k: int) -> list[str]:
     """Requested metrics that apply to a model with k experts (:func:`metric_applies`)."""
     return [m for m in spec.metrics if metric_applies(spec, m, k)]
 
 
-def failed_metric_names(spec: "StudySpec", gate: "GateSpec", k: int, hooks: Any) -> list[str]:
+def failed_metric_names(spec: Any, gate: Any, k: int, hooks: Any) -> list[str]:
     """Metric names of a fit that failed: the requested ones, with "groups" expanded to its keys."""
     names = []
     for m in planned_metrics(spec, k):
@@ -183,9 +180,12 @@ def failed_metric_names(spec: "StudySpec", gate: "GateSpec", k: int, hooks: Any)
     return names
 
 
-def measure(names: Sequence[str], ctx: MetricContext) -> dict[str, float]:
+def compute_metrics(names: Sequence[str], ctx: MetricContext) -> dict[str, float]:
     """The rows of several metrics of one fit, merged in order (a metric that raises propagates)."""
     out: dict[str, float] = {}
     for name in names:
         out |= REGISTRY[name].compute(ctx)
     return out
+
+
+measure = compute_metrics  # deprecated: the earlier name (mixsim.fitting.newton.measure is another thing)

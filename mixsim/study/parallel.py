@@ -22,11 +22,10 @@ from .spec import StudySpec, load_study
 from .store import locked, now, prepare_out_dir, record_run, scan_tasks, write_task_file
 from .threads import torch_threads
 
-__all__ = ["JOBLIB_BACKENDS", "BACKENDS", "progress_bar", "run_study", "tie_to_parent"]
+__all__ = ["JOBLIB_BACKENDS", "progress_bar", "run_study", "tie_to_parent"]
 
 #: Backends of :func:`run_study` (joblib's, and Dask through joblib).
 JOBLIB_BACKENDS = ("loky", "threading", "sequential", "dask")
-BACKENDS = JOBLIB_BACKENDS  # the earlier name (mixsim.nn.BACKENDS are dispatch kernels, another thing)
 
 
 @contextlib.contextmanager

@@ -17,17 +17,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import fit_batch, losses
+from .. import losses
+from ..fitting import fit_batch
+from ..model import sample
 from ..options import NearTruthInit
 from .plan import fit_label, plan_units, study_fits
 from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
 from .results import FAILED_STATUSES, iter_rows
-from .seeds import replicate_seed, replicate_streams, task_data
+from .seeds import replicate_seed, replicate_streams
 from .spec import GateSpec, StudySpec
 from .threads import torch_threads
 
 __all__ = [
-    "RunnerHooks", "Engine", "Task", "fit_label", "plan_units", "plan_tasks", "fit_kwargs", "estimate_record",
+    "RunnerHooks", "Task", "task_data", "fit_label", "plan_units", "plan_tasks", "fit_kwargs", "estimate_record",
     "metric_rows", "run_task",
 ]
 
@@ -75,7 +77,6 @@ class RunnerHooks:
         return getattr(losses, name)
 
 
-Engine = RunnerHooks  # the earlier name (not the fitting engine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +231,14 @@ def fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
     if fs.init in ("near_truth", "search"):  # search: the protocol's starts beside its own
         kwargs |= dict(truth=spec.for_truth(task.truth).truth, init_options=NearTruthInit(**dict(fs.near_truth)))
     return kwargs | dict(fs.options) | dict(task.gate.options)
+
+
+def task_data(spec: StudySpec, n: int, replicate: int, truth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Regenerate the data set ``(X, y)`` of replicate ``replicate`` at sample size ``n`` of a study
+    (of truth ``truth`` in a study with several), from the replicate's data stream."""
+    seed = replicate_seed(spec.root_seed, n, replicate, truth)
+    data = np.random.default_rng(replicate_streams(seed).data)
+    return sample(spec.for_truth(truth).truth, n, rng=data, x_dist=spec.x_dist, sampling=spec.sampling)
 
 
 def _fit_block(spec: StudySpec, task: Task, seeds: list[int], hooks: RunnerHooks) -> list[Any]:

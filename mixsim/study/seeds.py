@@ -1,4 +1,4 @@
-"""Seeds from grid coordinates, and the data set of a replicate.
+"""Seeds from grid coordinates: a replicate's seed and its independent random streams.
 
 Replicate ``r`` at sample size ``n`` gets the integer seed ``replicate_seed(root_seed, n, r)``,
 drawn from ``SeedSequence(root_seed, spawn_key=(n, r))`` (in a study with several truths,
@@ -15,16 +15,9 @@ uniforms and the noise at every unit, so their arms are paired.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from ..model import sample
-
-if TYPE_CHECKING:
-    from .spec import StudySpec
-
-__all__ = ["Streams", "replicate_seed", "replicate_streams", "task_data"]
+__all__ = ["Streams", "replicate_seed", "replicate_streams"]
 
 
 def replicate_seed(root_seed: int, n: int, replicate: int, truth: int | None = None) -> int:
@@ -49,11 +42,3 @@ class Streams:
 def replicate_streams(seed: int) -> Streams:
     """Data, start and evaluation streams of a replicate, from its integer seed."""
     return Streams(*(np.random.SeedSequence(int(seed), spawn_key=(i,)) for i in range(3)))
-
-
-def task_data(spec: "StudySpec", n: int, replicate: int, truth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Regenerate the data set ``(X, y)`` of replicate ``replicate`` at sample size ``n`` of a study
-    (of truth ``truth`` in a study with several)."""
-    seed = replicate_seed(spec.root_seed, n, replicate, truth)
-    data = np.random.default_rng(replicate_streams(seed).data)
-    return sample(spec.for_truth(truth).truth, n, rng=data, x_dist=spec.x_dist, sampling=spec.sampling)

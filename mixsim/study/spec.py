@@ -72,6 +72,7 @@ from typing import Any, Mapping, Sequence
 
 from ..model import SAMPLINGS, MoEParams
 from ..options import FitOptions
+from .catalog import find_study
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
 from .spec_fields import FitSpec, GateSpec, SpecError
 from .spec_parse import RATES_DEFAULTS, parse_document
@@ -283,12 +284,13 @@ def apply_overrides(doc: dict[str, Any], overrides: Sequence[str] | Mapping[str,
 
 
 def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | None = None) -> StudySpec:
-    """Read a study spec from a TOML file and validate it.
+    """Read a study spec from a TOML file, or by name, and validate it.
 
     Parameters
     ----------
     path : str or Path
-        A ``.toml`` file.
+        A ``.toml`` file, or the name of a study (``"smoke"``): a local ``./studies/smoke.toml``
+        first, else the one shipped inside the package (:func:`mixsim.study.list_studies`).
     overrides : sequence of "key=value" strings, or mapping of dotted key to value, optional
         Applied before validation, e.g. ``["replications=5", "grid.values=[100, 200]"]``.
 
@@ -301,16 +303,17 @@ def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | 
     SpecError
         Naming the key: unknown key, wrong type, empty grid, invalid truth.
     FileNotFoundError
+        Neither a file nor a known study name (the message lists the known ones).
     """
-    path = Path(path)
-    text = path.read_text()
+    found = find_study(path)
+    text = found.path.read_text()
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: invalid TOML: {exc}") from exc
+        raise SpecError(f"{found.path}: invalid TOML: {exc}") from exc
     if overrides:
         doc = apply_overrides(doc, overrides)
-    return StudySpec.from_dict(doc, source=str(path), default_name=path.stem)
+    return StudySpec.from_dict(doc, source=str(found.path), default_name=found.name)
 
 
 _FIT_DEFAULTS = FitOptions()

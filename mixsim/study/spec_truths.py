@@ -9,7 +9,8 @@ import numpy as np
 
 from ..experts import EXPERTS
 from ..matching import MATCH_GATES, matched_truth
-from ..model import MoEParams, list_presets, preset, random_truth
+from ..model import MoEParams
+from ..truths import list_presets, preset, random_truth
 from .spec_fields import _MISSING, SpecError, _any, _float, _int, _str, _Table, _type_name
 
 __all__ = ["TRUTH_FIELDS", "parse_truths", "truth_to_dict"]

@@ -4,8 +4,8 @@ Layout of ``OUT/``::
 
     study.json          metadata: spec (normalised) and its hash, the TOML text, package versions,
                         git commit, one entry per run (when, where, backend, tasks, fits, failures)
-    tasks/*.json        one file per completed task: its units' rows and estimates (fitted
-                        parameters, log-likelihood, stationarity, ...), then a "#sha256:" footer line
+    tasks/*.json        one file per completed task: its units' rows and estimates (fitted parameters,
+                        log-likelihood, stationarity, certificate...), then a "#sha256:" footer line
     evals/METRIC/*.json metric rows recomputed from the stored estimates by ``mixsim evaluate``
                         (same format, one file per task file; they replace a task's rows of that metric)
     corrupt/            task files that failed their checksum (kept for inspection; their work is redone)
@@ -15,7 +15,6 @@ Layout of ``OUT/``::
 A *unit* is one (n, replicate, fit) cell of the study, where fit is ``<gate label>_k<fitted k>``
 (or ``nn``); a task is a block of units fitted together. Completion is tracked per unit, so a
 rerun, whatever its block size or number of jobs, does exactly the missing or failed units.
-
 The tidy table assembled from the task files is :mod:`mixsim.study.results`.
 """
 from __future__ import annotations
@@ -36,6 +35,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..version import __version__
 from .spec import SpecError, StudySpec
 
 __all__ = [
@@ -147,8 +147,8 @@ def _remove_stale_temporaries(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("mixsim", "numpy", "scipy", "torch", "pandas", "joblib", "tqdm", "dask", "distributed", "pyarrow"):
+    out: dict[str, str | None] = {"python": platform.python_version(), "mixsim": __version__}  # this code's own
+    for name in ("numpy", "scipy", "torch", "pandas", "joblib", "tqdm", "dask", "distributed", "pyarrow"):
         try:
             out[name] = _metadata.version(name)
         except _metadata.PackageNotFoundError:

@@ -1,5 +1,7 @@
-"""Rate tables read off a study's results: log-log slopes per gate, fitted k and metric, with the
-theory's prediction where :func:`mixsim.rates.theory_rate` has one.
+"""Rate tables read off a study's results: per gate, fitted k and metric, :func:`mixsim.rates.estimate_rate`
+with the ``[rates]`` table the study declared before the run, and the theory's prediction where
+:func:`mixsim.rates.theory_rate` has one. The one rate path: ``mixsim rates``, the figures and the
+claim test all read their rates from here.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..rates import fit_rate, theory_rate
+from ..rates import SLOPE_AVERAGES, RateEstimate, estimate_rate, theory_rate
 from .results import FAILED_STATUSES, load_results
 from .spec import StudySpec
 from .store import read_meta
 
-__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "theory", "RateContext", "rate_context", "rate_table", "local_rate_table"]
+__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "has_rate", "theory", "RateContext", "rate_context", "series_rate", "rate_table",
+           "local_rate_table"]
 
 #: Metrics that are not errors (no rate is fitted to them by default).
 RATE_EXCLUDED_METRICS = ("loglik",)
@@ -44,6 +47,13 @@ def _usable(df: pd.DataFrame, metrics: Sequence[str] | None, min_n: int | None) 
     return df[ok]
 
 
+def has_rate(rows: pd.DataFrame) -> bool:
+    """Whether one series can give a rate: at least 2 sample sizes, each with at least 2 replicates
+    (the bootstrap of :func:`mixsim.rates.estimate_rate` resamples replicates within each size)."""
+    counts = rows.groupby("n").size()
+    return len(counts) >= 2 and int(counts.min()) >= 2
+
+
 # Metric names of the results table that mixsim.rates.theory_rate spells differently.
 _THEORY_GROUP = {"tv": "total_variation"}
 
@@ -61,16 +71,18 @@ def theory(gate: str, fitted_k: int, true_k: int | None, metric: str, expert: st
 
 @dataclass(frozen=True)
 class RateContext:
-    """What the rate table needs from a study's spec: true k, each gate label's family, the expert."""
+    """What the rate table needs from a study's spec: true k, each gate label's family, the expert,
+    and the ``[rates]`` table declared before the run (as recorded in the results directory)."""
 
     true_k: int | None = None
     families: dict[str, str] = field(default_factory=dict)
     expert: str = "linear"
+    rates: dict[str, Any] = field(default_factory=dict)
 
 
 def rate_context(results: pd.DataFrame | str | Path, true_k: int | None) -> RateContext:
-    """What the rate table knows of the study behind ``results``: read from the metadata of a results
-    directory (or file in one); a bare DataFrame gives only ``true_k``."""
+    """What the rate table knows of the study behind ``results``: read from the metadata (study.json)
+    of a results directory (or file in one); a bare DataFrame gives only ``true_k``."""
     ctx = RateContext(true_k=true_k)
     if isinstance(results, pd.DataFrame):
         return ctx
@@ -80,8 +92,19 @@ def rate_context(results: pd.DataFrame | str | Path, true_k: int | None) -> Rate
     except (FileNotFoundError, KeyError, ValueError):
         return ctx
     if spec.kind != "mle":
-        return ctx
-    return RateContext(true_k if true_k is not None else spec.true_k, {g.label: g.name for g in spec.fit.gates}, spec.fit.expert)
+        return RateContext(true_k, rates=dict(spec.rates))
+    return RateContext(true_k if true_k is not None else spec.true_k, {g.label: g.name for g in spec.fit.gates},
+                       spec.fit.expert, dict(spec.rates))
+
+
+def series_rate(rows: pd.DataFrame, **options: Any) -> tuple[RateEstimate, dict[str, float]]:
+    """The rate of one series (rows of one metric, gate, fitted k and truth), by
+    :func:`mixsim.rates.estimate_rate` with ``options``, and the slopes of the other averages
+    (``{"median_slope": ..., "mean_slope": ...}`` beside the declared ``"log"``: reported, never chosen from)."""
+    n, values = rows["n"], rows["value"]
+    est = estimate_rate(n, values, **options)
+    others = {f"{a}_slope": estimate_rate(n, values, average=a, n_boot=2).slope for a in SLOPE_AVERAGES if a != est.average}
+    return est, others
 
 
 def rate_table(
@@ -90,9 +113,10 @@ def rate_table(
     metrics: Sequence[str] | None = None,
     min_n: int | None = None,
     true_k: int | None = None,
-    **fit_rate_options: Any,
+    **estimate_options: Any,
 ) -> pd.DataFrame:
-    """Convergence rate per (gate, fitted k, metric): the log-log slope of the average error against n.
+    """Convergence rate per (gate, fitted k, metric): :func:`mixsim.rates.estimate_rate` of each series,
+    with the average and options the study declared before the run.
 
     Parameters
     ----------
@@ -104,21 +128,28 @@ def rate_table(
     true_k : int, optional
         Number of true experts, for the theory columns; read from the directory's metadata when
         ``results`` is a path (a bare DataFrame gets no theory columns without it).
-    **fit_rate_options
-        ``average``, ``level``, ``n_boot``, ``rng`` of :func:`mixsim.rates.fit_rate`.
+    **estimate_options
+        Keywords of :func:`mixsim.rates.estimate_rate` (``average``, ``level``, ``n_boot``,
+        ``interval``, ``window``, ``fallback``, ``rng``). They override the ``[rates]`` table
+        recorded in the results directory's study.json when the study was created; a bare
+        DataFrame uses estimate_rate's defaults.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (study, gate, fitted_k, metric) with at least two sample sizes: slope,
-        intercept, ci_low, ci_high (t interval), boot_low, boot_high (bootstrap), stderr, level,
-        average, n_points, n_min, n_max, rows (values used), dropped (failed fits and values <= 0
-        left out), not_converged (fits used that did not meet their tolerance), local_slopes (JSON
-        list, between neighbouring sizes), and where :func:`mixsim.rates.theory_rate` has a
-        prediction theory_exponent, theory_tag and theory_in_ci. Metrics that are 0 in every
-        replicate (empty cell types) have no row.
+        One row per (study, [truth,] gate, fitted_k, metric) whose series has at least two sample
+        sizes with at least two replicates each (:func:`has_rate`): the columns of
+        :meth:`mixsim.rates.RateEstimate.to_row` (``slope``, ``slope_low``, ``slope_high``,
+        ``intercept``, the half-range slopes, the curvature check, ``rate``, ``rate_low``,
+        ``rate_high`` the rate the verdict uses, ...), then ``median_slope`` / ``mean_slope`` /
+        ``log_slope`` (the averages not declared), rows (values used), dropped (failed fits and
+        values <= 0 left out), not_converged (fits used that did not meet their tolerance),
+        local_slopes (JSON list), and where :func:`mixsim.rates.theory_rate` has a prediction
+        theory_exponent, theory_tag and theory_in_ci (inside the slope's interval). ``truth`` is a
+        column when the table holds several truths (an ensemble: one rate per truth).
     """
     ctx = rate_context(results, true_k)
+    options = dict(ctx.rates) | estimate_options
     df = as_table(results)
     used = _usable(df, metrics, min_n)
     several = "truth" in df.columns and df["truth"].nunique() > 1  # an ensemble: one rate per truth
@@ -127,24 +158,20 @@ def rate_table(
     out = []
     for key, group in used.groupby(keys, sort=True):
         study, gate, k, metric = key[0], *key[-3:]
-        n, values = group["n"].to_numpy(), group["value"].to_numpy()
-        if np.unique(n).size < 2:
+        if not has_rate(group):
             continue
-        rate = fit_rate(n, values, **fit_rate_options)
+        est, others = series_rate(group, **options)
         row: dict[str, Any] = {
-            "study": study, "gate": gate, "fitted_k": int(k), "metric": metric,
-            "slope": rate.slope, "intercept": rate.intercept, "ci_low": rate.ci_low, "ci_high": rate.ci_high,
-            "boot_low": rate.boot_low, "boot_high": rate.boot_high, "stderr": rate.stderr, "level": rate.level,
-            "average": rate.method, "n_points": rate.n_points, "n_min": int(n.min()), "n_max": int(n.max()),
+            "study": study, "gate": gate, "fitted_k": int(k), "metric": metric, **est.to_row(), **others,
             "rows": len(group), "dropped": int(total.get(key, len(group)) - len(group)),
             "not_converged": int((~group["converged"]).sum()),
-            "local_slopes": json.dumps([float(v) for v in rate.local_slopes]),
+            "local_slopes": json.dumps([float(v) for v in est.local_slopes]),
         }
         if several:
             row = {"study": study, "truth": int(key[1])} | row
         predicted = theory(ctx.families.get(gate, gate), int(k), ctx.true_k, metric, ctx.expert)
         if predicted:
-            predicted["theory_in_ci"] = bool(rate.ci_low <= predicted["theory_exponent"] <= rate.ci_high)
+            predicted["theory_in_ci"] = bool(est.slope_low <= predicted["theory_exponent"] <= est.slope_high)
         out.append(row | predicted)
     return pd.DataFrame(out)
 
@@ -154,11 +181,14 @@ def local_rate_table(
     *,
     metrics: Sequence[str] | None = None,
     min_n: int | None = None,
-    average: str = "mean",
+    average: str | None = None,
 ) -> pd.DataFrame:
     """Local slopes between neighbouring sample sizes, as a long table (for plots of slope against n).
 
-    A local slope that drifts with n says the asymptotic regime has not been reached.
+    A local slope that drifts with n says the asymptotic regime has not been reached. The slopes
+    are those of :func:`mixsim.rates.estimate_rate` (``window=2``) with ``average`` (default: the
+    study's declared ``[rates] average``, else estimate_rate's), for series with at least two
+    replicates at each of two sizes or more.
 
     Returns
     -------
@@ -166,13 +196,14 @@ def local_rate_table(
         Columns study, gate, fitted_k, metric, n_low, n_high, n_mid (geometric mean of the two),
         slope.
     """
+    options = dict(rate_context(results, None).rates) | ({} if average is None else {"average": average})
     used = _usable(as_table(results), metrics, min_n)
     rows = []
     for (study, gate, k, metric), group in used.groupby(["study", "gate", "fitted_k", "metric"], sort=True):
-        if group["n"].nunique() < 2:
+        if not has_rate(group):
             continue
-        rate = fit_rate(group["n"].to_numpy(), group["value"].to_numpy(), average=average, n_boot=0)
-        for lo, hi, slope in zip(rate.sizes[:-1], rate.sizes[1:], rate.local_slopes):
+        est = estimate_rate(group["n"], group["value"], n_boot=2, **options)
+        for (lo, hi), slope in zip(est.local_sizes, est.local_slopes):
             rows.append({"study": study, "gate": gate, "fitted_k": int(k), "metric": metric, "n_low": int(lo),
                          "n_high": int(hi), "n_mid": float(np.sqrt(lo * hi)), "slope": float(slope)})
     return pd.DataFrame(rows, columns=["study", "gate", "fitted_k", "metric", "n_low", "n_high", "n_mid", "slope"])
