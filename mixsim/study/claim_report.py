@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .certificates import certificate_markdown, certificate_summary
 from .claim import ClaimTables
 
 __all__ = ["markdown_table", "write_claim_tables"]
@@ -58,5 +59,21 @@ def write_claim_tables(tables: ClaimTables, folder: str | Path) -> list[Path]:
     text += markdown_table(comp, _COMPARISON_SHOWN) + [""]
     text += ["## Truths per outcome (competition - softmax)", ""]
     text += markdown_table(tables.counts, ["group", "truths", "faster", "slower", "cannot tell"])
+    text += ["", "## Which maximum: the fits' certificates", "",
+             "Per study and fit: how many continued starts reached the returned optimum (`hit_tol` nats), the "
+             "share of fits whose optimum was reached once, the share where the reference protocol's optimum "
+             "lies below the returned one (searches only), the share whose log-likelihood is below the truth's "
+             "(a local optimum: the basic inequality of MLE rate proofs fails) and the share on a variance "
+             "bound (mixsim.study.certificate_summary).", ""]
+    text += certificate_markdown(_certificates(tables.out))
     paths[2].write_text("\n".join(text) + "\n")
     return paths
+
+
+
+def _certificates(out: Path) -> pd.DataFrame:
+    """:func:`certificate_summary` of every results directory under ``out``."""
+    dirs = sorted(p.parent for p in Path(out).glob("*/study.json"))
+    parts = [certificate_summary(d) for d in dirs]
+    return pd.concat(parts, ignore_index=True) if parts else certificate_summary(pd.DataFrame(
+        columns=["study", "gate", "fitted_k", "expert"]))
