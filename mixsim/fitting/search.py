@@ -142,10 +142,10 @@ def run_search(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: Varianc
     frame = (centres, scales, y_scales)
     proto = protocol_starts(truth, layout.k, n, noise, opts.n_init, gens, frame) if truth is not None else \
         Starts([], [], [])
-    if truth is None:  # no protocol: n_init data-driven starts stand in for it
+    if truth is None:  # no protocol without a truth: n_init data-driven starts are continued instead
         for b, gen in enumerate(gens):
             for _ in range(opts.n_init):
-                proto.add(init_auto(layout, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "protocol")
+                proto.add(init_auto(layout, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "auto")
     Xs, ys = _subset(X, y, opts.search_points, gens)
     cand = _candidates(layout, Xs, ys, bounds, opts, truth, n, gens, frame)
     screened, kept, failed = screen(layout, cand, Xs, ys, bounds, opts, B)
