@@ -95,3 +95,32 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
 def test_files_are_small_enough_to_read_whole(path):
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {n} lines (at most {MAX_LINES})"
+
+
+def _mixsim_imports(path: Path) -> set[tuple[str, ...]]:
+    """Every mixsim module ``path`` imports, at any depth (inside functions and under TYPE_CHECKING too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            module = _resolve(path, node)
+            found |= {module + (alias.name,) for alias in node.names} | {module}
+        elif isinstance(node, ast.Import):
+            found |= {tuple(alias.name.split(".")) for alias in node.names}
+    return {m for m in found if m and m[0] == "mixsim"}
+
+
+def test_the_layer_library_imports_neither_the_study_nor_the_plots():
+    """mixsim.nn is a layer library (issue 20): no import of mixsim.study or mixsim.plots, anywhere in it."""
+    found = [f"{path.relative_to(PACKAGE.parent)} imports {'.'.join(m)}"
+             for path in sorted((PACKAGE / "nn").rglob("*.py")) for m in _mixsim_imports(path)
+             if m[:2] in (("mixsim", "study"), ("mixsim", "plots"))]
+    assert not found, "\n".join(found)
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path, monkeypatch):
+    pkg = tmp_path / "mixsim"
+    (pkg / "nn").mkdir(parents=True)
+    bad = pkg / "nn" / "_x.py"
+    bad.write_text("def f():\n    from ..study import run_study\n    from .. import plots\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert {m[:2] for m in _mixsim_imports(bad)} >= {("mixsim", "study"), ("mixsim", "plots")}

@@ -10,11 +10,14 @@ Layers
 Building blocks
     The routers (``route_*``, pure functions returning token-expert pairs), the sorted dispatch
     (:func:`run_experts`, :func:`run_all_experts`, :func:`combine`) and the losses.
-Experiment
-    :func:`run_nn_task` (one study task, the contract of ``mixsim.study``), :func:`run_experiment`
-    and :func:`plot_sample_efficiency`: held-out error against training-set size per router
-    (``studies/nn_sample_efficiency.toml``; ``python -m mixsim.nn`` and :func:`run_experiment` run it
-    through the study runner, like ``mixsim run``).
+A layer library
+    ``mixsim.nn`` imports nothing from :mod:`mixsim.study` or :mod:`mixsim.plots`. The network
+    study built on it moved out (issue 20): ``run_nn_task``, ``make_teacher`` and
+    ``train_regressor`` are in :mod:`mixsim.study` (``mixsim.study.nn_task``),
+    ``run_experiment`` is :func:`mixsim.study.run_nn_experiment`, ``plot_sample_efficiency`` is
+    :func:`mixsim.plots.plot_sample_efficiency`, ``DEFAULT_OPTIONS`` is
+    ``mixsim.study.nn_options.DEFAULT_OPTIONS``; ``python -m mixsim.nn`` is ``mixsim run
+    nn_sample_efficiency --out DIR``. Asking ``mixsim.nn`` for an old name says where it went.
 
 Example
 -------
@@ -71,8 +74,6 @@ Design
 """
 from ._dispatch import (BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported, grouped_mm_sync_free,
                         run_all_experts, run_experts)
-from ._experiment import DEFAULT_OPTIONS, make_teacher, run_experiment, run_nn_task, train_regressor
-from ._figure import plot_sample_efficiency
 from ._layer import CompeteSMoE, MoE, MoEAux
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
 from ._routers import (ROUTERS, Routing, expert_capacity, route_competition, route_expert_choice,
@@ -86,5 +87,21 @@ __all__ = [
     "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
     "grouped_mm_sync_free", "auto_backend",
     "DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss",
-    "DEFAULT_OPTIONS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "plot_sample_efficiency",
 ]
+
+#: Names that moved out of the layer library with the network study (issue 20): name -> new home.
+_MOVED = {
+    "run_nn_task": "mixsim.study.run_nn_task",
+    "make_teacher": "mixsim.study.make_teacher",
+    "train_regressor": "mixsim.study.train_regressor",
+    "run_experiment": "mixsim.study.run_nn_experiment",
+    "plot_sample_efficiency": "mixsim.plots.plot_sample_efficiency",
+    "DEFAULT_OPTIONS": "mixsim.study.nn_options.DEFAULT_OPTIONS",
+}
+
+
+def __getattr__(name: str):
+    # A text, not an import: the layer library must not import the study (no arrow nn -> study).
+    if name in _MOVED:
+        raise AttributeError(f"mixsim.nn.{name} moved to {_MOVED[name]} (mixsim.nn is the layer library only)")
+    raise AttributeError(f"module 'mixsim.nn' has no attribute {name!r}")

@@ -119,6 +119,8 @@ class MoE(nn.Module):
     restored by ``load_state_dict``.
     """
 
+    uses_competition_schedule = True  # CompetitionSchedule.attach finds its layers by this, not by class
+
     def __init__(
         self,
         d_model: int,

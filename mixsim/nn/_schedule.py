@@ -38,6 +38,11 @@ from ..checks import check_int
 __all__ = ["CompetitionSchedule"]
 
 
+def _is_competition_layer(module: Any) -> bool:
+    """A layer that asks a schedule: it says so (``uses_competition_schedule``) and routes by competition."""
+    return bool(getattr(module, "uses_competition_schedule", False)) and getattr(module, "router", None) == "competition"
+
+
 class _instance_or_class:
     """Method descriptor: ``obj.f(...)`` as usual; ``Cls.f(*args, **kwargs)`` calls ``Cls(**kwargs).f(*args)``."""
 
@@ -177,9 +182,7 @@ class CompetitionSchedule:
         ValueError
             ``model`` has no competition layer.
         """
-        from ._layer import MoE  # the layer module imports this one
-
-        layers = [m for m in model.modules() if isinstance(m, MoE) and m.router == "competition"]
+        layers = [m for m in model.modules() if _is_competition_layer(m)]
         if not layers:
             raise ValueError("model: no competition layer found (MoE with router='competition' or CompeteSMoE)")
         for i, layer in enumerate(layers):

@@ -10,7 +10,7 @@ drawer that takes those numbers and returns its axes; ``plot_*`` does both:
 * :func:`group_rates_data` -> :func:`draw_group_rates` and :func:`forest_data` ->
   :func:`draw_forest` (the claim test's figures, drawn by ``paper_repro.py``);
 * :func:`sample_efficiency_data` -> :func:`draw_sample_efficiency`; both:
-  :func:`mixsim.nn.plot_sample_efficiency`.
+  :func:`plot_sample_efficiency` (the network study's figure).
 
 :func:`save_figure` writes PNG, PDF and the figure's numbers as CSV (pass the data it was drawn
 from); :func:`plot_study` draws a study's standard figures (``mixsim plot DIR``). A drawn axes
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from .data import BANDS, DATA_COLUMNS, error_vs_n_data, local_slopes_data
 from .draw import draw_error_vs_n, draw_local_slopes, plot_error_vs_n, plot_local_slopes, plotted_data
-from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, sample_efficiency_data, summarise
+from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, plot_sample_efficiency, sample_efficiency_data, summarise
 from .groups import GroupsData, draw_groups, groups_data, plot_groups
 from .paper import GroupRatesData, draw_forest, draw_group_rates, forest_data, group_rates_data
 from .save import DPI, plot_study, save_figure
@@ -59,7 +59,7 @@ __all__ = [
     # data, then drawing
     "draw_error_vs_n", "draw_local_slopes", "groups_data", "GroupsData", "draw_groups",
     "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest",
-    "summarise", "sample_efficiency_data", "draw_sample_efficiency",
+    "summarise", "sample_efficiency_data", "draw_sample_efficiency", "plot_sample_efficiency",
     # names and styles
     "SERIES_KEYS", "DATA_COLUMNS", "SUMMARY_COLUMNS", "MAIN_METRICS", "METRIC_LABELS", "GROUP_LABELS", "GROUP_NAMES",
     "GATE_COLOURS", "MARKERS", "AVERAGE_NAMES", "AVERAGE_ALIASES", "canonical_average", "DPI",

@@ -7,7 +7,8 @@ Read the modules in the order the data flows:
   ``nn_options``); imports neither the fitter nor :mod:`mixsim.nn`;
 * :mod:`~mixsim.study.seeds` - a replicate's seed and streams, its data set (:func:`task_data`);
 * :mod:`~mixsim.study.metrics` - the one registry of metrics, each a function of a :class:`MetricContext`;
-* :mod:`~mixsim.study.runner` - tasks, and one task run (fit, then measure; or a network task);
+* :mod:`~mixsim.study.runner` - tasks, and one task run (fit, then measure; or a network task:
+  :mod:`~mixsim.study.nn_task`, :func:`run_nn_task`, built on :mod:`mixsim.nn`'s public layers);
 * :mod:`~mixsim.study.parallel` - :func:`run_study`: the tasks through joblib or Dask, resumable;
 * :mod:`~mixsim.study.store` - the results directory (metadata, lock, checksummed task files);
 * :mod:`~mixsim.study.results` - the tidy table, :func:`load_results`;
@@ -17,7 +18,7 @@ Read the modules in the order the data flows:
   :func:`rate_table` (convergence rates per gate, fitted k and metric).
 
 Maximum-likelihood (``kind = "mle"``) and network (``kind = "nn"``) studies run through the same
-runner.
+runner; :func:`run_nn_experiment` runs a network study from Python and returns the task's table.
 
 Example
 -------
@@ -31,8 +32,10 @@ from .nn_options import NN_METRICS, check_nn_options
 from .seeds import replicate_seed, replicate_streams, task_data
 from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, metric_applies
 from .threads import torch_threads
+from .nn_task import make_teacher, run_nn_task, train_regressor
 from .runner import Engine, RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task
 from .parallel import BACKENDS, JOBLIB_BACKENDS, run_study
+from .nn_experiment import EXPERIMENT_COLUMNS, run_nn_experiment
 from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
@@ -49,4 +52,6 @@ __all__ = [
     "parse_override", "parse_grid", "truth_to_dict", "MLE_METRICS", "NN_METRICS", "REGISTRY", "Metric", "MetricContext",
     "metric_applies", "check_nn_options", "RunnerHooks", "JOBLIB_BACKENDS", "fit_label", "torch_threads",
     "StudyLockedError", "read_meta", "scan_tasks", "ESTIMATE_COLUMNS",
+    # the network study's task, moved here from mixsim.nn (issue 20)
+    "run_nn_task", "make_teacher", "train_regressor", "run_nn_experiment", "EXPERIMENT_COLUMNS",
 ]
