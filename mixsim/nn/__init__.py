@@ -75,13 +75,14 @@ Design
 from ._dispatch import (BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported, grouped_mm_sync_free,
                         run_all_experts, run_experts)
 from ._layer import CompeteSMoE, MoE, MoEAux
+from ._parallel import ExpertParallel
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
 from ._routers import (ROUTERS, Routing, expert_capacity, route_competition, route_expert_choice,
                        route_token_choice, route_usmoe, usmoe_scores)
 from ._schedule import CompetitionSchedule
 
 __all__ = [
-    "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule",
+    "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule", "ExpertParallel",
     "ROUTERS", "Routing", "route_token_choice", "route_expert_choice", "route_usmoe", "route_competition",
     "usmoe_scores", "expert_capacity",
     "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",

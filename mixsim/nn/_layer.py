@@ -16,9 +16,9 @@ from torch import nn
 from ..checks import check_choice, check_int, check_real
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
-from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
-                        run_and_combine, run_experts)
+from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
 from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._placement import LocalExperts
 from ._precision import _autocast_off, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
@@ -198,6 +198,7 @@ class MoE(nn.Module):
         self.shared_w2 = nn.Parameter(torch.empty(S * h, o, **kw)) if S else None
         self.shared_b1 = nn.Parameter(torch.empty(S * hi, **kw)) if S and bias else None
         self.shared_b2 = nn.Parameter(torch.empty(o, **kw)) if S and bias else None
+        self._placement = LocalExperts()  # where the experts run (ExpertParallel shards them over ranks)
         self.reset_parameters(generator)
 
     # -- parameters ------------------------------------------------------------------------------
@@ -355,16 +356,9 @@ class MoE(nn.Module):
         routing = self._route(logits)
         # expert choice: every expert has exactly C pairs, so the padded bmm wastes nothing
         capacity = self._ec_capacity(T) if self.router == "expert_choice" else self._capacity(T)
-        kw = {"backend": self.dispatch, "capacity": capacity, "sorted_by_expert": routing.sorted_by_expert}
-        if self.router_step_diversity:  # the diversity loss needs the unweighted outputs of the pairs
-            y, keep, counts = run_experts(xt, routing.token, routing.expert, ew, **kw)  # (P, d_out)
-            weight = routing.weight if keep is None else routing.weight * keep
-            out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
-            diversity = diversity_loss(y, routing.token, T, routing.per_token, keep)
-        else:
-            out, keep, counts = run_and_combine(xt, routing.token, routing.expert, routing.weight, ew,
-                                                per_token=routing.per_token, **kw)  # (T, d_out)
-            diversity = logits.new_zeros(())
+        # the diversity loss needs the unweighted outputs of the pairs y (P, d_out)
+        out, y, keep, counts = self._placement.run_pairs(xt, routing, ew, self.dispatch, capacity, self.router_step_diversity)
+        diversity = logits.new_zeros(()) if y is None else diversity_loss(y, routing.token, T, routing.per_token, keep)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
         losses = {
             "balance": balance_loss(torch.exp(logits - lse), counts),  # softmax of the logits
@@ -376,10 +370,10 @@ class MoE(nn.Module):
 
     def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, MoEAux]:
         T, E, K = xt.shape[0], self.n_experts, self.top_k
-        y_all, mean_softplus = run_all_experts(xt, ew)  # (E, T, d_out), (T, E); computed once
+        mean_softplus, pick = self._placement.run_all(xt, ew)  # (T, E); every expert's output computed once
         affinity = competition_logits(mean_softplus, None, phi="identity")  # (T, E), THEORY s_i
         routing = route_competition(affinity, K)  # T*K token-major pairs
-        y = y_all.reshape(E * T, self.d_out).index_select(0, routing.expert * T + routing.token)  # (T*K, d_out), reused
+        y = pick(routing.expert, routing.token)  # (T*K, d_out), reused
         counts = expert_counts(routing.expert, E)  # (E,)
         keep = None
         capacity = self._capacity(T)
