@@ -20,10 +20,12 @@ gathered input ``xs`` (P, d). Four backends then run every expert on its slice:
 ``blocked``
     Dropless and sync-free for every dtype and device: each expert's slice is padded to a multiple
     of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with one ``bmm``
-    against the weights gathered per block. The number of blocks has the static bound
-    ``ceil(P / b) + E``, so shapes are static and no count is read on the host; the price is at
-    most ``E * (b - 1)`` padded rows (about P / 8 on average) and ``ceil(P / b) + E <= 5E``
-    gathered weight copies. The weight gradients are scatter-adds (atomic on GPU).
+    against the weights gathered per block (:class:`mixsim.nn._kernels.BlockedFFN`). The number
+    of blocks has the static bound ``ceil(P / b) + E``, so shapes are static and no count is read
+    on the host; the price is at most ``E * (b - 1)`` padded rows (about P / 8 on average) and
+    ``ceil(P / b) + E <= 5E`` gathered weight copies, made for one product and freed (the
+    backward gathers again): nothing per block is saved for backward beyond the padded
+    activations. The weight gradients are scatter-adds (atomic on GPU).
 
 ``auto`` (the dtype x device table, no host sync except where noted; capacity set: ``padded``
 everywhere)::
@@ -55,7 +57,7 @@ from typing import NamedTuple
 import torch
 
 from ._activations import ACTIVATIONS
-from ._kernels import GROUPED_MM, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
+from ._kernels import GROUPED_MM, BlockedFFN, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
 
 __all__ = [
     "BACKENDS",
@@ -221,12 +223,7 @@ def _ffn_blocked(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Te
     xb = xs.new_zeros(nb * b, d).index_copy(0, slot, xs).view(nb, b, d)  # (nb, b, d); unused rows stay 0
     first_row = torch.arange(nb, device=xs.device) * b  # (nb,)
     block_expert = torch.searchsorted(ends, first_row, right=True).clamp_(max=E - 1)  # (nb,) owner of each block
-    h = torch.bmm(xb, ew.w1.index_select(0, block_expert))  # (nb, b, h_in)
-    if ew.b1 is not None:
-        h = h + ew.b1.index_select(0, block_expert).unsqueeze(1)
-    y = torch.bmm(ACTIVATIONS[ew.activation](h), ew.w2.index_select(0, block_expert))  # (nb, b, d_out)
-    if ew.b2 is not None:
-        y = y + ew.b2.index_select(0, block_expert).unsqueeze(1)
+    y = BlockedFFN.apply(xb, block_expert, ew.activation, ew.w1, ew.b1, ew.w2, ew.b2)  # (nb, b, d_out)
     return y.view(nb * b, -1).index_select(0, slot)  # (P, d_out)
 
 
