@@ -48,7 +48,8 @@ Design
   ``loop`` (every dtype; the CPU float16/float64 default), ``padded`` (default with a capacity
   factor, and for expert choice, whose slices all have exactly C tokens), ``blocked`` (dropless,
   static shapes, sync-free for every dtype: the default on other GPUs and dtypes, and under
-  ``torch.compile`` where ``loop`` would break the graph). The dtype x device table is in
+  ``torch.compile``, where ``loop`` compiles for inference but its backward does not trace;
+  the gathered per-block weights are temporaries, not saved for backward). The dtype x device table is in
   :mod:`mixsim.nn._dispatch`; ``auto_backend`` returns its choice. On this 2-core CPU ``benchmarks/bench_layer.py`` measured
   ``grouped`` and ``loop`` within noise of each other (0.90-0.93 of a dense block of the same
   FLOPs at E = 8; at E = 64, where E separate 128-row products already cost 0.90-0.95, 0.81-0.85

@@ -32,7 +32,7 @@ everywhere)::
 
     device                             float32   bfloat16   float16 / float64
     CPU                                grouped   grouped    loop (sizes on the host: free on CPU)
-    CPU under torch.compile            grouped   grouped    blocked (loop would break the graph)
+    CPU under torch.compile            grouped   grouped    blocked (loop's backward does not trace)
     CUDA, compute capability 9.x/10.x  blocked   grouped    blocked
     CUDA, other                        blocked   blocked    blocked
     other accelerators                 blocked   blocked    blocked
@@ -45,6 +45,11 @@ kernel needs every row stride to be a multiple of 16 bytes, i.e. d_model, d_hidd
 SwiGLU) and d_out multiples of 8 in bfloat16 and of 4 in float32; :func:`grouped_mm_supported`
 checks this, and ``auto`` falls back when it fails (``dispatch="grouped"`` raises).
 ``benchmarks/bench_layer.py`` measures the backends.
+
+``loop`` under ``torch.compile`` (torch 2.13): Dynamo captures ``counts.tolist()`` as
+data-dependent sizes, so inference compiles with ``fullgraph=True`` (no graph break), but
+AOTAutograd cannot trace the backward of the split by those sizes (a data-dependent guard);
+``auto`` therefore picks ``blocked`` under compile.
 
 Dropping (capacity factor): within an expert, pairs keep their order of arrival (token-major for
 token choice, so earlier tokens win) and those at positions >= C are dropped. Every backend drops

@@ -19,10 +19,10 @@ from ._activations import ACTIVATIONS, hidden_in
 from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
 from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_loss
 from ._placement import LocalExperts
-from ._precision import _autocast_off, _compute_dtype
+from ._precision import _autocast_off, _autocast_on, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
-from ._schedule import CompetitionSchedule
+from ._schedule import CompetitionSchedule, check_settings
 
 __all__ = ["MoE", "CompeteSMoE", "MoEAux"]
 
@@ -97,7 +97,8 @@ class MoE(nn.Module):
 
     Precision: the experts run in the autocast dtype inside ``torch.autocast`` (float32 master
     weights are cast per call; the gradients reach them in float32), else in the experts'
-    parameter dtype (inputs of another dtype are cast). The router product, logits, routing
+    parameter dtype; outside autocast an input of another dtype raises TypeError, as
+    ``nn.Linear`` does. The router product, logits, routing
     scores and weights, affinities and every auxiliary loss are computed outside autocast in
     float32 (float64 for float64 parameters).
 
@@ -112,11 +113,14 @@ class MoE(nn.Module):
     graph with no graph break (``tests/test_nn_compile.py`` counts them); the competition
     decision is a Python bool read from :attr:`CompetitionSchedule.decisions`, so a compiled
     CompeteSMoE keeps two graphs (compete, route) and switches between them by a guard. A
-    ``mask`` adds one break (``nonzero``); the ``loop`` backend breaks too (its sizes are read
-    on the host), so under compile ``auto`` never picks it where another path runs.
+    ``mask`` adds one break (``nonzero``). The ``loop`` backend reads its sizes on the host:
+    dynamo captures them as data-dependent sizes, so it compiles with ``fullgraph=True`` for
+    inference, but its backward does not trace (a data-dependent guard in AOTAutograd, torch
+    2.13), so under compile ``auto`` picks ``blocked`` instead.
 
-    Checkpoints: the schedule's step is saved in ``state_dict()`` (``get_extra_state``) and
-    restored by ``load_state_dict``.
+    Checkpoints: the schedule's step and settings are saved in ``state_dict()``
+    (``get_extra_state``); ``load_state_dict`` restores the step and raises naming any setting
+    that differs.
     """
 
     uses_competition_schedule = True  # CompetitionSchedule.attach finds its layers by this, not by class
@@ -230,14 +234,17 @@ class MoE(nn.Module):
 
     # -- checkpoint ------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        """The schedule's step (None without a schedule), saved by ``state_dict()``."""
-        return {"schedule_step": None if self.schedule is None else self.schedule.current_step}
+        """The schedule's step and settings (None without a schedule), saved by ``state_dict()``."""
+        if self.schedule is None:
+            return {"schedule_step": None}
+        return {"schedule_step": self.schedule.current_step, "schedule": self.schedule.settings()}
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the schedule's step from ``load_state_dict``."""
+        """Restore the schedule's step from ``load_state_dict``; a setting that differs raises ValueError naming it."""
         if not isinstance(state, dict) or "schedule_step" not in state:
             raise ValueError(f"extra state must be a dict with 'schedule_step'; got {state!r}")
         if state["schedule_step"] is not None and self.schedule is not None:
+            check_settings(self.schedule, state.get("schedule", {}))
             self.schedule.set_step(int(state["schedule_step"]))
 
     def set_router(self, router: str) -> "MoE":
@@ -322,6 +329,9 @@ class MoE(nn.Module):
             raise ValueError(f"x must have shape (..., d_model={self.d_model}); got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be floating point; got {x.dtype}")
+        if x.dtype != self.w1.dtype and not _autocast_on(x.device.type):  # as nn.Linear: no silent cast
+            raise TypeError(f"x has dtype {x.dtype} but the layer's experts are {self.w1.dtype}: cast x or the "
+                            f"layer (layer.to({x.dtype})), or run under torch.autocast")
         competing = self._competes(compete)
         lead = x.shape[:-1]
         xt = x.reshape(-1, self.d_model)  # (T, d_model)
