@@ -99,6 +99,21 @@ def _check_case(rank: int, world: int, case: int, router: str, compete, use_mask
         torch.testing.assert_close(p.grad, expected, **TOL, msg=lambda m: f"{where}: gradient of {name}: {m}")
 
 
+def _check_selection_bias(rank: int, world: int) -> None:
+    """Aux-loss-free balancing under expert parallelism: the load is summed over ranks, so every
+    rank's bias takes the single-process update from all tokens."""
+    xs, _, _ = _inputs(world, 99)
+    extra = {"balance_bias_rate": 0.1, "n_groups": 4, "top_groups": 2}
+    full = _layer("token_choice", extra)
+    counts = sum(mnn.route_token_choice(x.reshape(-1, D) @ full.gate.t(), K, torch.zeros(E), 4, 2).expert.bincount(minlength=E)
+                 for x in xs)  # (E,) load over all ranks, before any update
+    ep = mnn.ExpertParallel(_layer("token_choice", extra))
+    out, _ = ep(xs[rank])
+    torch.testing.assert_close(out, full(xs[rank])[0], **TOL)
+    expected = 0.1 * torch.sign(counts.float().mean() - counts.float())
+    torch.testing.assert_close(ep.layer.selection_bias, expected, rtol=0, atol=0)
+
+
 def _worker(rank: int, world: int, port: int, cases: list) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -106,6 +121,7 @@ def _worker(rank: int, world: int, port: int, cases: list) -> None:
     try:
         for i, case in enumerate(cases):
             _check_case(rank, world, i, *case)
+        _check_selection_bias(rank, world)
         with pytest.raises(ValueError, match="n_experts=3 must be a multiple"):
             mnn.ExpertParallel(mnn.MoE(D, H, 3, 1))
     finally:

@@ -16,8 +16,9 @@ from torch import nn
 from ..checks import check_choice, check_int, check_real
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
+from ._balance import check_balancing, jitter, update_selection_bias
 from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
-from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_loss
+from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, routing_aux, z_loss
 from ._placement import LocalExperts
 from ._precision import _autocast_off, _autocast_on, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
@@ -63,6 +64,11 @@ class MoE(nn.Module):
     router_float32 : bool, default False
         Keep the router weights in float32 whatever ``dtype`` is, also after ``.to(bfloat16)``
         or ``.half()`` (the experts follow ``dtype``).
+    balance_bias_rate, router_jitter, n_groups, top_groups : default 0.0, 0.0, 1, None
+        Balancing, all off by default (see :mod:`mixsim.nn._balance`): auxiliary-loss-free
+        balancing by a selection bias updated from each step's load at this rate; router input
+        jitter ``eps``; group-limited routing (experts in ``n_groups`` groups, a token picks its
+        ``top_groups`` best groups first).
     usmoe_alpha : float in [0, 1], default 0.5
         USMoE: weight of the expert-choice normalisation in the unified score [C].
     usmoe_weighting : {"token", "score"}, default "token"
@@ -147,6 +153,10 @@ class MoE(nn.Module):
         router_init_std: float = 0.02,
         n_shared_experts: int = 0,
         router_float32: bool = False,
+        balance_bias_rate: float = 0.0,
+        router_jitter: float = 0.0,
+        n_groups: int = 1,
+        top_groups: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -187,6 +197,8 @@ class MoE(nn.Module):
         if not isinstance(router_float32, bool):
             raise TypeError(f"router_float32 must be a bool; got {type(router_float32).__name__}")
         self.router_float32 = router_float32
+        self.balance_bias_rate, self.router_jitter, self.n_groups, self.top_groups = check_balancing(
+            self.router, self.n_experts, self.top_k, balance_bias_rate, router_jitter, n_groups, top_groups)
 
         kw = {"device": device, "dtype": dtype}
         E, d, h, o = self.n_experts, self.d_model, self.d_hidden, self.d_out
@@ -203,6 +215,8 @@ class MoE(nn.Module):
         self.shared_b1 = nn.Parameter(torch.empty(S * hi, **kw)) if S and bias else None
         self.shared_b2 = nn.Parameter(torch.empty(o, **kw)) if S and bias else None
         self._placement = LocalExperts()  # where the experts run (ExpertParallel shards them over ranks)
+        if self.balance_bias_rate:  # a buffer only when on, so other checkpoints keep their keys
+            self.register_buffer("selection_bias", torch.zeros(E, device=device, dtype=torch.float32))
         self.reset_parameters(generator)
 
     # -- parameters ------------------------------------------------------------------------------
@@ -298,7 +312,8 @@ class MoE(nn.Module):
             return route_expert_choice(logits, self._ec_capacity(T))
         if self.router == "usmoe":
             return route_usmoe(logits, min(T * self.top_k, T * self.n_experts), self.usmoe_alpha, self.usmoe_weighting)
-        return route_token_choice(logits, self.top_k)  # token choice; competition's router steps
+        bias = self.selection_bias if self.balance_bias_rate else None  # token choice; competition's router steps
+        return route_token_choice(logits, self.top_k, bias, self.n_groups, self.top_groups)
 
     def forward(self, x: torch.Tensor, compete: bool | None = None,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
@@ -345,7 +360,8 @@ class MoE(nn.Module):
         dtype = _compute_dtype(x.device.type, self.w1.dtype)  # autocast's, else the experts'
         score_dtype = torch.promote_types(dtype, torch.float32)  # route in float32 even for bf16
         with _autocast_off(x.device.type):
-            logits = xt.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E), from the inputs as given
+            xr = jitter(xt, self.router_jitter) if self.router_jitter and self.training else xt  # the router's view
+            logits = xr.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E), from the inputs as given
             xt = xt.to(dtype)
             ew = self.expert_weights(dtype)
             out, aux = self._competition_step(xt, logits, ew) if competing else self._router_step(xt, logits, ew)
@@ -369,6 +385,8 @@ class MoE(nn.Module):
         # the diversity loss needs the unweighted outputs of the pairs y (P, d_out)
         out, y, keep, counts = self._placement.run_pairs(xt, routing, ew, self.dispatch, capacity, self.router_step_diversity)
         diversity = logits.new_zeros(()) if y is None else diversity_loss(y, routing.token, T, routing.per_token, keep)
+        if self.balance_bias_rate and self.training and torch.is_grad_enabled():  # aux-loss-free balancing
+            update_selection_bias(self.selection_bias, self._placement.total_counts(counts), self.balance_bias_rate)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
         losses = {
             "balance": balance_loss(torch.exp(logits - lse), counts),  # softmax of the logits
@@ -376,7 +394,7 @@ class MoE(nn.Module):
             "distillation": logits.new_zeros(()),
             "diversity": diversity,
         }
-        return out, self._aux(losses, routing, keep, T, counts, competition=False)
+        return out, routing_aux(losses, routing, keep, T, counts, competition=False)
 
     def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, MoEAux]:
         T, E, K = xt.shape[0], self.n_experts, self.top_k
@@ -399,26 +417,7 @@ class MoE(nn.Module):
             "distillation": distillation_loss(torch.softmax(logits, dim=-1), target, routing.expert.view(T, K), self.distill_alpha),
             "diversity": diversity_loss(y, routing.token, T, K, keep),
         }
-        return out, self._aux(losses, routing, keep, T, counts, competition=True)
-
-    def _aux(self, losses: dict[str, torch.Tensor], routing: Routing, keep: torch.Tensor | None, T: int,
-             counts: torch.Tensor, competition: bool) -> MoEAux:
-        if keep is None and routing.per_token is not None:  # dropless, K pairs on every token
-            return MoEAux(losses, counts, counts.new_zeros(()), counts.new_zeros(()), competition)
-        served = torch.zeros(T, dtype=torch.long, device=counts.device)
-        if keep is None:
-            per_expert = counts
-            served.index_add_(0, routing.token, torch.ones_like(routing.token))  # (T,) experts per token
-        else:
-            per_expert = torch.zeros_like(counts).index_add_(0, routing.expert, keep.long())  # (E,) after drops
-            served.index_add_(0, routing.token, keep.long())
-        return MoEAux(
-            losses=losses,
-            tokens_per_expert=per_expert,
-            dropped=counts.sum() - per_expert.sum(),
-            unrouted=(served == 0).sum(),
-            competition=competition,
-        )
+        return out, routing_aux(losses, routing, keep, T, counts, competition=True)
 
 
 class CompeteSMoE(MoE):

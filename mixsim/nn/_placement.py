@@ -50,6 +50,10 @@ class LocalExperts:
                                             per_token=routing.per_token, **kw)  # (T, d_out)
         return out, None, keep, counts
 
+    def total_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """The load of every expert over all processes (here: this one)."""
+        return counts
+
     def run_all(self, x: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, Pick]:
         T = x.shape[0]
         y_all, affinity = run_all_experts(x, ew)  # (E, T, d_out), (T, E)
@@ -138,6 +142,14 @@ class ShardedExperts:
         y = ys.new_empty(ys.shape).index_copy(0, perm, ys)  # (P, d_out), pair order
         weight = routing.weight if keep is None else routing.weight * keep
         return combine(y, weight, routing.token, T, routing.per_token), (y if need_y else None), keep, counts
+
+    def total_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """The load of every expert summed over the ranks (so a selection bias stays the same on every rank)."""
+        import torch.distributed as dist
+
+        total = counts.clone()
+        dist.all_reduce(total, group=self.group)
+        return total
 
     def _sizes(self, T: int, device: torch.device) -> list[int]:
         import torch.distributed as dist
