@@ -19,13 +19,13 @@ gathered input ``xs`` (P, d). Four backends then run every expert on its slice:
     ``C = max count``, one sync, and wastes the padding (about 20 % at E = 64 with a random router).
 ``blocked``
     Dropless and sync-free for every dtype and device: each expert's slice is padded to a multiple
-    of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with one ``bmm``
-    against the weights gathered per block (:class:`mixsim.nn._kernels.BlockedFFN`). The number
-    of blocks has the static bound ``ceil(P / b) + E``, so shapes are static and no count is read
-    on the host; the price is at most ``E * (b - 1)`` padded rows (about P / 8 on average) and
-    ``ceil(P / b) + E <= 5E`` gathered weight copies, made for one product and freed (the
-    backward gathers again): nothing per block is saved for backward beyond the padded
-    activations. The weight gradients are scatter-adds (atomic on GPU).
+    of ``b`` rows (``b = ceil(P / 8E)`` rounded up to 8) and the blocks are run with batched
+    products against the weights gathered per block (:class:`mixsim.nn._kernels.BlockedFFN`).
+    The number of blocks has the static bound ``ceil(P / b) + E <= 9E``, so shapes are static and
+    no count is read on the host; the price is ``E * b`` (about P / 8) rows allocated beyond P
+    and the gathered weights, made E blocks at a time for one product and freed (the backward
+    gathers again): nothing per block is saved for backward beyond the padded activations, about
+    1.1x what ``grouped`` saves. The weight gradients are scatter-adds (atomic on GPU).
 
 ``auto`` (the dtype x device table, no host sync except where noted; capacity set: ``padded``
 everywhere)::
@@ -213,8 +213,8 @@ def _ffn_padded(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Ten
 
 
 def block_rows(n_pairs: int, n_experts: int) -> int:
-    """Rows per block of the ``blocked`` backend: ``ceil(P / 4E)`` rounded up to a multiple of 8 (host ints)."""
-    b = max(1, -(-n_pairs // (4 * n_experts)))
+    """Rows per block of the ``blocked`` backend: ``ceil(P / 8E)`` rounded up to a multiple of 8 (host ints)."""
+    b = max(1, -(-n_pairs // (8 * n_experts)))
     return -(-b // 8) * 8
 
 
@@ -225,7 +225,7 @@ def _ffn_blocked(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Te
     padded = (counts + (b - 1)) // b * b  # (E,) each slice rounded up to whole blocks
     ends = padded.cumsum(0)  # (E,)
     slot = (ends - padded).index_select(0, expert_sorted) + _positions(expert_sorted, counts)  # (P,) row in blocks
-    xb = xs.new_zeros(nb * b, d).index_copy(0, slot, xs).view(nb, b, d)  # (nb, b, d); unused rows stay 0
+    xb = xs.new_zeros(nb * b, d).index_put((slot,), xs).view(nb, b, d)  # (nb, b, d); unused rows 0; saves slot only
     first_row = torch.arange(nb, device=xs.device) * b  # (nb,)
     block_expert = torch.searchsorted(ends, first_row, right=True).clamp_(max=E - 1)  # (nb,) owner of each block
     y = BlockedFFN.apply(xb, block_expert, ew.activation, ew.w1, ew.b1, ew.w2, ew.b2)  # (nb, b, d_out)

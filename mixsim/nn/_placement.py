@@ -118,7 +118,7 @@ class ShardedExperts:
     def __init__(self, n_experts: int, rank: int, world: int, group=None) -> None:
         self.n_experts, self.rank, self.world, self.group = n_experts, rank, world, group
         self.per_rank = n_experts // world
-        self.bytes_sent = 0  # element bytes of token rows and outputs this rank sent to other ranks (bench_layer)
+        self.bytes_sent = 0  # bytes of token rows, outputs, counts and requests sent to other ranks (bench_layer)
 
     def _count_sent(self, rows: torch.Tensor, splits: list[int]) -> None:
         self.bytes_sent += (sum(splits) - splits[self.rank]) * math.prod(rows.shape[1:]) * rows.element_size()
@@ -130,6 +130,7 @@ class ShardedExperts:
         keep = None if capacity is None else keep_within_capacity(routing.expert, counts, capacity)  # (P,)
         expert_sorted, perm = torch.sort(routing.expert, stable=True)  # (P,): grouped by owner rank
         received = _exchange_counts(counts.view(W, El), W, self.group)  # (W, El): rows from each rank per local expert
+        self._count_sent(counts.view(W, El), [1] * W)
         send = counts.view(W, El).sum(1).tolist()  # host ints: the exchange's split sizes
         recv = received.sum(1).tolist()
         xs = x.index_select(0, routing.token.index_select(0, perm))  # (P, d_model), sorted by expert
@@ -167,6 +168,7 @@ class ShardedExperts:
         xa = all_to_all(xr, sizes, [T] * W, self.group)  # (T_all, d), all ranks' tokens in rank order
         y_l, s_l = run_all_experts(xa, ew)  # (El, T_all, d_out), (T_all, El): this rank's experts on every token
         s = all_to_all(s_l, [T] * W, sizes, self.group)  # (W*T, El): each rank's affinities for this rank's tokens
+        self._count_sent(s_l, sizes)
         affinity = s.view(W, T, El).transpose(0, 1).reshape(T, W * El)  # (T, E), experts in global order
         flat = y_l.reshape(-1, y_l.shape[-1])  # (El*T_all, d_out)
         T_all = xa.shape[0]
@@ -178,6 +180,7 @@ class ShardedExperts:
             request = torch.stack([expert % El, token + start]).index_select(1, order).t()  # (P, 2): local expert, global token
             send_l, got_l = send.tolist(), got.tolist()
             asked = all_to_all(request, got_l, send_l, self.group)  # (R, 2), integers: no gradient
+            self._count_sent(request, send_l)
             rows = flat.index_select(0, asked[:, 0] * T_all + asked[:, 1])  # (R, d_out): outputs reused
             self._count_sent(rows, got_l)
             ys = all_to_all(rows, send_l, got_l, self.group)  # (P, d_out), grouped by owner
