@@ -7,6 +7,9 @@ Layers
     auxiliary losses by name (``balance``, ``z_loss``, ``distillation``, ``diversity``) and
     :meth:`MoEAux.total` weighs them; ``aux`` also reports tokens per expert, dropped pairs and
     unrouted tokens.
+Expert parallelism
+    :class:`ExpertParallel` shards a layer's experts over the ranks of a ``torch.distributed``
+    group (gloo on CPU, NCCL on GPU); tokens go to their experts' ranks and back by all-to-all.
 Building blocks
     The routers (``route_*``, pure functions returning token-expert pairs), the sorted dispatch
     (:func:`run_experts`, :func:`run_all_experts`, :func:`combine`) and the losses.
@@ -68,6 +71,8 @@ Design
   master weights; the router product, logits, routing weights, affinities and auxiliary losses
   are computed outside autocast in float32 (``router_float32=True`` also stores the router in
   float32 when the experts are bfloat16).
+* Balancing, off by default: ``balance_bias_rate`` (auxiliary-loss-free, a selection bias updated
+  from the load), ``router_jitter``, ``n_groups``/``top_groups`` (group-limited routing).
 * ``mask`` (padding), ``n_shared_experts`` (always-on experts) and ``activation="swiglu"``;
   expert choice and USMoE are not causal (they compare tokens across the batch).
 * Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
