@@ -78,8 +78,8 @@ Design
 * Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
   ``distill_alpha``, the diversity coefficient, the cap rule of the schedule.
 """
-from ._dispatch import (BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported, grouped_mm_sync_free,
-                        run_all_experts, run_experts)
+from ._dispatch import (BACKENDS, DISPATCH_BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported,
+                        grouped_mm_sync_free, run_all_experts, run_experts)
 from ._layer import CompeteSMoE, MoE, MoEAux
 from ._parallel import ExpertParallel
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
@@ -91,7 +91,7 @@ __all__ = [
     "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule", "ExpertParallel",
     "ROUTERS", "Routing", "route_token_choice", "route_expert_choice", "route_usmoe", "route_competition",
     "usmoe_scores", "expert_capacity",
-    "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
+    "DISPATCH_BACKENDS", "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
     "grouped_mm_sync_free", "auto_backend",
     "DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss",
 ]

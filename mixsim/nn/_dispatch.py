@@ -65,6 +65,7 @@ from ._activations import ACTIVATIONS
 from ._kernels import GROUPED_MM, BlockedFFN, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
 
 __all__ = [
+    "DISPATCH_BACKENDS",
     "BACKENDS",
     "ACTIVATIONS",
     "ExpertWeights",
@@ -81,7 +82,8 @@ __all__ = [
     "combine",
 ]
 
-BACKENDS = ("auto", "grouped", "loop", "padded", "blocked")
+DISPATCH_BACKENDS = ("auto", "grouped", "loop", "padded", "blocked")
+BACKENDS = DISPATCH_BACKENDS  # the earlier name, kept for users (mixsim.study's BACKENDS are joblib's, another thing)
 
 class ExpertWeights(NamedTuple):
     """Stacked expert parameters: ``y = act(x @ w1[e] + b1[e]) @ w2[e] + b2[e]``.
@@ -143,8 +145,8 @@ def auto_backend(device: torch.device, dtype: torch.dtype, capacity: int | None,
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, capacity: int | None,
                     dims: tuple[int, ...] = ()) -> str:
     """Turn ``auto`` into a concrete backend; check an explicit one can run here."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown dispatch backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in DISPATCH_BACKENDS:
+        raise ValueError(f"unknown dispatch backend {backend!r}; expected one of {DISPATCH_BACKENDS}")
     if backend == "auto":
         return auto_backend(device, dtype, capacity, dims)
     if backend == "grouped" and not grouped_mm_supported(device, dtype, dims):

@@ -17,7 +17,7 @@ from ..checks import check_choice, check_int, check_real
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
 from ._balance import check_balancing, jitter, update_selection_bias
-from ._dispatch import BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
+from ._dispatch import DISPATCH_BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
 from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, routing_aux, z_loss
 from ._placement import LocalExperts
 from ._precision import _autocast_off, _autocast_on, _compute_dtype
@@ -171,7 +171,7 @@ class MoE(nn.Module):
         self.d_out = self.d_model if d_out is None else check_int(d_out, "d_out")
         self.router = check_choice(router, "router", ROUTERS)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
-        self.dispatch = check_choice(dispatch, "dispatch", BACKENDS)
+        self.dispatch = check_choice(dispatch, "dispatch", DISPATCH_BACKENDS)
         self.usmoe_weighting = check_choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
         self.capacity_factor = None if capacity_factor is None else check_real(capacity_factor, "capacity_factor", 0.0, strict=True)
         if not (isinstance(usmoe_alpha, numbers.Real) and 0.0 <= usmoe_alpha <= 1.0):
