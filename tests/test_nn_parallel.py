@@ -114,6 +114,24 @@ def _check_selection_bias(rank: int, world: int) -> None:
     torch.testing.assert_close(ep.layer.selection_bias, expected, rtol=0, atol=0)
 
 
+def _check_schedule(rank: int, world: int) -> None:
+    """A CompeteSMoE under a schedule: every rank takes the single-process layer's decision at every step."""
+    xs, _, _ = _inputs(world, 98)
+    make = lambda: mnn.CompeteSMoE(D, H, E, K, schedule=mnn.CompetitionSchedule(rate=0.5, seed=3),  # noqa: E731
+                                   generator=torch.Generator().manual_seed(5))
+    full, ep = make(), mnn.ExpertParallel(make())
+    decisions = []
+    for _ in range(6):
+        out, aux = ep(xs[rank])
+        r_out, r_aux = full(xs[rank])
+        assert aux.competition == r_aux.competition, f"rank {rank}: step {ep.layer.schedule.current_step}"
+        torch.testing.assert_close(out, r_out, **TOL)
+        decisions.append(aux.competition)
+        ep.layer.schedule.step()
+        full.schedule.step()
+    assert any(decisions) and not all(decisions)  # both kinds of step were taken
+
+
 def _worker(rank: int, world: int, port: int, cases: list) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -122,6 +140,7 @@ def _worker(rank: int, world: int, port: int, cases: list) -> None:
         for i, case in enumerate(cases):
             _check_case(rank, world, i, *case)
         _check_selection_bias(rank, world)
+        _check_schedule(rank, world)
         with pytest.raises(ValueError, match="n_experts=3 must be a multiple"):
             mnn.ExpertParallel(mnn.MoE(D, H, 3, 1))
     finally:
