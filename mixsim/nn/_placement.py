@@ -136,7 +136,7 @@ class ShardedExperts:
         xs = x.index_select(0, routing.token.index_select(0, perm))  # (P, d_model), sorted by expert
         self._count_sent(xs, send)
         xr = all_to_all(xs, recv, send, self.group)  # (R, d_model), by source rank, then expert
-        local = torch.arange(El, device=x.device).repeat(W).repeat_interleave(received.reshape(-1))  # (R,)
+        local = torch.arange(El, device=x.device).repeat(W).repeat_interleave(received.reshape(-1), output_size=sum(recv))  # (R,)
         yr, _, _ = run_experts(xr, torch.arange(xr.shape[0], device=x.device), local, ew, backend=backend)  # (R, d_out)
         self._count_sent(yr, recv)
         ys = all_to_all(yr, send, recv, self.group)  # (P, d_out), sorted by expert
