@@ -18,6 +18,8 @@ Rows (issue 23):
                      ``grouped`` paths, counted on meta tensors (no memory used): the benchmark's
                      layer (in bfloat16, the dtype grouped supports on meta), and the issue's ``MoE(4096, 14336, 8, 2, swiglu, bias=False)``
                      in bfloat16 on 8192 tokens with every size / 8 (the same ratio).
+``peak memory``      how much one forward + backward raises a fresh process's peak resident memory
+                     (``ru_maxrss``), ``blocked`` against ``grouped``, float32 on CPU.
 
 Timings on the shared 2-core machine are noisy; compare only the ratios within one run.
 """
@@ -132,6 +134,28 @@ def saved_bytes(dispatch: str, d: int, h: int, E: int, T: int, dtype: torch.dtyp
     return sum(storages.values())
 
 
+def _peak_rss_step(dispatch: str, E: int, T: int) -> float:
+    """MB by which one forward + backward raises this (fresh) process's peak resident memory."""
+    import resource
+
+    torch.set_num_threads(1)
+    layer = mnn.MoE(D_MODEL, D_HIDDEN, E, TOP_K, dispatch=dispatch, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    x, g = torch.randn(T, D_MODEL, generator=gen), torch.randn(T, D_MODEL, generator=gen)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    _step(layer, x, g, None)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def peak_rss(dispatch: str, E: int, T: int) -> float:
+    """:func:`_peak_rss_step` in a fresh spawned process (so nothing earlier set the peak)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_peak_rss_step, dispatch, E, T).result()
+
+
 def report(experts: list[int], tokens: int, rounds: int, world: int) -> None:
     """Print the rows."""
     print(f"expert parallel: {world} gloo processes x {tokens} tokens vs 1 process x {world * tokens} tokens "
@@ -149,6 +173,10 @@ def report(experts: list[int], tokens: int, rounds: int, world: int) -> None:
         grouped = saved_bytes("grouped", d, h, E, T, dtype, **kw)
         blocked = saved_bytes("blocked", d, h, E, T, dtype, **kw)
         print(f"  {label:<34} grouped {grouped / 1e6:8.1f} MB  blocked {blocked / 1e6:8.1f} MB  ratio {blocked / grouped:.2f}")
+    print("\npeak resident memory added by one forward + backward (CPU float32, fresh process each)")
+    for E in experts:
+        grouped, blocked = peak_rss("grouped", E, tokens), peak_rss("blocked", E, tokens)
+        print(f"  bench layer fp32, E={E:<3}  grouped +{grouped:6.0f} MB  blocked +{blocked:6.0f} MB  ratio {blocked / grouped:.2f}")
 
 
 def main() -> None:

@@ -159,6 +159,18 @@ def _blocked_bmm(a: torch.Tensor, w: torch.Tensor, block_expert: torch.Tensor, t
     return out
 
 
+def _blocked_weight_grad(a: torch.Tensor, g: torch.Tensor, block_expert: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum over blocks i of expert e of a[i].T @ g[i]``: (nb, b, n), (nb, b, m) -> (E, n, m), like ``w``.
+
+    E blocks at a time, so the per-block products never exceed the size of ``w``.
+    """
+    E, nb = w.shape[0], a.shape[0]
+    out = torch.zeros_like(w)
+    for i in range(0, nb, E):
+        out.index_add_(0, block_expert[i:i + E], torch.bmm(a[i:i + E].transpose(1, 2), g[i:i + E]))
+    return out
+
+
 class BlockedFFN(torch.autograd.Function):
     """``y[i] = act(xb[i] @ w1[e_i] + b1[e_i]) @ w2[e_i] + b2[e_i]`` for every block ``i`` of owner ``e_i``.
 
@@ -188,10 +200,10 @@ class BlockedFFN(torch.autograd.Function):
         xb, be, pre, post, w1, w2 = ctx.saved_tensors
         g = g.contiguous()
         g_post = _blocked_bmm(g, w2, be, transpose=True)  # (nb, b, h)
-        g_w2 = torch.zeros_like(w2).index_add_(0, be, torch.bmm(post.transpose(1, 2), g))  # (E, h, o)
+        g_w2 = _blocked_weight_grad(post, g, be, w2)  # (E, h, o)
         g_pre = act_backward(ctx.act, g_post, pre, post)  # (nb, b, h_in)
         del g_post
-        g_w1 = torch.zeros_like(w1).index_add_(0, be, torch.bmm(xb.transpose(1, 2), g_pre))  # (E, d, h_in)
+        g_w1 = _blocked_weight_grad(xb, g_pre, be, w1)  # (E, d, h_in)
         g_xb = _blocked_bmm(g_pre, w1, be, transpose=True) if ctx.needs_input_grad[0] else None  # (nb, b, d)
         g_b1 = w1.new_zeros(w1.shape[0], w1.shape[2]).index_add_(0, be, g_pre.sum(1)) if ctx.bias[0] else None
         g_b2 = w2.new_zeros(w2.shape[0], w2.shape[2]).index_add_(0, be, g.sum(1)) if ctx.bias[1] else None
