@@ -19,7 +19,7 @@ Rows (issue 23):
                      layer (in bfloat16, the dtype grouped supports on meta), and the issue's ``MoE(4096, 14336, 8, 2, swiglu, bias=False)``
                      in bfloat16 on 8192 tokens with every size / 8 (the same ratio).
 ``peak memory``      how much one forward + backward raises a fresh process's peak resident memory
-                     (``ru_maxrss``), ``blocked`` against ``grouped``, float32 on CPU.
+                     (``VmHWM``), ``blocked`` against ``grouped``, float32 on CPU.
 
 Timings on the shared 2-core machine are noisy; compare only the ratios within one run.
 """
@@ -134,17 +134,27 @@ def saved_bytes(dispatch: str, d: int, h: int, E: int, T: int, dtype: torch.dtyp
     return sum(storages.values())
 
 
+def _high_water_kib() -> int:
+    """This process's peak resident memory in KiB: ``VmHWM`` (Linux; unlike ``ru_maxrss`` it is not
+    inherited from the parent across fork and exec), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _peak_rss_step(dispatch: str, E: int, T: int) -> float:
     """MB by which one forward + backward raises this (fresh) process's peak resident memory."""
-    import resource
-
     torch.set_num_threads(1)
     layer = mnn.MoE(D_MODEL, D_HIDDEN, E, TOP_K, dispatch=dispatch, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
     x, g = torch.randn(T, D_MODEL, generator=gen), torch.randn(T, D_MODEL, generator=gen)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    before = _high_water_kib()
     _step(layer, x, g, None)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return (_high_water_kib() - before) / 1024
 
 
 def peak_rss(dispatch: str, E: int, T: int) -> float:
