@@ -60,7 +60,9 @@ class ExpertParallel(nn.Module):
     with the same seed and step on every rank), and a loss that depends on the layer's output.
     On a competition step every rank runs its experts on all ranks' tokens, the affinities go to
     the rank that owns each token, and only the winners' outputs come back (reused, not
-    recomputed). Split sizes are read on the host (a sync on an accelerator).
+    recomputed). Split sizes are read on the host (a sync on an accelerator). A selection bias
+    (``balance_bias_rate``) is updated from the load summed over the ranks, so it stays the same
+    on every rank. ``state_dict()`` holds this rank's experts only: save one per rank.
     """
 
     def __init__(self, layer: MoE, process_group=None) -> None:
