@@ -28,7 +28,7 @@ def test_blocked_saves_within_1_2x_of_grouped(activation, bias):
     # The issue's MoE(4096, 14336, 8, 2, swiglu, bias=False) in bf16 on 8192 tokens, every size / 8
     # (weights and activations both shrink 64x, so the ratio is the same). Before the fix the
     # blocked path saved its per-block weight copies: 3.67x grouped's bytes here (3.45x with gelu
-    # and biases); now 1.04x (1.04x), the blocks' padding rows.
+    # and biases); now 1.08x (1.08x), the blocks' padding rows.
     kw = dict(activation=activation, bias=bias, device="meta", dtype=torch.bfloat16)
     x = torch.empty(1024, 512, device="meta", dtype=torch.bfloat16, requires_grad=True)  # hidden states of a model
     grouped = saved_bytes(mnn.MoE(512, 1792, 8, 2, dispatch="grouped", **kw), x)

@@ -19,13 +19,15 @@ gathered input ``xs`` (P, d). Four backends then run every expert on its slice:
     ``C = max count``, one sync, and wastes the padding (about 20 % at E = 64 with a random router).
 ``blocked``
     Dropless and sync-free for every dtype and device: each expert's slice is padded to a multiple
-    of ``b`` rows (``b = ceil(P / 8E)`` rounded up to 8) and the blocks are run with batched
+    of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with batched
     products against the weights gathered per block (:class:`mixsim.nn._kernels.BlockedFFN`).
-    The number of blocks has the static bound ``ceil(P / b) + E <= 9E``, so shapes are static and
-    no count is read on the host; the price is ``E * b`` (about P / 8) rows allocated beyond P
+    The number of blocks has the static bound ``ceil(P / b) + E <= 5E``, so shapes are static and
+    no count is read on the host; the price is ``E * b`` (about P / 4) rows allocated beyond P
     and the gathered weights, made E blocks at a time for one product and freed (the backward
-    gathers again): nothing per block is saved for backward beyond the padded activations, about
-    1.1x what ``grouped`` saves. The weight gradients are scatter-adds (atomic on GPU).
+    gathers again): nothing per block is saved for backward beyond the padded activations,
+    1.04-1.15x what ``grouped`` saves. Smaller blocks would pad less but gather the weights more
+    often (P / 8E: 1.4x the time at E = 64 on CPU). The weight gradients are scatter-adds
+    (atomic on GPU).
 
 ``auto`` (the dtype x device table, no host sync except where noted; capacity set: ``padded``
 everywhere)::
@@ -215,8 +217,8 @@ def _ffn_padded(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Ten
 
 
 def block_rows(n_pairs: int, n_experts: int) -> int:
-    """Rows per block of the ``blocked`` backend: ``ceil(P / 8E)`` rounded up to a multiple of 8 (host ints)."""
-    b = max(1, -(-n_pairs // (8 * n_experts)))
+    """Rows per block of the ``blocked`` backend: ``ceil(P / 4E)`` rounded up to a multiple of 8 (host ints)."""
+    b = max(1, -(-n_pairs // (4 * n_experts)))
     return -(-b // 8) * 8
 
 
