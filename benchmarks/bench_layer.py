@@ -3,6 +3,12 @@
 Usage::
 
     python benchmarks/bench_layer.py [--experts 8 64] [--rounds 7] [--repeats 1] [--threads N] [--tokens 4096] [--malloc-tuned]
+                                     [--no-parallel]
+
+After the table it prints the rows of ``bench_layer_parallel.py`` (issue 23): expert-parallel
+throughput on 2 gloo processes against 1 process at the same total experts, bytes sent per step
+against the minimum, and the blocked path's saved-for-backward bytes against ``grouped``
+(``--no-parallel`` skips them).
 
 Defaults follow issue 6: K = 2, d_model = 256, d_hidden = 512, 4096 tokens, E = 8 and 64.
 Variants, each timed as one forward + backward (gradients set to None before every call, as
@@ -267,6 +273,7 @@ def main() -> None:
                     help="torch threads (default 1: on a shared 2-core machine, 2 threads make every small op wait "
                          "for a core another user holds, and the timings measure that contention, not the code)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-parallel", action="store_true", help="skip the expert-parallel and saved-bytes rows")
     ap.add_argument("--malloc-tuned", action="store_true",
                     help="rerun with glibc keeping freed memory (MALLOC_MMAP_THRESHOLD_/TRIM_THRESHOLD_ = 1 GiB/4 GiB) "
                          "instead of unmapping it: E = 64 weight gradients are 32 MiB, above glibc's largest reused "
@@ -304,6 +311,11 @@ def main() -> None:
         print(f"{E:>3}  competition / router step = {statistics.median(comp):.1f}x wall"
               + (f" ({min(comp):.1f}-{max(comp):.1f})" if args.repeats > 1 else "")
               + f", {comp_cpu:.1f}x cpu  (target <= (E/K)*1.2 = {E / TOP_K * 1.2:.1f}x)\n")
+    if not args.no_parallel:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_layer_parallel import report
+
+        report(args.experts, args.tokens, args.rounds, world=2)
 
 
 if __name__ == "__main__":

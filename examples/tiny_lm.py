@@ -14,6 +14,12 @@ final numbers are printed as a table. Run from the repository root::
 
     python examples/tiny_lm.py                  # the README numbers (a few minutes, 1 thread)
     python examples/tiny_lm.py --steps 50 --seeds 1 --out /tmp/tiny.png
+    python examples/tiny_lm.py --expert-parallel 2   # the MoE blocks' experts over 2 CPU processes
+
+``--expert-parallel W`` trains the MoE variants with :class:`mixsim.nn.ExpertParallel` on W gloo
+processes on this machine: each process holds E/W experts of every MoE block and a replica of
+everything else, takes its own batches (data parallel), and the replicated parameters' gradients
+are summed over the processes (the expert gradients already are, through the exchanges).
 
 Causality: token choice and competition route each token by its own features, so they suit a
 causal model. USMoE chooses pairs over the whole batch, so a token's experts depend on other
@@ -26,11 +32,14 @@ import argparse
 import math
 import os
 import pathlib
+import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -139,12 +148,13 @@ class TinyLM(nn.Module):
         return self.head(self.ln(x)), aux  # (B, L, 256) logits, summed aux losses
 
 
-def active_params(model: TinyLM, cfg: Config) -> int:
-    """Parameters a token uses on a router step: every non-expert one, and K of the E experts."""
+def active_params(model: TinyLM, cfg: Config, world: int = 1) -> int:
+    """Parameters a token uses on a router step: every non-expert one, and K of the E experts
+    (each of the ``world`` expert-parallel processes holds E / world of them)."""
     total = 0
     for name, p in model.named_parameters():
         if ".moe." in name and name.split(".")[-1] in ("w1", "w2", "b1", "b2"):
-            total += p.numel() * cfg.top_k // cfg.n_experts
+            total += p.numel() * world * cfg.top_k // cfg.n_experts
         else:
             total += p.numel()
     return total
@@ -164,17 +174,34 @@ def evaluate(model: TinyLM, val: torch.Tensor, cfg: Config) -> float:
     return sum(losses) / len(losses)
 
 
+def shard_experts(model: TinyLM) -> list[nn.Parameter]:
+    """Wrap every MoE block in ExpertParallel (the default process group); returns the replicated parameters."""
+    sharded = set()
+    for m in list(model.modules()):
+        if isinstance(m, Experts):
+            m.moe = mnn.ExpertParallel(m.moe)
+            sharded |= {id(p) for p in m.moe.expert_parameters()}
+    return [p for p in model.parameters() if id(p) not in sharded]
+
+
 def train(variant: str, seed: int, cfg: Config, train_data: torch.Tensor, val: torch.Tensor) -> dict:
-    """Train one model; returns its validation curve, time and competition count."""
-    torch.manual_seed(seed)  # initialisation
+    """Train one model; returns its validation curve, time and competition count.
+
+    Inside an initialised process group of W > 1 ranks the MoE blocks are expert-parallel, each
+    rank draws its own batches, and the loss is the mean over ranks.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(seed)  # initialisation: the same on every rank
     model = TinyLM(variant, cfg)
+    replicated = shard_experts(model) if world > 1 else []
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     schedule = None
     if variant == "competesmoe":  # one schedule for the model, stepped by the optimiser
         schedule = mnn.CompetitionSchedule(warmup=cfg.competition_warmup, rate=cfg.competition_rate, seed=seed,
                                            total_steps=cfg.steps).attach(model, optimizer=opt)
-    gen = torch.Generator().manual_seed(seed)  # batches
+    gen = torch.Generator().manual_seed(seed + 7919 * rank)  # batches (rank 0: as without parallelism)
     curve = [(0, evaluate(model, val, cfg))]
     start = time.process_time()
     for step in range(1, cfg.steps + 1):
@@ -182,14 +209,16 @@ def train(variant: str, seed: int, cfg: Config, train_data: torch.Tensor, val: t
         logits, aux = model(x)
         loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1)) + aux
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / world).backward()  # the experts' gradients sum over ranks through the exchanges
+        for p in replicated:  # the router, attention, embeddings: sum too
+            dist.all_reduce(p.grad)
         opt.step()
         lr_sched.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curve.append((step, evaluate(model, val, cfg)))
     competitions = 0 if schedule is None else int(schedule.table(cfg.steps).sum())
     return {"variant": variant, "seed": seed, "curve": curve, "cpu_s": time.process_time() - start,
-            "active_params": active_params(model, cfg), "competitions": competitions}
+            "active_params": active_params(model, cfg, world), "competitions": competitions}
 
 
 def run(cfg: Config, seeds: list[int], variants: tuple[str, ...] = VARIANTS, log=print) -> list[dict]:
@@ -249,6 +278,34 @@ def plot(results: list[dict], path: str, cfg: Config) -> None:
     plt.close(fig)
 
 
+def _parallel_worker(rank: int, world: int, port: int, cfg: Config, seeds: list[int], variants: tuple[str, ...],
+                     threads: int, out: str) -> None:
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = run(cfg, seeds, variants, log=print if rank == 0 else (lambda *a: None))
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_expert_parallel(cfg: Config, seeds: list[int], world: int, threads: int = 1) -> list[dict]:
+    """:func:`run` of the MoE variants with their experts over ``world`` gloo processes on this machine."""
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # the processes import this file
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "results.pt")
+        variants = tuple(v for v in VARIANTS if v != "dense")
+        mp.start_processes(_parallel_worker, args=(world, port, cfg, seeds, variants, threads, out), nprocs=world,
+                           start_method="spawn")
+        return torch.load(out, weights_only=False)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=Config.steps)
@@ -256,13 +313,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="figures/tiny_lm.png")
     ap.add_argument("--toy", action="store_true", help="a tiny model and corpus (seconds; for tests)")
+    ap.add_argument("--expert-parallel", type=int, default=1, metavar="W",
+                    help="train the MoE variants with their experts over W CPU processes (gloo)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config(steps=args.steps, eval_every=max(1, min(Config.eval_every, args.steps // 4)))
     if args.toy:
         cfg = replace(cfg, d_model=16, n_heads=2, context=16, batch=4, n_experts=4, d_expert=16, eval_batches=2,
                       max_chars=20000)
-    results = run(cfg, list(range(args.seeds)))
+    if args.expert_parallel > 1:
+        results = run_expert_parallel(cfg, list(range(args.seeds)), args.expert_parallel, args.threads)
+    else:
+        results = run(cfg, list(range(args.seeds)))
     print(table(results))
     plot(results, args.out, cfg)
     print(f"figure: {args.out}")

@@ -1,7 +1,7 @@
 """mixsim: simulate, fit and measure Gaussian mixtures of experts; a CompeteSMoE layer for PyTorch.
 
 Data flows one way: spec -> truth -> sample -> fit -> losses -> rates -> figures.
-The network layer lives in :mod:`mixsim.nn` (imported on demand).
+The network layer is :mod:`mixsim.nn` (a layer library; the network study in :mod:`mixsim.study` builds on it).
 """
 from .gates import GATES, log_gate_weights
 from .experts import EXPERTS, expert_mean

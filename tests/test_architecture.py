@@ -102,10 +102,8 @@ def test_files_are_small_enough_to_read_whole(path):
 # TYPE_CHECKING alike, since each is an arrow from one file to another
 # ---------------------------------------------------------------------------------------------
 
-#: Packages whose cycles are a known, tracked exception: mixsim.nn still holds the network study
-#: (task, figure, command line) and imports mixsim.study, which imports it back; and its _layer and
-#: _schedule import each other. Moving the network study out of mixsim.nn (issue 20, item 3) empties this.
-KNOWN_CYCLES = ("mixsim.nn",)
+#: Packages whose cycles are a known, tracked exception (none since the network study left mixsim.nn).
+KNOWN_CYCLES: tuple[str, ...] = ()
 
 
 def _import_graph(package: Path) -> dict[str, set[str]]:
@@ -194,3 +192,32 @@ def test_the_cycle_checker_counts_function_and_type_checking_imports(tmp_path):
     graph = _import_graph(pkg)
     assert graph["mixsim.sub.a"] == {"mixsim.sub.b"} and graph["mixsim.d"] == {"mixsim.c"}
     assert _cycles(graph) == [["mixsim.sub.a", "mixsim.sub.b"]]
+
+
+def _mixsim_imports(path: Path) -> set[tuple[str, ...]]:
+    """Every mixsim module ``path`` imports, at any depth (inside functions and under TYPE_CHECKING too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            module = _resolve(path, node)
+            found |= {module + (alias.name,) for alias in node.names} | {module}
+        elif isinstance(node, ast.Import):
+            found |= {tuple(alias.name.split(".")) for alias in node.names}
+    return {m for m in found if m and m[0] == "mixsim"}
+
+
+def test_the_layer_library_imports_neither_the_study_nor_the_plots():
+    """mixsim.nn is a layer library (issue 20): no import of mixsim.study or mixsim.plots, anywhere in it."""
+    found = [f"{path.relative_to(PACKAGE.parent)} imports {'.'.join(m)}"
+             for path in sorted((PACKAGE / "nn").rglob("*.py")) for m in _mixsim_imports(path)
+             if m[:2] in (("mixsim", "study"), ("mixsim", "plots"))]
+    assert not found, "\n".join(found)
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path, monkeypatch):
+    pkg = tmp_path / "mixsim"
+    (pkg / "nn").mkdir(parents=True)
+    bad = pkg / "nn" / "_x.py"
+    bad.write_text("def f():\n    from ..study import run_study\n    from .. import plots\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert {m[:2] for m in _mixsim_imports(bad)} >= {("mixsim", "study"), ("mixsim", "plots")}

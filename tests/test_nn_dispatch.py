@@ -303,3 +303,10 @@ def test_blocked_static_bound_holds(n_pairs, n_experts):
                    torch.bincount(torch.randint(n_experts, (n_pairs,), generator=gen), minlength=n_experts),
                    torch.full((n_experts,), n_pairs // n_experts)]:
         assert int(((counts + b - 1) // b).sum()) <= -(-n_pairs // b) + n_experts
+
+
+def test_dispatch_backends_have_their_own_name():
+    # issue 20: BACKENDS named both joblib's backends (mixsim.study) and these; the old name stays an alias
+    assert mnn.BACKENDS is mnn.DISPATCH_BACKENDS == ("auto", "grouped", "loop", "padded", "blocked")
+    with pytest.raises(ValueError, match="dispatch"):
+        mnn.MoE(D, H, E, K, dispatch="fast")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import mixsim.nn as mnn
-import mixsim.nn._layer as layer_module
+import mixsim.nn._placement as layer_module  # where the layer's steps call the experts
 
 D, H, E, K, T = 8, 16, 4, 2, 24
 
@@ -71,6 +71,7 @@ def test_experts_run_once_per_competition_step(monkeypatch):
 
     monkeypatch.setattr(layer_module, "run_all_experts", counting)
     monkeypatch.setattr(layer_module, "run_experts", forbidden)
+    monkeypatch.setattr(layer_module, "run_and_combine", forbidden)
     out, aux = make()(x_(), compete=True)
     (out.sum() + aux.total()).backward()
     assert calls["all"] == 1

@@ -53,3 +53,19 @@ def test_same_seed_same_curve(tiny_lm):
     a = tiny_lm.train("competesmoe", 3, cfg, data[:4000], data[4000:])
     b = tiny_lm.train("competesmoe", 3, cfg, data[:4000], data[4000:])
     assert a["curve"] == b["curve"] and a["competitions"] == b["competitions"] == 2 * 6  # rate 1: every layer-step
+
+
+@pytest.mark.slow
+def test_expert_parallel_flag_trains_on_two_processes(tiny_lm, tmp_path):
+    # --expert-parallel 2: the MoE blocks' experts over 2 gloo processes; every MoE variant learns.
+    # Slow: about 25 s on the shared 2-core machine, mostly two processes importing torch.
+    results = tiny_lm.main(["--toy", "--steps", "20", "--seeds", "1", "--expert-parallel", "2", "--out", str(tmp_path / "ep.png")])
+    assert [r["variant"] for r in results] == ["token_choice", "competesmoe", "usmoe"]
+    dense_like = tiny_lm.active_params(tiny_lm.TinyLM("token_choice", tiny_lm.replace(
+        tiny_lm.Config(), d_model=16, n_heads=2, context=16, batch=4, n_experts=4, d_expert=16)), tiny_lm.replace(
+        tiny_lm.Config(), n_experts=4, d_expert=16))
+    for r in results:
+        first, last = r["curve"][0][1], r["curve"][-1][1]
+        assert last < first - 0.5, r["variant"]
+        assert r["active_params"] == dense_like  # the shards add up to the whole layer
+    assert results[1]["competitions"] > 0

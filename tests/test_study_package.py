@@ -141,11 +141,9 @@ def test_nn_options_agree_with_mixsim_nn():
 
     assert nn_options.ROUTERS == mnn.ROUTERS
     assert nn_options.AUX_WEIGHTS == mnn.DEFAULT_AUX_WEIGHTS
-    assert mnn.DEFAULT_OPTIONS is nn_options.DEFAULT_OPTIONS
 
 
 def test_old_names_are_aliases():
-    import mixsim.nn._experiment as exp
     import mixsim.study as study
 
     with pytest.warns(DeprecationWarning, match="RunnerHooks"):
@@ -158,7 +156,6 @@ def test_old_names_are_aliases():
     with pytest.raises(AttributeError, match="no_such_name"):
         study.no_such_name  # noqa: B018
     assert study.METRICS is study.MLE_METRICS and set(study.METRICS) <= set(REGISTRY)
-    assert exp.task_seed is replicate_seed and exp.METRICS == study.NN_METRICS
     assert set(study.NN_METRICS) <= set(REGISTRY)
 
 
@@ -185,23 +182,16 @@ def test_nested_torch_threads_restore_the_enclosing_count(one_thread):
 
 
 def test_run_experiment_is_the_study_runner_and_matches_run_nn_task():
-    mnn = pytest.importorskip("mixsim.nn")
+    import mixsim.study as study
+
     tiny = {"n_experts": 4, "d": 8, "d_hidden": 8, "teacher_hidden": 8, "steps": 4, "batch_size": 32, "n_test": 64,
             "routers": ["token_choice"]}
-    df = mnn.run_experiment(tiny, [32], replications=1, seed=3)
+    df = study.run_nn_experiment(tiny, [32], replications=1, seed=3)
     seed = replicate_seed(3, 32, 0)
-    direct = mnn.run_nn_task(tiny, 32, seed)
+    direct = study.run_nn_task(tiny, 32, seed)
     assert df["seed"].tolist() == [seed] * len(direct)
     assert df["value"].tolist() == [r["value"] for r in direct]
     assert df["status"].tolist() == [r["status"] for r in direct]
-
-
-def test_grid_helpers_are_one():
-    from mixsim.nn.__main__ import grid_values
-    from mixsim.study import parse_grid
-
-    grid = {"start": 128, "stop": 8192, "num": 5, "spacing": "log"}
-    assert grid_values(grid) == list(parse_grid(grid)) == [128, 362, 1024, 2896, 8192]
 
 
 if __name__ == "__main__":  # pragma: no cover

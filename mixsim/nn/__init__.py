@@ -7,14 +7,20 @@ Layers
     auxiliary losses by name (``balance``, ``z_loss``, ``distillation``, ``diversity``) and
     :meth:`MoEAux.total` weighs them; ``aux`` also reports tokens per expert, dropped pairs and
     unrouted tokens.
+Expert parallelism
+    :class:`ExpertParallel` shards a layer's experts over the ranks of a ``torch.distributed``
+    group (gloo on CPU, NCCL on GPU); tokens go to their experts' ranks and back by all-to-all.
 Building blocks
     The routers (``route_*``, pure functions returning token-expert pairs), the sorted dispatch
     (:func:`run_experts`, :func:`run_all_experts`, :func:`combine`) and the losses.
-Experiment
-    :func:`run_nn_task` (one study task, the contract of ``mixsim.study``), :func:`run_experiment`
-    and :func:`plot_sample_efficiency`: held-out error against training-set size per router
-    (``studies/nn_sample_efficiency.toml``; ``python -m mixsim.nn`` and :func:`run_experiment` run it
-    through the study runner, like ``mixsim run``).
+A layer library
+    ``mixsim.nn`` imports nothing from :mod:`mixsim.study` or :mod:`mixsim.plots`. The network
+    study built on it moved out (issue 20): ``run_nn_task``, ``make_teacher`` and
+    ``train_regressor`` are in :mod:`mixsim.study` (``mixsim.study.nn_task``),
+    ``run_experiment`` is :func:`mixsim.study.run_nn_experiment`, ``plot_sample_efficiency`` is
+    :func:`mixsim.plots.plot_sample_efficiency`, ``DEFAULT_OPTIONS`` is
+    ``mixsim.study.nn_options.DEFAULT_OPTIONS``; ``python -m mixsim.nn`` is ``mixsim run
+    nn_sample_efficiency --out DIR``. Asking ``mixsim.nn`` for an old name says where it went.
 
 Example
 -------
@@ -45,7 +51,8 @@ Design
   ``loop`` (every dtype; the CPU float16/float64 default), ``padded`` (default with a capacity
   factor, and for expert choice, whose slices all have exactly C tokens), ``blocked`` (dropless,
   static shapes, sync-free for every dtype: the default on other GPUs and dtypes, and under
-  ``torch.compile`` where ``loop`` would break the graph). The dtype x device table is in
+  ``torch.compile``, where ``loop`` compiles for inference but its backward does not trace;
+  the gathered per-block weights are temporaries, not saved for backward). The dtype x device table is in
   :mod:`mixsim.nn._dispatch`; ``auto_backend`` returns its choice. On this 2-core CPU ``benchmarks/bench_layer.py`` measured
   ``grouped`` and ``loop`` within noise of each other (0.90-0.93 of a dense block of the same
   FLOPs at E = 8; at E = 64, where E separate 128-row products already cost 0.90-0.95, 0.81-0.85
@@ -64,27 +71,44 @@ Design
   master weights; the router product, logits, routing weights, affinities and auxiliary losses
   are computed outside autocast in float32 (``router_float32=True`` also stores the router in
   float32 when the experts are bfloat16).
+* Balancing, off by default: ``balance_bias_rate`` (auxiliary-loss-free, a selection bias updated
+  from the load), ``router_jitter``, ``n_groups``/``top_groups`` (group-limited routing).
 * ``mask`` (padding), ``n_shared_experts`` (always-on experts) and ``activation="swiglu"``;
   expert choice and USMoE are not causal (they compare tokens across the batch).
 * Choices tagged [C] in THEORY.md are parameters: USMoE's ``usmoe_alpha`` and ``usmoe_weighting``,
   ``distill_alpha``, the diversity coefficient, the cap rule of the schedule.
 """
-from ._dispatch import (BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported, grouped_mm_sync_free,
-                        run_all_experts, run_experts)
-from ._experiment import DEFAULT_OPTIONS, make_teacher, run_experiment, run_nn_task, train_regressor
-from ._figure import plot_sample_efficiency
+from ._dispatch import (BACKENDS, DISPATCH_BACKENDS, ExpertWeights, auto_backend, combine, grouped_mm_supported,
+                        grouped_mm_sync_free, run_all_experts, run_experts)
 from ._layer import CompeteSMoE, MoE, MoEAux
+from ._parallel import ExpertParallel
 from ._losses import DEFAULT_AUX_WEIGHTS, balance_loss, distillation_loss, diversity_loss, z_loss
 from ._routers import (ROUTERS, Routing, expert_capacity, route_competition, route_expert_choice,
                        route_token_choice, route_usmoe, usmoe_scores)
 from ._schedule import CompetitionSchedule
 
 __all__ = [
-    "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule",
+    "MoE", "CompeteSMoE", "MoEAux", "CompetitionSchedule", "ExpertParallel",
     "ROUTERS", "Routing", "route_token_choice", "route_expert_choice", "route_usmoe", "route_competition",
     "usmoe_scores", "expert_capacity",
-    "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
+    "DISPATCH_BACKENDS", "BACKENDS", "ExpertWeights", "run_experts", "run_all_experts", "combine", "grouped_mm_supported",
     "grouped_mm_sync_free", "auto_backend",
     "DEFAULT_AUX_WEIGHTS", "balance_loss", "z_loss", "distillation_loss", "diversity_loss",
-    "DEFAULT_OPTIONS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "plot_sample_efficiency",
 ]
+
+#: Names that moved out of the layer library with the network study (issue 20): name -> new home.
+_MOVED = {
+    "run_nn_task": "mixsim.study.run_nn_task",
+    "make_teacher": "mixsim.study.make_teacher",
+    "train_regressor": "mixsim.study.train_regressor",
+    "run_experiment": "mixsim.study.run_nn_experiment",
+    "plot_sample_efficiency": "mixsim.plots.plot_sample_efficiency",
+    "DEFAULT_OPTIONS": "mixsim.study.nn_options.DEFAULT_OPTIONS",
+}
+
+
+def __getattr__(name: str):
+    # A text, not an import: the layer library must not import the study (no arrow nn -> study).
+    if name in _MOVED:
+        raise AttributeError(f"mixsim.nn.{name} moved to {_MOVED[name]} (mixsim.nn is the layer library only)")
+    raise AttributeError(f"module 'mixsim.nn' has no attribute {name!r}")

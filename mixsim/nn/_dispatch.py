@@ -19,18 +19,22 @@ gathered input ``xs`` (P, d). Four backends then run every expert on its slice:
     ``C = max count``, one sync, and wastes the padding (about 20 % at E = 64 with a random router).
 ``blocked``
     Dropless and sync-free for every dtype and device: each expert's slice is padded to a multiple
-    of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with one ``bmm``
-    against the weights gathered per block. The number of blocks has the static bound
-    ``ceil(P / b) + E``, so shapes are static and no count is read on the host; the price is at
-    most ``E * (b - 1)`` padded rows (about P / 8 on average) and ``ceil(P / b) + E <= 5E``
-    gathered weight copies. The weight gradients are scatter-adds (atomic on GPU).
+    of ``b`` rows (``b = ceil(P / 4E)`` rounded up to 8) and the blocks are run with batched
+    products against the weights gathered per block (:class:`mixsim.nn._kernels.BlockedFFN`).
+    The number of blocks has the static bound ``ceil(P / b) + E <= 5E``, so shapes are static and
+    no count is read on the host; the price is ``E * b`` (about P / 4) rows allocated beyond P
+    and the gathered weights, made E blocks at a time for one product and freed (the backward
+    gathers again): nothing per block is saved for backward beyond the padded activations,
+    1.04-1.15x what ``grouped`` saves. Smaller blocks would pad less but gather the weights more
+    often (P / 8E: 1.4x the time at E = 64 on CPU). The weight gradients are scatter-adds
+    (atomic on GPU).
 
 ``auto`` (the dtype x device table, no host sync except where noted; capacity set: ``padded``
 everywhere)::
 
     device                             float32   bfloat16   float16 / float64
     CPU                                grouped   grouped    loop (sizes on the host: free on CPU)
-    CPU under torch.compile            grouped   grouped    blocked (loop would break the graph)
+    CPU under torch.compile            grouped   grouped    blocked (loop's backward does not trace)
     CUDA, compute capability 9.x/10.x  blocked   grouped    blocked
     CUDA, other                        blocked   blocked    blocked
     other accelerators                 blocked   blocked    blocked
@@ -44,6 +48,11 @@ SwiGLU) and d_out multiples of 8 in bfloat16 and of 4 in float32; :func:`grouped
 checks this, and ``auto`` falls back when it fails (``dispatch="grouped"`` raises).
 ``benchmarks/bench_layer.py`` measures the backends.
 
+``loop`` under ``torch.compile`` (torch 2.13): Dynamo captures ``counts.tolist()`` as
+data-dependent sizes, so inference compiles with ``fullgraph=True`` (no graph break), but
+AOTAutograd cannot trace the backward of the split by those sizes (a data-dependent guard);
+``auto`` therefore picks ``blocked`` under compile.
+
 Dropping (capacity factor): within an expert, pairs keep their order of arrival (token-major for
 token choice, so earlier tokens win) and those at positions >= C are dropped. Every backend drops
 the same pairs, so results agree across backends.
@@ -55,9 +64,10 @@ from typing import NamedTuple
 import torch
 
 from ._activations import ACTIVATIONS
-from ._kernels import GROUPED_MM, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
+from ._kernels import GROUPED_MM, BlockedFFN, CompeteFFN, GroupedFFN, LoopFFN, SortedCombine
 
 __all__ = [
+    "DISPATCH_BACKENDS",
     "BACKENDS",
     "ACTIVATIONS",
     "ExpertWeights",
@@ -74,7 +84,8 @@ __all__ = [
     "combine",
 ]
 
-BACKENDS = ("auto", "grouped", "loop", "padded", "blocked")
+DISPATCH_BACKENDS = ("auto", "grouped", "loop", "padded", "blocked")
+BACKENDS = DISPATCH_BACKENDS  # the earlier name, kept for users (mixsim.study's BACKENDS are joblib's, another thing)
 
 class ExpertWeights(NamedTuple):
     """Stacked expert parameters: ``y = act(x @ w1[e] + b1[e]) @ w2[e] + b2[e]``.
@@ -136,8 +147,8 @@ def auto_backend(device: torch.device, dtype: torch.dtype, capacity: int | None,
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, capacity: int | None,
                     dims: tuple[int, ...] = ()) -> str:
     """Turn ``auto`` into a concrete backend; check an explicit one can run here."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown dispatch backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in DISPATCH_BACKENDS:
+        raise ValueError(f"unknown dispatch backend {backend!r}; expected one of {DISPATCH_BACKENDS}")
     if backend == "auto":
         return auto_backend(device, dtype, capacity, dims)
     if backend == "grouped" and not grouped_mm_supported(device, dtype, dims):
@@ -218,15 +229,10 @@ def _ffn_blocked(xs: torch.Tensor, expert_sorted: torch.Tensor, counts: torch.Te
     padded = (counts + (b - 1)) // b * b  # (E,) each slice rounded up to whole blocks
     ends = padded.cumsum(0)  # (E,)
     slot = (ends - padded).index_select(0, expert_sorted) + _positions(expert_sorted, counts)  # (P,) row in blocks
-    xb = xs.new_zeros(nb * b, d).index_copy(0, slot, xs).view(nb, b, d)  # (nb, b, d); unused rows stay 0
+    xb = xs.new_zeros(nb * b, d).index_put((slot,), xs).view(nb, b, d)  # (nb, b, d); unused rows 0; saves slot only
     first_row = torch.arange(nb, device=xs.device) * b  # (nb,)
     block_expert = torch.searchsorted(ends, first_row, right=True).clamp_(max=E - 1)  # (nb,) owner of each block
-    h = torch.bmm(xb, ew.w1.index_select(0, block_expert))  # (nb, b, h_in)
-    if ew.b1 is not None:
-        h = h + ew.b1.index_select(0, block_expert).unsqueeze(1)
-    y = torch.bmm(ACTIVATIONS[ew.activation](h), ew.w2.index_select(0, block_expert))  # (nb, b, d_out)
-    if ew.b2 is not None:
-        y = y + ew.b2.index_select(0, block_expert).unsqueeze(1)
+    y = BlockedFFN.apply(xb, block_expert, ew.activation, ew.w1, ew.b1, ew.w2, ew.b2)  # (nb, b, d_out)
     return y.view(nb * b, -1).index_select(0, slot)  # (P, d_out)
 
 

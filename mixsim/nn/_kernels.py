@@ -9,6 +9,11 @@ copied more than once. None is twice differentiable.
     added in place, and optional per-pair combine weights are applied to the output here, so the
     weighting and its gradient cost one pass each instead of autograd's separate products.
 
+``BlockedFFN``
+    Experts on fixed-size blocks of rows, each block owned by one expert (the ``blocked``
+    backend): batched products against the weights gathered per block. The gathered copies live
+    only inside forward and backward; what is saved is the stacked weights themselves, so the
+    saved bytes are those of ``grouped`` plus the blocks' padding rows.
 ``SortedCombine``
     The weighted sum of each token's K expert outputs, read from rows sorted by expert: one
     ``embedding_bag`` forward; a backward of gathers only (the rows are a permutation).
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 
 from ._activations import ACTIVATIONS, act_backward
 
-__all__ = ["GROUPED_MM", "GroupedFFN", "SortedCombine", "LoopFFN", "CompeteFFN"]
+__all__ = ["GROUPED_MM", "GroupedFFN", "BlockedFFN", "SortedCombine", "LoopFFN", "CompeteFFN"]
 
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)  # None before torch 2.8
 
@@ -138,6 +143,71 @@ class GroupedFFN(torch.autograd.Function):
         g_b1 = g_pre.new_zeros(E, g_pre.shape[1]).index_add_(0, expert_sorted, g_pre) if ctx.bias[0] else None
         g_b2 = g.new_zeros(E, g.shape[1]).index_add_(0, expert_sorted, g) if ctx.bias[1] else None
         return g_xs, None, None, g_weight, None, g_w1, g_b1, g_w2, g_b2
+
+
+def _blocked_bmm(a: torch.Tensor, w: torch.Tensor, block_expert: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``a[i] @ w[block_expert[i]]`` (or ``@ w[...].T``) for every block: (nb, b, n) -> (nb, b, m).
+
+    The weights are gathered for E blocks at a time (a static number of chunks), so the gathered
+    copies never exceed the size of ``w`` itself and are freed chunk by chunk.
+    """
+    E, nb = w.shape[0], a.shape[0]
+    out = a.new_empty(nb, a.shape[1], w.shape[1] if transpose else w.shape[2])
+    for i in range(0, nb, E):
+        wg = w.index_select(0, block_expert[i:i + E])  # (<= E, n, m): one weight-sized temporary
+        torch.bmm(a[i:i + E], wg.transpose(1, 2) if transpose else wg, out=out[i:i + E])
+    return out
+
+
+def _blocked_weight_grad(a: torch.Tensor, g: torch.Tensor, block_expert: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum over blocks i of expert e of a[i].T @ g[i]``: (nb, b, n), (nb, b, m) -> (E, n, m), like ``w``.
+
+    E blocks at a time, so the per-block products never exceed the size of ``w``.
+    """
+    E, nb = w.shape[0], a.shape[0]
+    out = torch.zeros_like(w)
+    for i in range(0, nb, E):
+        out.index_add_(0, block_expert[i:i + E], torch.bmm(a[i:i + E].transpose(1, 2), g[i:i + E]))
+    return out
+
+
+class BlockedFFN(torch.autograd.Function):
+    """``y[i] = act(xb[i] @ w1[e_i] + b1[e_i]) @ w2[e_i] + b2[e_i]`` for every block ``i`` of owner ``e_i``.
+
+    Inputs: xb (nb, b, d), block_expert (nb,) the owner of each block, act, w1 (E, d, h), b1 (E, h)
+    or None, w2 (E, h, o), b2 (E, o) or None. Output: (nb, b, o). Static shapes, no host read.
+    The weights gathered per block, ``w[block_expert]``, are made E blocks at a time for one
+    product and freed (:func:`_blocked_bmm`); the backward gathers them again and scatter-adds
+    the per-block weight gradients into (E, ...) (atomic on GPU).
+    """
+
+    @staticmethod
+    def forward(ctx, xb, block_expert, act, w1, b1, w2, b2):
+        pre = _blocked_bmm(xb, w1, block_expert)  # (nb, b, h_in)
+        if b1 is not None:
+            pre.add_(b1.index_select(0, block_expert).unsqueeze(1))
+        post = ACTIVATIONS[act](pre)  # (nb, b, h)
+        y = _blocked_bmm(post, w2, block_expert)  # (nb, b, o)
+        if b2 is not None:
+            y.add_(b2.index_select(0, block_expert).unsqueeze(1))
+        ctx.act, ctx.bias = act, (b1 is not None, b2 is not None)
+        ctx.save_for_backward(xb, block_expert, pre, post, w1, w2)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # g (nb, b, o)
+        xb, be, pre, post, w1, w2 = ctx.saved_tensors
+        g = g.contiguous()
+        g_post = _blocked_bmm(g, w2, be, transpose=True)  # (nb, b, h)
+        g_w2 = _blocked_weight_grad(post, g, be, w2)  # (E, h, o)
+        g_pre = act_backward(ctx.act, g_post, pre, post)  # (nb, b, h_in)
+        del g_post
+        g_w1 = _blocked_weight_grad(xb, g_pre, be, w1)  # (E, d, h_in)
+        g_xb = _blocked_bmm(g_pre, w1, be, transpose=True) if ctx.needs_input_grad[0] else None  # (nb, b, d)
+        g_b1 = w1.new_zeros(w1.shape[0], w1.shape[2]).index_add_(0, be, g_pre.sum(1)) if ctx.bias[0] else None
+        g_b2 = w2.new_zeros(w2.shape[0], w2.shape[2]).index_add_(0, be, g.sum(1)) if ctx.bias[1] else None
+        return g_xb, None, None, g_w1, g_b1, g_w2, g_b2
 
 
 class SortedCombine(torch.autograd.Function):

@@ -17,13 +17,14 @@ from ..checks import check_choice, check_int, check_real
 from ..devices import check_device
 from ..gates import competition_logits
 from ._activations import ACTIVATIONS, hidden_in
-from ._dispatch import (BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity, run_all_experts,
-                        run_and_combine, run_experts)
-from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, z_loss
-from ._precision import _autocast_off, _compute_dtype
+from ._balance import check_balancing, jitter, update_selection_bias
+from ._dispatch import DISPATCH_BACKENDS, ExpertWeights, combine, expert_counts, keep_within_capacity
+from ._losses import MoEAux, balance_loss, distillation_loss, diversity_loss, routing_aux, z_loss
+from ._placement import LocalExperts
+from ._precision import _autocast_off, _autocast_on, _compute_dtype
 from ._routers import (ROUTERS, USMOE_WEIGHTINGS, Routing, expert_capacity, route_competition,
                        route_expert_choice, route_token_choice, route_usmoe)
-from ._schedule import CompetitionSchedule, default_extra_state
+from ._schedule import CompetitionSchedule, check_settings, default_extra_state
 
 __all__ = ["MoE", "CompeteSMoE", "MoEAux"]
 
@@ -64,6 +65,11 @@ class MoE(nn.Module):
     router_float32 : bool, default False
         Keep the router weights in float32 whatever ``dtype`` is, also after ``.to(bfloat16)``
         or ``.half()`` (the experts follow ``dtype``).
+    balance_bias_rate, router_jitter, n_groups, top_groups : default 0.0, 0.0, 1, None
+        Balancing, all off by default (see :mod:`mixsim.nn._balance`): auxiliary-loss-free
+        balancing by a selection bias updated from each step's load at this rate; router input
+        jitter ``eps``; group-limited routing (experts in ``n_groups`` groups, a token picks its
+        ``top_groups`` best groups first).
     usmoe_alpha : float in [0, 1], default 0.5
         USMoE: weight of the expert-choice normalisation in the unified score [C].
     usmoe_weighting : {"token", "score"}, default "token"
@@ -98,7 +104,8 @@ class MoE(nn.Module):
 
     Precision: the experts run in the autocast dtype inside ``torch.autocast`` (float32 master
     weights are cast per call; the gradients reach them in float32), else in the experts'
-    parameter dtype (inputs of another dtype are cast). The router product, logits, routing
+    parameter dtype; outside autocast an input of another dtype raises TypeError, as
+    ``nn.Linear`` does. The router product, logits, routing
     scores and weights, affinities and every auxiliary loss are computed outside autocast in
     float32 (float64 for float64 parameters).
 
@@ -113,12 +120,17 @@ class MoE(nn.Module):
     graph with no graph break (``tests/test_nn_compile.py`` counts them); the competition
     decision is a Python bool read from :attr:`CompetitionSchedule.decisions`, so a compiled
     CompeteSMoE keeps two graphs (compete, route) and switches between them by a guard. A
-    ``mask`` adds one break (``nonzero``); the ``loop`` backend breaks too (its sizes are read
-    on the host), so under compile ``auto`` never picks it where another path runs.
+    ``mask`` adds one break (``nonzero``). The ``loop`` backend reads its sizes on the host:
+    dynamo captures them as data-dependent sizes, so it compiles with ``fullgraph=True`` for
+    inference, but its backward does not trace (a data-dependent guard in AOTAutograd, torch
+    2.13), so under compile ``auto`` picks ``blocked`` instead.
 
-    Checkpoints: the schedule's step is saved in ``state_dict()`` (``get_extra_state``) and
-    restored by ``load_state_dict``.
+    Checkpoints: the schedule's step and settings are saved in ``state_dict()``
+    (``get_extra_state``); ``load_state_dict`` restores the step and raises naming any setting
+    that differs.
     """
+
+    uses_competition_schedule = True  # CompetitionSchedule.attach finds its layers by this, not by class
 
     def __init__(
         self,
@@ -142,6 +154,10 @@ class MoE(nn.Module):
         router_init_std: float = 0.02,
         n_shared_experts: int = 0,
         router_float32: bool = False,
+        balance_bias_rate: float = 0.0,
+        router_jitter: float = 0.0,
+        n_groups: int = 1,
+        top_groups: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -156,7 +172,7 @@ class MoE(nn.Module):
         self.d_out = self.d_model if d_out is None else check_int(d_out, "d_out")
         self.router = check_choice(router, "router", ROUTERS)
         self.activation = check_choice(activation, "activation", tuple(ACTIVATIONS))
-        self.dispatch = check_choice(dispatch, "dispatch", BACKENDS)
+        self.dispatch = check_choice(dispatch, "dispatch", DISPATCH_BACKENDS)
         self.usmoe_weighting = check_choice(usmoe_weighting, "usmoe_weighting", USMOE_WEIGHTINGS)
         self.capacity_factor = None if capacity_factor is None else check_real(capacity_factor, "capacity_factor", 0.0, strict=True)
         if not (isinstance(usmoe_alpha, numbers.Real) and 0.0 <= usmoe_alpha <= 1.0):
@@ -182,6 +198,8 @@ class MoE(nn.Module):
         if not isinstance(router_float32, bool):
             raise TypeError(f"router_float32 must be a bool; got {type(router_float32).__name__}")
         self.router_float32 = router_float32
+        self.balance_bias_rate, self.router_jitter, self.n_groups, self.top_groups = check_balancing(
+            self.router, self.n_experts, self.top_k, balance_bias_rate, router_jitter, n_groups, top_groups)
 
         kw = {"device": None if device is None else check_device(device), "dtype": dtype}
         E, d, h, o = self.n_experts, self.d_model, self.d_hidden, self.d_out
@@ -197,6 +215,9 @@ class MoE(nn.Module):
         self.shared_w2 = nn.Parameter(torch.empty(S * h, o, **kw)) if S else None
         self.shared_b1 = nn.Parameter(torch.empty(S * hi, **kw)) if S and bias else None
         self.shared_b2 = nn.Parameter(torch.empty(o, **kw)) if S and bias else None
+        self._placement = LocalExperts()  # where the experts run (ExpertParallel shards them over ranks)
+        if self.balance_bias_rate:  # a buffer only when on, so other checkpoints keep their keys
+            self.register_buffer("selection_bias", torch.zeros(E, device=device, dtype=torch.float32))
         self.reset_parameters(generator)
         self.register_load_state_dict_pre_hook(default_extra_state)  # checkpoints saved before the extra state
 
@@ -229,15 +250,18 @@ class MoE(nn.Module):
 
     # -- checkpoint ------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        """The schedule's step (None without a schedule), saved by ``state_dict()``."""
-        return {"schedule_step": None if self.schedule is None else self.schedule.current_step}
+        """The schedule's step and settings (None without a schedule), saved by ``state_dict()``."""
+        if self.schedule is None:
+            return {"schedule_step": None}
+        return {"schedule_step": self.schedule.current_step, "schedule": self.schedule.settings()}
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the schedule's step from ``load_state_dict``."""
+        """Restore the schedule's step from ``load_state_dict``; a setting that differs raises ValueError naming it."""
         if not isinstance(state, dict) or "schedule_step" not in state:
             raise ValueError(f"extra state must be a dict with 'schedule_step'; got {state!r}")
         step = None if state["schedule_step"] is None else check_int(state["schedule_step"], "extra state 'schedule_step'", 0)
         if step is not None and self.schedule is not None:
+            check_settings(self.schedule, state.get("schedule", {}))
             self.schedule.set_step(step)
 
     def set_router(self, router: str) -> "MoE":
@@ -291,7 +315,8 @@ class MoE(nn.Module):
             return route_expert_choice(logits, self._ec_capacity(T))
         if self.router == "usmoe":
             return route_usmoe(logits, min(T * self.top_k, T * self.n_experts), self.usmoe_alpha, self.usmoe_weighting)
-        return route_token_choice(logits, self.top_k)  # token choice; competition's router steps
+        bias = self.selection_bias if self.balance_bias_rate else None  # token choice; competition's router steps
+        return route_token_choice(logits, self.top_k, bias, self.n_groups, self.top_groups)
 
     def forward(self, x: torch.Tensor, compete: bool | None = None,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
@@ -322,6 +347,9 @@ class MoE(nn.Module):
             raise ValueError(f"x must have shape (..., d_model={self.d_model}); got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be floating point; got {x.dtype}")
+        if x.dtype != self.w1.dtype and not _autocast_on(x.device.type):  # as nn.Linear: no silent cast
+            raise TypeError(f"x has dtype {x.dtype} but the layer's experts are {self.w1.dtype}: cast x or the "
+                            f"layer (layer.to({x.dtype})), or run under torch.autocast")
         competing = self._competes(compete)
         lead = x.shape[:-1]
         xt = x.reshape(-1, self.d_model)  # (T, d_model)
@@ -335,7 +363,8 @@ class MoE(nn.Module):
         dtype = _compute_dtype(x.device.type, self.w1.dtype)  # autocast's, else the experts'
         score_dtype = torch.promote_types(dtype, torch.float32)  # route in float32 even for bf16
         with _autocast_off(x.device.type):
-            logits = xt.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E), from the inputs as given
+            xr = jitter(xt, self.router_jitter) if self.router_jitter and self.training else xt  # the router's view
+            logits = xr.to(score_dtype) @ self.gate.t().to(score_dtype)  # (T, E), from the inputs as given
             xt = xt.to(dtype)
             ew = self.expert_weights(dtype)
             out, aux = self._competition_step(xt, logits, ew) if competing else self._router_step(xt, logits, ew)
@@ -356,16 +385,11 @@ class MoE(nn.Module):
         routing = self._route(logits)
         # expert choice: every expert has exactly C pairs, so the padded bmm wastes nothing
         capacity = self._ec_capacity(T) if self.router == "expert_choice" else self._capacity(T)
-        kw = {"backend": self.dispatch, "capacity": capacity, "sorted_by_expert": routing.sorted_by_expert}
-        if self.router_step_diversity:  # the diversity loss needs the unweighted outputs of the pairs
-            y, keep, counts = run_experts(xt, routing.token, routing.expert, ew, **kw)  # (P, d_out)
-            weight = routing.weight if keep is None else routing.weight * keep
-            out = combine(y, weight, routing.token, T, routing.per_token)  # (T, d_out)
-            diversity = diversity_loss(y, routing.token, T, routing.per_token, keep)
-        else:
-            out, keep, counts = run_and_combine(xt, routing.token, routing.expert, routing.weight, ew,
-                                                per_token=routing.per_token, **kw)  # (T, d_out)
-            diversity = logits.new_zeros(())
+        # the diversity loss needs the unweighted outputs of the pairs y (P, d_out)
+        out, y, keep, counts = self._placement.run_pairs(xt, routing, ew, self.dispatch, capacity, self.router_step_diversity)
+        diversity = logits.new_zeros(()) if y is None else diversity_loss(y, routing.token, T, routing.per_token, keep)
+        if self.balance_bias_rate and self.training and torch.is_grad_enabled():  # aux-loss-free balancing
+            update_selection_bias(self.selection_bias, self._placement.total_counts(counts), self.balance_bias_rate)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (T, 1)
         losses = {
             "balance": balance_loss(torch.exp(logits - lse), counts),  # softmax of the logits
@@ -373,14 +397,14 @@ class MoE(nn.Module):
             "distillation": logits.new_zeros(()),
             "diversity": diversity,
         }
-        return out, self._aux(losses, routing, keep, T, counts, competition=False)
+        return out, routing_aux(losses, routing, keep, T, counts, competition=False)
 
     def _competition_step(self, xt: torch.Tensor, logits: torch.Tensor, ew: ExpertWeights) -> tuple[torch.Tensor, MoEAux]:
         T, E, K = xt.shape[0], self.n_experts, self.top_k
-        y_all, mean_softplus = run_all_experts(xt, ew)  # (E, T, d_out), (T, E); computed once
+        mean_softplus, pick = self._placement.run_all(xt, ew)  # (T, E); every expert's output computed once
         affinity = competition_logits(mean_softplus, None, phi="identity")  # (T, E), THEORY s_i
         routing = route_competition(affinity, K)  # T*K token-major pairs
-        y = y_all.reshape(E * T, self.d_out).index_select(0, routing.expert * T + routing.token)  # (T*K, d_out), reused
+        y = pick(routing.expert, routing.token)  # (T*K, d_out), reused
         counts = expert_counts(routing.expert, E)  # (E,)
         keep = None
         capacity = self._capacity(T)
@@ -396,26 +420,7 @@ class MoE(nn.Module):
             "distillation": distillation_loss(torch.softmax(logits, dim=-1), target, routing.expert.view(T, K), self.distill_alpha),
             "diversity": diversity_loss(y, routing.token, T, K, keep),
         }
-        return out, self._aux(losses, routing, keep, T, counts, competition=True)
-
-    def _aux(self, losses: dict[str, torch.Tensor], routing: Routing, keep: torch.Tensor | None, T: int,
-             counts: torch.Tensor, competition: bool) -> MoEAux:
-        if keep is None and routing.per_token is not None:  # dropless, K pairs on every token
-            return MoEAux(losses, counts, counts.new_zeros(()), counts.new_zeros(()), competition)
-        served = torch.zeros(T, dtype=torch.long, device=counts.device)
-        if keep is None:
-            per_expert = counts
-            served.index_add_(0, routing.token, torch.ones_like(routing.token))  # (T,) experts per token
-        else:
-            per_expert = torch.zeros_like(counts).index_add_(0, routing.expert, keep.long())  # (E,) after drops
-            served.index_add_(0, routing.token, keep.long())
-        return MoEAux(
-            losses=losses,
-            tokens_per_expert=per_expert,
-            dropped=counts.sum() - per_expert.sum(),
-            unrouted=(served == 0).sum(),
-            competition=competition,
-        )
+        return out, routing_aux(losses, routing, keep, T, counts, competition=True)
 
 
 class CompeteSMoE(MoE):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_AUX_WEIGHTS", "LOSS_NAMES", "MoEAux", "balance_loss", "z_loss", "distillation_loss", "diversity_loss"]
+__all__ = ["DEFAULT_AUX_WEIGHTS", "LOSS_NAMES", "MoEAux", "routing_aux", "balance_loss", "z_loss", "distillation_loss",
+           "diversity_loss"]
 
 # Authors' coefficients: balance 0.01, z-loss 0.001, router distillation 0.01 (vision) or 0.001
 # (language models). Diversity: the authors' code has a coefficient but no published value [C].
@@ -181,3 +182,20 @@ class MoEAux:
         if unknown:
             raise ValueError(f"weights: unknown loss names {sorted(unknown)}; expected some of {sorted(self.losses)}")
         return sum((float(w) * self.losses[name] for name, w in weights.items()), torch.zeros((), device=self.dropped.device))
+
+
+def routing_aux(losses: dict[str, torch.Tensor], routing, keep: torch.Tensor | None, T: int, counts: torch.Tensor,
+                competition: bool) -> MoEAux:
+    """A step's :class:`MoEAux`: the losses and the statistics of its pairs (``routing``, a
+    :class:`mixsim.nn.Routing`; ``keep`` (P,) the pairs within capacity or None; ``counts`` (E,))."""
+    if keep is None and routing.per_token is not None:  # dropless, K pairs on every token
+        return MoEAux(losses, counts, counts.new_zeros(()), counts.new_zeros(()), competition)
+    served = torch.zeros(T, dtype=torch.long, device=counts.device)
+    if keep is None:
+        per_expert = counts
+        served.index_add_(0, routing.token, torch.ones_like(routing.token))  # (T,) experts per token
+    else:
+        per_expert = torch.zeros_like(counts).index_add_(0, routing.expert, keep.long())  # (E,) after drops
+        served.index_add_(0, routing.token, keep.long())
+    return MoEAux(losses=losses, tokens_per_expert=per_expert, dropped=counts.sum() - per_expert.sum(),
+                  unrouted=(served == 0).sum(), competition=competition)

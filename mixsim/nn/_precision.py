@@ -6,6 +6,11 @@ import contextlib
 import torch
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type."""
+    return device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type)
+
+
 def _compute_dtype(device_type: str, param_dtype: torch.dtype) -> torch.dtype:
     """The experts' compute dtype: autocast's when autocast is on for this device, else the parameters'."""
     if device_type in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(device_type):

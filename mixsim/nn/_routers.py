@@ -32,6 +32,7 @@ __all__ = [
     "ROUTERS",
     "Routing",
     "route_token_choice",
+    "limit_to_groups",
     "route_expert_choice",
     "route_usmoe",
     "route_competition",
@@ -75,20 +76,42 @@ def _token_major(expert: torch.Tensor, weight: torch.Tensor) -> Routing:
     return Routing(token, expert.reshape(-1), weight.reshape(-1), per_token=K)
 
 
-def route_token_choice(logits: torch.Tensor, top_k: int) -> Routing:
+def route_token_choice(logits: torch.Tensor, top_k: int, bias: torch.Tensor | None = None, n_groups: int = 1,
+                       top_groups: int | None = None) -> Routing:
     """Token choice: each token takes its ``top_k`` largest logits, softmax over those K.
 
     Parameters
     ----------
     logits : Tensor of shape (T, E)
     top_k : int
+    bias : Tensor of shape (E,), optional
+        Added to the logits for the selection only (auxiliary-loss-free balancing); the weights
+        are the softmax of the selected experts' unbiased logits.
+    n_groups, top_groups : int, default 1 and None
+        Group-limited routing: experts in ``n_groups`` groups of consecutive ids; each token
+        selects among the experts of its ``top_groups`` groups with the highest best score.
 
     Returns
     -------
     Routing with T * K token-major pairs.
     """
-    top, expert = logits.topk(top_k, dim=-1)  # (T, K): one top-K, no (T, E) mask
-    return _token_major(expert, torch.softmax(top, dim=-1))  # = masked_log_softmax(logits, top_k).exp() on the winners
+    if bias is None and (top_groups is None or top_groups >= n_groups):
+        top, expert = logits.topk(top_k, dim=-1)  # (T, K): one top-K, no (T, E) mask
+        return _token_major(expert, torch.softmax(top, dim=-1))  # = masked_log_softmax(logits, top_k).exp() on the winners
+    scores = logits if bias is None else logits + bias.to(logits.dtype)  # (T, E), for selecting only
+    if top_groups is not None and top_groups < n_groups:
+        scores = limit_to_groups(scores, n_groups, top_groups)
+    expert = scores.topk(top_k, dim=-1).indices  # (T, K)
+    return _token_major(expert, torch.softmax(logits.gather(-1, expert), dim=-1))
+
+
+def limit_to_groups(scores: torch.Tensor, n_groups: int, top_groups: int) -> torch.Tensor:
+    """``scores`` (T, E) with the experts outside each token's ``top_groups`` best groups (by their
+    best score; groups of E / n_groups consecutive experts) set to -inf."""
+    T, E = scores.shape
+    best = scores.view(T, n_groups, E // n_groups).amax(-1)  # (T, G)
+    chosen = torch.zeros_like(best, dtype=torch.bool).scatter_(1, best.topk(top_groups, dim=-1).indices, True)  # (T, G)
+    return scores.masked_fill(~chosen.repeat_interleave(E // n_groups, dim=1), float("-inf"))
 
 
 def route_competition(affinity: torch.Tensor, top_k: int) -> Routing:

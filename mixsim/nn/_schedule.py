@@ -35,7 +35,22 @@ import numpy as np
 
 from ..checks import check_int
 
-__all__ = ["CompetitionSchedule", "default_extra_state"]
+__all__ = ["CompetitionSchedule", "SETTINGS", "check_settings", "default_extra_state"]
+
+SETTINGS = ("warmup", "rate", "max_layers_per_step", "seed")  # with the step, they decide the table
+
+
+def check_settings(schedule: "CompetitionSchedule", saved: dict[str, Any]) -> None:
+    """Raise ValueError naming the first setting in ``saved`` that differs from ``schedule``'s."""
+    for name in SETTINGS:
+        if name in saved and saved[name] != getattr(schedule, name):
+            raise ValueError(f"schedule mismatch on load: the checkpoint's {name}={saved[name]!r}, this schedule's "
+                             f"{name}={getattr(schedule, name)!r}; build the schedule with the checkpoint's settings")
+
+
+def _is_competition_layer(module: Any) -> bool:
+    """A layer that asks a schedule: it says so (``uses_competition_schedule``) and routes by competition."""
+    return bool(getattr(module, "uses_competition_schedule", False)) and getattr(module, "router", None) == "competition"
 
 
 class _instance_or_class:
@@ -177,9 +192,7 @@ class CompetitionSchedule:
         ValueError
             ``model`` has no competition layer.
         """
-        from ._layer import MoE  # the layer module imports this one
-
-        layers = [m for m in model.modules() if isinstance(m, MoE) and m.router == "competition"]
+        layers = [m for m in model.modules() if _is_competition_layer(m)]
         if not layers:
             raise ValueError("model: no competition layer found (MoE with router='competition' or CompeteSMoE)")
         for i, layer in enumerate(layers):
@@ -220,14 +233,27 @@ class CompetitionSchedule:
                           f"optimizer=opt)), else it competes on every batch or never (warn_after={self.warn_after})",
                           RuntimeWarning, stacklevel=4)
 
-    def state_dict(self) -> dict[str, int]:
-        """The schedule's state: its current step (the rest is configuration)."""
-        return {"current_step": self.current_step}
+    def settings(self) -> dict[str, Any]:
+        """What decides the table besides the step: ``warmup`` (steps), ``rate``, ``max_layers_per_step``, ``seed``."""
+        return {name: getattr(self, name) for name in SETTINGS}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict`."""
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's step and its :meth:`settings` (checked when loaded)."""
+        return {"current_step": self.current_step, **self.settings()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the step, after checking the settings saved with it.
+
+        Raises
+        ------
+        ValueError
+            ``state`` has no ``current_step``, or a saved setting differs from this schedule's
+            (the message names it): the checkpoint was made with another schedule. A state
+            without settings (saved before they were) restores the step only.
+        """
         if not isinstance(state, dict) or "current_step" not in state:
             raise ValueError(f"state must be a dict with 'current_step'; got {state!r}")
+        check_settings(self, state)
         self.set_step(state["current_step"])
 
     def __getstate__(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ drawer that takes those numbers and returns its axes; ``plot_*`` does both:
 * :func:`group_rates_data` -> :func:`draw_group_rates` and :func:`forest_data` ->
   :func:`draw_forest` (the claim test's figures, drawn by ``paper_repro.py``);
 * :func:`sample_efficiency_data` -> :func:`draw_sample_efficiency`; both:
-  :func:`mixsim.nn.plot_sample_efficiency`;
+  :func:`plot_sample_efficiency` (the network study's figure);
 * :func:`matched_gates_data` -> :func:`draw_matched_gates`; both: :func:`plot_matched_gates`
   (the gate weights of two matched truths against x, d = 1).
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from .data import BANDS, DATA_COLUMNS, error_vs_n_data, local_slopes_data
 from .draw import draw_error_vs_n, draw_local_slopes, plot_error_vs_n, plot_local_slopes, plotted_data
-from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, sample_efficiency_data, summarise
+from .efficiency import SUMMARY_COLUMNS, draw_sample_efficiency, plot_sample_efficiency, sample_efficiency_data, summarise
 from .groups import GroupsData, draw_groups, groups_data, plot_groups
 from .matched import MATCHED_COLUMNS, draw_matched_gates, matched_gates_data, plot_matched_gates
 from .paper import GroupRatesData, claim_figures, draw_forest, draw_group_rates, forest_data, group_rates_data
@@ -63,7 +63,7 @@ __all__ = [
     # data, then drawing
     "draw_error_vs_n", "draw_local_slopes", "groups_data", "GroupsData", "draw_groups",
     "group_rates_data", "GroupRatesData", "draw_group_rates", "forest_data", "draw_forest", "claim_figures",
-    "summarise", "sample_efficiency_data", "draw_sample_efficiency",
+    "summarise", "sample_efficiency_data", "draw_sample_efficiency", "plot_sample_efficiency",
     "matched_gates_data", "draw_matched_gates", "plot_matched_gates", "MATCHED_COLUMNS",
     # names and styles
     "SERIES_KEYS", "DATA_COLUMNS", "SUMMARY_COLUMNS", "MAIN_METRICS", "METRIC_LABELS", "GROUP_LABELS", "GROUP_NAMES",

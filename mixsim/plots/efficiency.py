@@ -3,9 +3,11 @@
 :func:`sample_efficiency_data` summarises the replicates (geometric mean and t-interval per
 router and n) and adds each router's slope from :func:`mixsim.rates.fit_rate` (of the log
 geometric mean on log n); :func:`draw_sample_efficiency` draws it.
-:func:`mixsim.nn.plot_sample_efficiency` does both.
+:func:`plot_sample_efficiency` does both (it was ``mixsim.nn.plot_sample_efficiency`` before issue 20).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ from scipy import stats
 
 from ..rates import fit_rate
 from .style import rate_average
+
+__all__ = ["SUMMARY_COLUMNS", "summarise", "sample_efficiency_data", "draw_sample_efficiency", "plot_sample_efficiency"]
 
 #: Columns of :func:`summarise`.
 SUMMARY_COLUMNS = ["router", "n", "count", "center", "lower", "upper"]
@@ -41,7 +45,7 @@ def summarise(results: pd.DataFrame, metric: str = "excess_mse", level: float = 
     Parameters
     ----------
     results : pandas.DataFrame
-        Rows as returned by :func:`mixsim.nn.run_experiment`, or the study runner's table
+        Rows as returned by :func:`mixsim.study.run_nn_experiment`, or the study runner's table
         (``mixsim.load_results``, where the router is in column ``gate``): columns ``router``,
         ``n``, ``metric``, ``value``, ``status``.
     metric : str, default "excess_mse"
@@ -120,4 +124,33 @@ def draw_sample_efficiency(data: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_title(f"One-layer MoE regressor vs random MoE teacher\ngeometric mean over up to {reps} seeds, {level:.0%} interval")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
+    return ax
+
+
+def plot_sample_efficiency(results: pd.DataFrame, metric: str = "excess_mse", *, ax: Axes | None = None, level: float = 0.95,
+                           path: str | Path | None = None) -> Axes:
+    """Log-log held-out error against training-set size, one line per router, intervals over seeds.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        See :func:`summarise`.
+    metric : str, default "excess_mse"
+    ax : matplotlib Axes, optional
+        Draw here; default: a new figure (no pyplot state is touched).
+    level : float, default 0.95
+        Coverage of the shaded interval (t-interval of the mean log error over seeds).
+    path : str or Path, optional
+        Also save the figure there (PNG at 150 dpi); parent folders are created.
+
+    Returns
+    -------
+    matplotlib Axes
+        :func:`draw_sample_efficiency` of :func:`sample_efficiency_data`.
+    """
+    ax = draw_sample_efficiency(sample_efficiency_data(results, metric, level), ax)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
     return ax

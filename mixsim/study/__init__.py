@@ -7,8 +7,8 @@ Read the modules in the order the data flows:
   ``nn_options``); imports neither the fitter nor :mod:`mixsim.nn`;
 * :mod:`~mixsim.study.seeds` - a replicate's seed and its random streams;
 * :mod:`~mixsim.study.metrics` - the one registry of metrics, each a function of a :class:`MetricContext`;
-* :mod:`~mixsim.study.runner` - tasks, a replicate's data set (:func:`task_data`), and one task run
-  (fit, then measure; or a network task);
+* :mod:`~mixsim.study.runner` - tasks, a replicate's data set (:func:`task_data`), and one task run (fit, then measure; or a network task:
+  :mod:`~mixsim.study.nn_task`, :func:`run_nn_task`, built on :mod:`mixsim.nn`'s public layers);
 * :mod:`~mixsim.study.parallel` - :func:`run_study`: the tasks through joblib or Dask, resumable;
 * :mod:`~mixsim.study.store` - the results directory (metadata, lock, checksummed task files);
 * :mod:`~mixsim.study.results` - the tidy table, :func:`load_results`;
@@ -21,7 +21,7 @@ Read the modules in the order the data flows:
 * :mod:`~mixsim.study.catalog` - study specs by name: a local ``./studies`` folder, then those shipped in the package.
 
 Maximum-likelihood (``kind = "mle"``) and network (``kind = "nn"``) studies run through the same
-runner.
+runner; :func:`run_nn_experiment` runs a network study from Python and returns the task's table.
 
 Example
 -------
@@ -35,8 +35,10 @@ from .nn_options import NN_METRICS, check_nn_options
 from .seeds import replicate_seed, replicate_streams
 from .metrics import METRICS, MLE_METRICS, REGISTRY, Metric, MetricContext, compute_metrics, metric_applies
 from .threads import torch_threads
+from .nn_task import make_teacher, run_nn_task, train_regressor
 from .runner import RunnerHooks, Task, fit_label, plan_tasks, plan_units, run_task, task_data
 from .parallel import JOBLIB_BACKENDS, run_study
+from .nn_experiment import EXPERIMENT_COLUMNS, run_nn_experiment
 from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .certificates import CERTIFICATE_SUMMARY_COLUMNS, certificate_markdown, certificate_summary
@@ -64,6 +66,8 @@ __all__ = [
     # added by issues 20 and 21
     "has_rate", "series_rate", "StudyFile", "find_study", "list_studies", "COMPARISON_COLUMNS", "comparison_table",
     "verdict_counts", "CLAIM_STUDIES", "ClaimTables", "claim_tables", "write_claim_tables",
+    # the network study's task, moved here from mixsim.nn (issue 20)
+    "run_nn_task", "make_teacher", "train_regressor", "run_nn_experiment", "EXPERIMENT_COLUMNS",
 ]
 
 # Earlier names, kept for a while: each warns and names its replacement.

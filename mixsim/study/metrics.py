@@ -7,7 +7,7 @@ write such a function and register it in :data:`REGISTRY`; a spec may then reque
 (``kind = "mle"`` metrics) and ``mixsim evaluate`` can compute it from stored estimates.
 
 Network studies (``kind = "nn"``) measure :data:`~mixsim.study.nn_options.NN_METRICS` on held-out
-predictions (:class:`HeldOut`), computed by :func:`mixsim.nn.run_nn_task` through the same registry.
+predictions (:class:`HeldOut`), computed by :func:`mixsim.study.run_nn_task` through the same registry.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Options of a network study (``kind = "nn"``): the ``[nn]`` table, its defaults and its checks.
 
 Pure data (no torch, no :mod:`mixsim.nn`), so a study spec names and hashes its network options
-without importing the network layer. :func:`mixsim.nn.run_nn_task` reads the same defaults
-(``mixsim.nn.DEFAULT_OPTIONS`` is this :data:`DEFAULT_OPTIONS`).
+without importing the network layer. :func:`mixsim.study.run_nn_task` reads the same defaults.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Tasks. A task is a block of replicates of one n for one (gate, fitted k), fitted in one call of the
 batched engine with one start seed per data set (:mod:`mixsim.study.seeds`); ``kind = "nn"``
-studies run one task per (n, r) through :func:`mixsim.nn.run_nn_task`. Each fit's metrics come from
+studies run one task per (n, r) through :func:`mixsim.study.run_nn_task`. Each fit's metrics come from
 the registry of :mod:`mixsim.study.metrics`. (The batched engine agrees with other blockings of the
 replicates to rounding only, about 1e-11 relative, so a results directory keeps the block size it
 was created with.) :func:`mixsim.study.run_study` runs the tasks in parallel.
@@ -23,6 +23,7 @@ from ..model import sample
 from ..options import NearTruthInit
 from .plan import fit_label, plan_units, study_fits
 from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
+from .nn_task import run_nn_task
 from .results import FAILED_STATUSES, iter_rows
 from .seeds import replicate_seed, replicate_streams
 from .spec import GateSpec, StudySpec
@@ -50,7 +51,7 @@ class RunnerHooks:
     ----------
     fit_batch : callable, default :func:`mixsim.fit_batch`
     voronoi_loss, group_errors, group_error_keys, cell_diagnosis, hellinger, total_variation : callable, default :mod:`mixsim.losses`
-    nn_task : callable, default :func:`mixsim.nn.run_nn_task`
+    nn_task : callable, default :func:`mixsim.study.run_nn_task`
     """
 
     fit_batch: Callable | None = None
@@ -70,9 +71,6 @@ class RunnerHooks:
         if name == "fit_batch":
             return fit_batch
         if name == "nn_task":
-            # mixsim.nn (torch layers) loads only when a network study runs; its experiment
-            # wrapper imports this package, so a module-level import would be circular.
-            from ..nn import run_nn_task
             return run_nn_task
         return getattr(losses, name)
 

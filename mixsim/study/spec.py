@@ -8,7 +8,7 @@ Schema (defaults in brackets)::
 
     name = "softmax_exact"            # [file stem] study name, a column of the results
     description = "..."               # [""] free text, not part of the spec hash
-    kind = "mle"                      # ["mle"] or "nn" (a network study run by mixsim.nn.run_nn_task)
+    kind = "mle"                      # ["mle"] or "nn" (a network study run by mixsim.study.run_nn_task)
     root_seed = 2024                  # [0] int >= 0
     replications = 40                 # int >= 1
     x_dist = "uniform"                # ["uniform"] | "grid" | "normal"
@@ -53,7 +53,7 @@ Schema (defaults in brackets)::
     [run]                             # how to run, not what: not part of the spec hash
     block_size = 8                    # [8] replicates of one n fitted together by the batched engine
 
-    [nn]                              # kind = "nn" only: options for mixsim.nn.run_nn_task; needs n_experts
+    [nn]                              # kind = "nn" only: options for mixsim.study.run_nn_task; needs n_experts
                                       # (names and defaults: mixsim.study.nn_options.DEFAULT_OPTIONS)
 
 This module imports neither the fitter nor :mod:`mixsim.nn`: fit options are checked by
@@ -117,7 +117,7 @@ class StudySpec:
     losses : dict
         ``n_mc`` and optional ``d2_exponents``.
     nn : dict or None
-        Options passed to :func:`mixsim.nn.run_nn_task` (``kind = "nn"``).
+        Options passed to :func:`mixsim.study.run_nn_task` (``kind = "nn"``).
     rates : dict
         ``average``: how replicate errors are averaged for the primary slope (``[rates]``,
         default ``"log"``); not part of the hash.

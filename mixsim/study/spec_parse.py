@@ -128,7 +128,7 @@ def _parse_run(doc: Any) -> int:
 def _parse_nn(doc: Any) -> None:
     t = _Table(doc, "nn")
     t.get("n_experts", _int(1))
-    # The values belong to mixsim.nn.run_nn_task, which checks them; the names are checked here.
+    # The values belong to mixsim.study.run_nn_task, which checks them; the names are checked here.
     t.finish(allowed_extra=tuple(NN_DEFAULT_OPTIONS))
 
 

@@ -1,4 +1,4 @@
-"""Sample-efficiency experiment: one-layer MoE regressors trained on data from a random MoE teacher.
+"""The network study's task: one-layer MoE regressors trained on data from a random MoE teacher.
 
 The network analogue of the statistical studies (THEORY.md sections 1 and 4): a fixed random
 teacher ``f*`` (a :class:`~mixsim.nn.MoE` with scalar output, standardised to unit variance)
@@ -10,35 +10,33 @@ efficiency.
 Pairing: at one ``(n, seed)`` every router sees the same training data and starts from the same
 initial weights. The teacher and the test inputs depend only on ``teacher_seed``.
 
-Contract with the study runner (``mixsim.study``, ``kind = "nn"``): :func:`run_nn_task`
+Contract with the study runner (:mod:`mixsim.study.runner`, ``kind = "nn"``): :func:`run_nn_task`
 ``(options, n_train, seed) -> list[dict]`` with keys ``router``, ``metric``, ``value``,
 ``seconds``, ``status`` (``"ok"`` or the error text) and ``iterations`` (training steps).
+
+The students and the teacher are built from :mod:`mixsim.nn`'s public layer names only; the layer
+library knows nothing of studies. (This module was ``mixsim.nn._experiment`` before issue 20:
+``mixsim.nn.run_nn_task``, ``make_teacher`` and ``train_regressor`` are now
+``mixsim.study.run_nn_task``, ``make_teacher`` and ``train_regressor``.)
 """
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..checks import check_int
-from ..study import StudySpec, run_study
-from ..study.metrics import HeldOut, MetricContext, measure
-from ..study.nn_options import DEFAULT_OPTIONS, NN_METRICS, check_nn_options
-from ..study.seeds import replicate_seed
-from ..study.threads import torch_threads
-from ._layer import MoE
-from ._schedule import CompetitionSchedule
+from ..nn import CompetitionSchedule, MoE
+from .metrics import HeldOut, MetricContext, measure
+from .nn_options import NN_METRICS, check_nn_options
+from .threads import torch_threads
 
-__all__ = ["DEFAULT_OPTIONS", "METRICS", "make_teacher", "train_regressor", "run_nn_task", "run_experiment", "task_seed"]
+__all__ = ["make_teacher", "train_regressor", "run_nn_task"]
 
-METRICS = NN_METRICS  # the metrics of every task, per router (mixsim.study.metrics computes them)
 _options = check_nn_options  # defaults filled in and every option checked; errors name the key
-task_seed = replicate_seed  # a task's seed: the study runner's rule (the earlier name)
 
 
 def _generator(seq: np.random.SeedSequence) -> torch.Generator:
@@ -77,7 +75,8 @@ class _Teacher:
 
 
 def make_teacher(options: Mapping[str, Any] | None = None) -> _Teacher:
-    """The experiment's teacher for ``options`` (defaults: :data:`DEFAULT_OPTIONS`); callable on (n, d) inputs."""
+    """The experiment's teacher for ``options`` (defaults:
+    :data:`mixsim.study.nn_options.DEFAULT_OPTIONS`); callable on (n, d) inputs."""
     return _Teacher(_options(options or {}))
 
 
@@ -113,7 +112,7 @@ def train_regressor(
     x : Tensor of shape (n, d)
     y : Tensor of shape (n,)
     options : dict, optional
-        See :data:`DEFAULT_OPTIONS`.
+        See :data:`mixsim.study.nn_options.DEFAULT_OPTIONS`.
     seed : int, default 0
         Initial weights, batch order and schedule. The same seed gives the same initial weights
         for every router.
@@ -159,7 +158,7 @@ def _predict(net: MoE, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# one task, many tasks
+# one task
 # ---------------------------------------------------------------------------------------------
 
 def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dict[str, Any]]:
@@ -169,7 +168,7 @@ def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dic
     ----------
     options : dict
         Experiment options (the ``[nn]`` table of the study spec); missing keys take
-        :data:`DEFAULT_OPTIONS`.
+        :data:`mixsim.study.nn_options.DEFAULT_OPTIONS`.
     n_train : int
         Training-set size n >= 1.
     seed : int
@@ -201,50 +200,11 @@ def run_nn_task(options: Mapping[str, Any], n_train: int, seed: int) -> list[dic
                 net, steps = train_regressor(router, x, y, opts, seed=fit_seed)
                 pred = _predict(net, teacher.x_test, opts["batch_size"])  # (n_test,)
                 held_out = HeldOut(prediction=pred, labels=y_test, mean=teacher.f_test)
-                values = measure(METRICS, MetricContext(None, held_out, int(n_train), opts["n_experts"], int(seed)))
+                values = measure(NN_METRICS, MetricContext(None, held_out, int(n_train), opts["n_experts"], int(seed)))
                 status = "ok" if all(math.isfinite(v) for v in values.values()) else "error: non-finite error (training diverged)"
             except Exception as exc:  # noqa: BLE001 - one router failing must not stop the others
-                values, steps, status = {m: math.nan for m in METRICS}, 0, f"error: {type(exc).__name__}: {exc}"
+                values, steps, status = {m: math.nan for m in NN_METRICS}, 0, f"error: {type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - t0
             records += [{"router": router, "metric": m, "value": values[m], "seconds": seconds, "status": status,
-                         "iterations": steps} for m in METRICS]
+                         "iterations": steps} for m in NN_METRICS]
     return records
-
-
-def run_experiment(options: Mapping[str, Any], n_values: Sequence[int], replications: int, seed: int = 0):
-    """Run :func:`run_nn_task` over a grid of sizes and replicates: a ``kind = "nn"`` study run by
-    :func:`mixsim.study.run_study` (sequentially, in a temporary results directory).
-
-    Parameters
-    ----------
-    options : dict
-        See :data:`DEFAULT_OPTIONS`.
-    n_values : sequence of int
-        Training-set sizes (distinct).
-    replications : int
-        Seeds per size.
-    seed : int, default 0
-        Root seed; task seeds follow the study runner's rule (:func:`mixsim.study.replicate_seed`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per (n, replicate, router, metric), by n, then replicate, then the task's records: columns
-        ``n``, ``replicate``, ``seed``, ``router``, ``metric``, ``value``, ``seconds``, ``status``
-        (``"ok"`` or the error text), ``iterations``.
-    """
-    check_int(replications, "replications", 1)
-    n_values = [int(n) for n in n_values]
-    if not n_values or min(n_values) < 1:
-        raise ValueError(f"n_values must be a non-empty list of sizes >= 1; got {n_values!r}")
-    _options(options)  # fail before any work
-    spec = StudySpec.from_dict({
-        "name": "nn_experiment", "kind": "nn", "root_seed": seed, "replications": replications,
-        "grid": {"values": n_values}, "nn": {"n_experts": DEFAULT_OPTIONS["n_experts"]} | dict(options),
-    })
-    with tempfile.TemporaryDirectory() as tmp:
-        df = run_study(spec, Path(tmp) / "out", backend="sequential", progress=False)
-    df = df.rename(columns={"gate": "router"})
-    df["status"] = df["status"].where(df["status"] == "ok", df["error"])  # the task's own status text
-    df = df[["n", "replicate", "seed", "router", "metric", "value", "seconds", "status", "iterations"]]
-    return df.astype({"router": "str", "metric": "str", "status": "str"})  # pandas' default text dtype, as before
