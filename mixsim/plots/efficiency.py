@@ -1,8 +1,9 @@
 """The sample-efficiency figure of a network study: held-out error against n, per router, log-log.
 
 :func:`sample_efficiency_data` summarises the replicates (geometric mean and t-interval per
-router and n) and adds each router's slope from :func:`mixsim.rates.fit_rate` (of the log
-geometric mean on log n); :func:`draw_sample_efficiency` draws it.
+router and n) and adds each router's slope from the study's rate path
+(:func:`mixsim.study.series_rate`: the slope of the mean log error on log n; no slope is fitted
+here); :func:`draw_sample_efficiency` draws it.
 :func:`plot_sample_efficiency` does both (it was ``mixsim.nn.plot_sample_efficiency`` before issue 20).
 """
 from __future__ import annotations
@@ -15,8 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from ..rates import fit_rate
-from .style import rate_average
+from ..study.tables import has_rate, series_rate
 
 __all__ = ["SUMMARY_COLUMNS", "summarise", "sample_efficiency_data", "draw_sample_efficiency", "plot_sample_efficiency"]
 
@@ -75,18 +75,16 @@ def sample_efficiency_data(results: pd.DataFrame, metric: str = "excess_mse", le
     Returns
     -------
     pandas.DataFrame
-        The columns of :func:`summarise`, then ``slope`` (per router: :func:`mixsim.rates.fit_rate`
-        of the geometric mean over seeds on n, over all sizes; NaN with a single size),
+        The columns of :func:`summarise`, then ``slope`` (per router: :func:`mixsim.study.series_rate`
+        with the log average, i.e. the line through the geometric means over seeds on n, over all
+        sizes; NaN unless two sizes have two seeds each),
         ``metric`` and ``level``.
     """
     summary = summarise(results, metric, level)
     ok = _successful(results, metric)
     slopes = {}
     for router, grp in ok.groupby("router", sort=True):
-        n = grp["n"].to_numpy(dtype=float)
-        several = np.unique(n).size > 1
-        slopes[router] = fit_rate(n, grp["value"].to_numpy(dtype=float), average=rate_average("log"),
-                                  n_boot=0).slope if several else np.nan
+        slopes[router] = series_rate(grp, average="log", n_boot=2)[0].slope if has_rate(grp) else np.nan
     return summary.assign(slope=summary["router"].map(slopes).astype(float), metric=metric, level=float(level))
 
 
