@@ -261,3 +261,12 @@ def test_the_certificate_is_stored_and_read_back(tmp_path):
     assert len(old) == len(est) and old["search_hits"].isna().all() and old["excess_loglik"].isna().all()
     assert old["variance_bounded"].isna().all()
     assert json.loads((out / "study.json").read_text())["spec"]["fit"]["init"] == "search"
+
+
+def test_declaring_the_implicit_bound_keeps_the_hash_but_a_budget_does_not():
+    spec = mixsim.load_study("smoke")  # declares variance_floor = 1e-6 and variance_cap = 1e6
+    bare = spec.with_overrides({"fit.options.variance_floor": 1e-6})
+    assert bare.hash == spec.hash
+    for change in ({"fit.options.variance_floor": 1e-4}, {"fit.options.variance_ratio": 100.0},
+                   {"fit.options.search_candidates": 24}):
+        assert spec.with_overrides(change).hash != spec.hash, change

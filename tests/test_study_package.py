@@ -27,6 +27,9 @@ SHIPPED_HASHES = {
     "softmax_overfit": "5a3379c541be7737c0da952c25281fed599f993e11db714443c117614c72042d",
     "softmax_overfit_ensemble": "2f659c22715e627f0a53366f82c15e84d36aa53c23cfbdcf16340ddcb2472280",
     "softmax_overfit_tanh": "7a5ba5a02d4f8d590115a4a44add9125f3558559e3d964eee4b8a856a05882a4",
+    # issue 19: the maximum-likelihood search studies (new; their hashes are first pinned here)
+    "softmax_overfit_search": "09d6dfdc7cfdc5dd80a70a6a5dee5cec4ea2ad5f6b30dd24c3d711cfe32132b2",
+    "competition_overfit_search": "a259f64c0c9e944df4e66fdbd35f3f79ee1ccabfe7957f072216c5bbc78f94c1",
 }
 # The same for paper_repro.py --full (the shipped specs with the full scale's overrides).
 PAPER_FULL_HASHES = {

@@ -71,7 +71,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..model import SAMPLINGS, MoEParams
-from ..options import FitOptions
 from .catalog import find_study
 from .nn_options import DEFAULT_OPTIONS as NN_DEFAULT_OPTIONS
 from .spec_fields import FitSpec, GateSpec, SpecError
@@ -316,16 +315,18 @@ def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | 
     return StudySpec.from_dict(doc, source=str(found.path), default_name=found.name)
 
 
-_FIT_DEFAULTS = FitOptions()
+#: Fit options whose declared value equals what every spec ran with before it could declare them:
+#: the declaration changes no number, so it stays out of the hash (results directories of earlier
+#: runs still resume). Frozen here, not read from FitOptions: a later change of a default must not
+#: move the hash of a spec that declares the value explicitly.
+HASH_NEUTRAL_OPTIONS = {"variance_floor": 1e-6, "variance_min": 0.0, "variance_cap": 1e6}
 
 
 def _drop_default_options(fit: dict[str, Any]) -> None:
-    """Leave out of the hash every fit option declared at FitOptions' default value: declaring a
-    default (e.g. the variance bound every spec now states) does not change a number, so it
-    must not change the hash (results directories of earlier runs still resume)."""
-    is_default = lambda name, value: name in FitOptions.names() and value == getattr(_FIT_DEFAULTS, name)  # noqa: E731
-    options = {k: v for k, v in fit.get("options", {}).items() if not is_default(k, v)}
+    """Leave out of the hash every fit option declared at its :data:`HASH_NEUTRAL_OPTIONS` value."""
+    neutral = lambda name, value: name in HASH_NEUTRAL_OPTIONS and value == HASH_NEUTRAL_OPTIONS[name]  # noqa: E731
+    options = {k: v for k, v in fit.get("options", {}).items() if not neutral(k, v)}
     fit.pop("options", None)
     if options:
         fit["options"] = options
-    fit["gates"] = [{k: v for k, v in g.items() if k in ("name", "label", "top_k") or not is_default(k, v)} for g in fit["gates"]]
+    fit["gates"] = [{k: v for k, v in g.items() if not neutral(k, v)} for g in fit["gates"]]
