@@ -20,7 +20,7 @@ import numpy as np
 from .. import losses
 from ..fitting import fit_batch
 from ..model import sample
-from ..options import NearTruthInit
+from ..options import FitOptions, NearTruthInit
 from .plan import fit_label, plan_units, study_fits
 from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
 from .nn_task import run_nn_task
@@ -30,7 +30,7 @@ from .spec import GateSpec, StudySpec
 from .threads import torch_threads
 
 __all__ = [
-    "RunnerHooks", "Task", "task_data", "fit_label", "plan_units", "plan_tasks", "fit_kwargs", "estimate_record",
+    "RunnerHooks", "Task", "task_data", "fit_label", "plan_units", "plan_tasks", "fit_options", "fit_kwargs", "estimate_record",
     "metric_rows", "run_task",
 ]
 
@@ -219,16 +219,24 @@ def _unit_rows(spec: StudySpec, task: Task, r: int, seed: int, res: Any, hooks: 
     return rows, failed, tb
 
 
-def fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
-    """The keyword arguments of :func:`mixsim.fit_batch` for the fits of a task."""
+def fit_options(spec: StudySpec, task: Task) -> FitOptions:
+    """The one :class:`~mixsim.options.FitOptions` of a task's fits: the ``[fit]`` table's options,
+    then ``[fit.options]``, then the gate's own (each default written once, in FitOptions)."""
     fs = spec.fit
-    kwargs = dict(
-        gate=task.gate.name, top_k=task.gate.top_k, expert=fs.expert, init=fs.init,
-        n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter, method=fs.method, warn=False,
-    )
+    declared = dict(n_init=fs.n_init(task.fitted_k, spec.true_k), tol=fs.tol, gtol=fs.gtol, max_iter=fs.max_iter,
+                    method=fs.method)
+    return FitOptions(**(declared | dict(fs.options) | dict(task.gate.options)))
+
+
+def fit_kwargs(spec: StudySpec, task: Task) -> dict[str, Any]:
+    """The keyword arguments of :func:`mixsim.fit_batch` for the fits of a task: the model, the
+    start, and ``options`` (:func:`fit_options`), which travels whole to the engine."""
+    fs = spec.fit
+    kwargs = dict(gate=task.gate.name, top_k=task.gate.top_k, expert=fs.expert, init=fs.init, warn=False,
+                  options=fit_options(spec, task))
     if fs.init in ("near_truth", "search"):  # search: the protocol's starts beside its own
         kwargs |= dict(truth=spec.for_truth(task.truth).truth, init_options=NearTruthInit(**dict(fs.near_truth)))
-    return kwargs | dict(fs.options) | dict(task.gate.options)
+    return kwargs
 
 
 def task_data(spec: StudySpec, n: int, replicate: int, truth: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from ..checks import check_int, check_real
+from ..options import FitOptions
 
 __all__ = ["SpecError", "GateSpec", "FitSpec"]
 
@@ -135,6 +136,9 @@ class GateSpec:
         return doc | dict(self.options)
 
 
+_OPTS = FitOptions()
+
+
 @dataclass(frozen=True)
 class FitSpec:
     """How every model of a ``kind = "mle"`` study is fitted (arguments of :func:`mixsim.fit_batch`)."""
@@ -145,10 +149,10 @@ class FitSpec:
     init: str = "near_truth"
     n_init_exact: int = 1  # THEORY.md section 2: one start when exact-fitted ...
     n_init_over: int = 5  # ... five (keep the best likelihood) when over-fitted
-    tol: float = 1e-8
-    gtol: float = 1e-10  # converged = stationary: Newton decrement per sample <= gtol
-    max_iter: int = 2000
-    method: str = "auto"
+    tol: float = _OPTS.tol  # the defaults are FitOptions' (written once, there)
+    gtol: float = _OPTS.gtol  # converged = stationary: Newton decrement per sample <= gtol
+    max_iter: int = _OPTS.max_iter
+    method: str = _OPTS.method
     near_truth: tuple[tuple[str, Any], ...] = ()  # NearTruthInit fields given (defaults filled in)
     options: tuple[tuple[str, Any], ...] = ()  # extra fit_batch keywords for every gate ([fit.options])
 
