@@ -162,8 +162,7 @@ def test_two_processes_match_the_single_process_layer():
     _spawn(2, CASES + MORE_CASES)
 
 
-@pytest.mark.slow
-def test_four_processes_match_the_single_process_layer():
+def test_four_processes_match_the_single_process_layer():  # ~20 s: in the default run (issue 23's acceptance)
     _spawn(4, CASES)
 
 
