@@ -270,3 +270,22 @@ def test_declaring_the_implicit_bound_keeps_the_hash_but_a_budget_does_not():
     for change in ({"fit.options.variance_floor": 1e-4}, {"fit.options.variance_ratio": 100.0},
                    {"fit.options.search_candidates": 24}):
         assert spec.with_overrides(change).hash != spec.hash, change
+
+
+def test_merge_and_split_moves_keep_the_mixture_weights():
+    # SMEM moves (fitting/moves.py): a merge adds the two atoms' weights (exp of the intercepts),
+    # a split halves one; so a merge-then-split start has the total weight of the fit it came from.
+    from mixsim.fitting.moves import merge_atoms, merge_split_moves, split_atom
+    gen = np.random.default_rng(0)
+    p = {"gate_weight": gen.standard_normal((3, 2)), "gate_bias": np.log([0.2, 0.3, 0.5]),
+         "expert_weight": gen.standard_normal((3, 2)), "expert_bias": gen.standard_normal(3), "variance": np.array([0.1, 0.2, 0.4])}
+    merged = merge_atoms(p, 0, 2)
+    assert merged["variance"].shape == (2,)
+    assert np.exp(merged["gate_bias"]).sum() == pytest.approx(1.0)
+    assert merged["expert_bias"][0] == pytest.approx((0.2 * p["expert_bias"][0] + 0.5 * p["expert_bias"][2]) / 0.7)
+    split = split_atom(merged, 1, 1.0, gen, "variance")
+    assert np.exp(split["gate_bias"]).sum() == pytest.approx(1.0)
+    assert split["variance"][1] == pytest.approx(0.25 * 0.2) and split["variance"][-1] == pytest.approx(4 * 0.2)
+    moves = merge_split_moves(p, 1.0, gen, limit=100)
+    assert len(moves) == 3 * 1 * 2  # 3 pairs x 1 other atom x {mean, variance}
+    assert all(np.exp(m["gate_bias"]).sum() == pytest.approx(1.0) for m in moves)

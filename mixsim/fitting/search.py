@@ -19,6 +19,9 @@ it), until ``search_keep`` are left. Those are continued to certification on all
 (Biernacki, Celeux and Govaert's emEM, 2003), together with the reference protocol's ``n_init``
 near-truth starts, which are always continued: so the search never returns less than the
 protocol, and the protocol's own optimum (``FitResult.search.protocol``) comes from the same run.
+Last, one SMEM round (``move``, :mod:`mixsim.fitting.moves`): from each data set's best optimum,
+every pair of atoms merged and another atom split (in mean or in variance), screened the same way,
+and the best continued: it moves an atom from one Voronoi cell to another.
 """
 from __future__ import annotations
 
