@@ -36,7 +36,7 @@ import torch
 import mixsim
 from mixsim.fitting.bounds import VarianceBounds
 from mixsim.fitting.engine import run_engine
-from mixsim.fitting.layout import Layout, affine
+from mixsim.fitting.layout import Layout
 from mixsim.fitting.search import _wide, pack_starts
 from mixsim.fitting.starts import init_auto
 from mixsim.options import FitOptions
@@ -81,13 +81,12 @@ def pool(truth, X, y, size: int, seed: int, opts: FitOptions) -> dict:
     out = run_engine(layout, theta, Xt, yt, bounds, opts)
     seconds = time.perf_counter() - t0
     var = layout.unpack(out.theta)["variance"]
-    active = bounds.active(var)
     f = out.f.numpy() * n
     return {
         "seconds": seconds,
         "loglik": [float(v) if math.isfinite(v) else None for v in f],
         "converged": out.converged.tolist(),
-        "on_bound": (active["floor"] | active["cap"] | active["ratio"]).tolist(),
+        "on_bound": bounds.on_bound(var).tolist(),
         "ratio": (var.amax(1) / var.amin(1)).tolist(),
         "min_var_rel": (var.amin(1) / var_y).tolist(),
     }

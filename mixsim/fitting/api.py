@@ -22,11 +22,10 @@ from ..model import MoEParams, as_rng, check_data, float_array, log_likelihood
 from ..options import INITS, FitOptions, NearTruthInit
 from .bounds import VarianceBounds
 from .engine import run_engine
-from .layout import Layout, affine
+from .layout import Layout
 from .result import FitResult, Rows, assemble_results
-from .scaling import feature_scale, outcome_to_units_of_y, response_scale, scale_start, theta_to_units_of_y
-from .search import Starts, pack_starts, run_search
-from .starts import init_auto, init_near_truth
+from .scaling import feature_scale, outcome_to_units_of_y, response_scale, theta_to_units_of_y
+from .search import first_starts, pack_starts, run_search
 
 __all__ = ["fit", "fit_batch", "merge_options", "DEFAULT", "INITS"]
 
@@ -171,17 +170,13 @@ def fit_batch(
     -------
     list of FitResult, one per data set.
     """
+    given = {name: value for name, value in locals().items() if name in FitOptions.names()}  # the option keywords
     t0 = time.perf_counter()
     X_np, y_np = _check_batch(Xs, ys)
     B, n, d = X_np.shape
     k = check_int(n_experts, "n_experts")
     gate, top_k = canonical_gate(gate, top_k, k)
     expert = check_expert(expert)
-    given = dict(method=method, n_init=n_init, tol=tol, gtol=gtol, max_iter=max_iter, em_warmup=em_warmup,
-                 variance_floor=variance_floor, variance_min=variance_min, variance_cap=variance_cap,
-                 variance_ratio=variance_ratio, gate_bias=gate_bias, phi=phi, compile=compile,
-                 search_candidates=search_candidates, search_iter=search_iter, search_points=search_points, search_scale=search_scale,
-                 search_keep=search_keep, hit_tol=hit_tol)
     opts = merge_options(options, **given)
     opts.check_model(gate, expert)
     layout = Layout(gate, top_k, expert, opts.phi, k, d, opts.gate_bias)
@@ -212,18 +207,12 @@ def fit_batch(
     if init == "search":
         theta0, outcome, owner, kind, n_starts, failed = run_search(layout, X, y, bounds, opts, truth, noise, n, gens,
                                                                    centre, scale, y_scale)
-    else:  # data set b, start r -> row b * n_init + r
-        starts = Starts([], [], [])
-        for b in range(B):
-            for _ in range(opts.n_init):
-                if init == "near_truth":  # the protocol's noise is in the units of the truth
-                    p = affine(init_near_truth(truth, k, n, noise, gens[b]), centre[b], scale[b])
-                    starts.add(scale_start(p, y_scale[b]), b, init)
-                else:
-                    starts.add(init_auto(layout, X_np[b], y_np[b], gens[b]), b, init)
+    else:  # data set b, start r -> row b * n_init + r; the protocol's noise is in the units of the truth
+        starts = first_starts(layout, truth if init == "near_truth" else None, n, noise, opts.n_init, gens,
+                              (centre, scale, y_scale), X_np, y_np, init)
         owner, kind = np.array(starts.owner), starts.kind
-        theta0 = pack_starts(layout, starts.params, bounds.take(torch.as_tensor(owner)), X.dtype, dev)
         rows_t = torch.as_tensor(owner, device=dev)
+        theta0 = pack_starts(layout, starts.params, bounds.take(rows_t), X.dtype, dev)
         outcome = run_engine(layout, theta0, X[rows_t], y[rows_t], bounds.take(rows_t), opts)
     rows_t = torch.as_tensor(owner, device=dev)
     row_scale = y_scale[owner]  # back to the units of y (nothing changes where y_scale is 1)

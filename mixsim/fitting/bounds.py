@@ -50,10 +50,6 @@ class VarianceBounds:
     def rows(self, start: int, stop: int) -> "VarianceBounds":
         return VarianceBounds(self.lower[start:stop], self.upper[start:stop], self.log_ratio)
 
-    def repeat(self, times: int) -> "VarianceBounds":
-        """Each row repeated ``times`` times (one per start)."""
-        return VarianceBounds(self.lower.repeat_interleave(times), self.upper.repeat_interleave(times), self.log_ratio)
-
     @property
     def log_lower(self) -> torch.Tensor:
         return torch.log(self.lower)
@@ -115,6 +111,11 @@ class VarianceBounds:
         ratio = variance.amax(1) / variance.amin(1)
         out["ratio"] = torch.log(ratio) >= self.log_ratio - 1e-7 if math.isfinite(self.log_ratio) else torch.zeros_like(out["floor"])
         return out
+
+    def on_bound(self, variance: torch.Tensor) -> torch.Tensor:
+        """Whether each row's variances (R, k) sit on any bound (bool (R,)): :meth:`active`, any of them."""
+        active = self.active(variance)
+        return active["floor"] | active["cap"] | active["ratio"]
 
 
 def restrict(g: torch.Tensor, H: torch.Tensor, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

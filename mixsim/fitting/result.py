@@ -155,9 +155,9 @@ def assemble_results(layout: Layout, out: EngineOutcome, theta0: torch.Tensor, b
     theta = out.theta
     finite = torch.isfinite(out.f) & torch.isfinite(theta).all(1) & (theta[:, -layout.k:] < 700).all(1)
     theta = torch.where(finite[:, None], theta, theta0)
-    p = {name: None if v is None else v.detach().cpu().numpy() for name, v in layout.unpack(theta).items()}
-    p = affine(p, *standardised, inverse=True)
-    active = {key: v.cpu().numpy() for key, v in bounds.active(layout.unpack(theta)["variance"]).items()}
+    unpacked = layout.unpack(theta)
+    p = affine({name: None if v is None else v.detach().cpu().numpy() for name, v in unpacked.items()}, *standardised, inverse=True)
+    active = {key: v.cpu().numpy() for key, v in bounds.active(unpacked["variance"]).items()}
     ok = finite.cpu().numpy()
     f = np.where(ok, out.f.cpu().numpy(), -np.inf)
     lower = bounds.lower.cpu().numpy()

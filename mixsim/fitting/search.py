@@ -41,7 +41,7 @@ from .moves import merge_split_moves, split_atom
 from .scaling import scale_start
 from .starts import init_auto, init_near_truth
 
-__all__ = ["Starts", "run_search", "screen", "protocol_starts", "pack_starts", "KINDS"]
+__all__ = ["Starts", "run_search", "screen", "first_starts", "pack_starts", "KINDS"]
 
 KINDS = ("protocol", "near_truth", "split", "auto", "move")  # kinds of start, in the order they are drawn
 
@@ -70,12 +70,15 @@ def _near(truth: MoEParams, k: int, n: int, noise: NearTruthInit, gen, b: int, f
     return scale_start(affine(init_near_truth(truth, k, n, noise, gen), centres[b], scales[b]), y_scales[b])
 
 
-def protocol_starts(truth: MoEParams, k: int, n: int, noise: NearTruthInit, n_init: int, gens, frame) -> Starts:
-    """The reference protocol: ``n_init`` near-truth starts per data set (THEORY.md section 2)."""
+def first_starts(layout: Layout, truth: MoEParams | None, n: int, noise: NearTruthInit, n_init: int, gens, frame,
+                 X: np.ndarray, y: np.ndarray, kind: str) -> Starts:
+    """``n_init`` starts per data set, in that order: near-truth with a truth (the reference
+    protocol, THEORY.md section 2), else data-driven on the standardised data X (B, n, d), y (B, n)."""
     out = Starts([], [], [])
     for b, gen in enumerate(gens):
         for _ in range(n_init):
-            out.add(_near(truth, k, n, noise, gen, b, frame), b, "protocol")
+            p = _near(truth, layout.k, n, noise, gen, b, frame) if truth is not None else init_auto(layout, X[b], y[b], gen)
+            out.add(p, b, kind)
     return out
 
 
@@ -107,22 +110,8 @@ def _parents(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: VarianceB
             starts.add(_near(truth, small.k, n, NearTruthInit(), gen, b, frame), b, "protocol")
         for _ in range(2):
             starts.add(init_auto(small, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "auto")
-    out = _run(small, starts, X, y, bounds, opts)
-    f = torch.where(torch.isfinite(out.f), out.f, torch.full_like(out.f, -math.inf)).cpu().numpy()
-    p = {name: None if v is None else v.cpu().numpy() for name, v in small.unpack(out.theta).items()}
-    best = []
-    for b in range(len(gens)):
-        rows = [r for r, o in enumerate(starts.owner) if o == b]
-        r = max(rows, key=lambda i: f[i])
-        best.append({name: None if v is None else v[r].copy() for name, v in p.items()})
-    return best
-
-
-def _run(layout: Layout, starts: Starts, X, y, bounds: VarianceBounds, opts: FitOptions):
-    """Run the engines on the rows of ``starts`` (each on its data set's X, y and bounds)."""
-    owner = torch.as_tensor(starts.owner, device=X.device)
-    theta = pack_starts(layout, starts.params, bounds.take(owner), X.dtype, X.device)
-    return run_engine(layout, theta, X[owner], y[owner], bounds.take(owner), opts)
+    theta = pack_starts(small, starts.params, bounds.take(torch.as_tensor(starts.owner)), X.dtype, X.device)
+    return _best_params(small, _continue(small, theta, starts.owner, X, y, bounds, opts), starts.owner, len(gens))
 
 
 def pack_starts(layout: Layout, params: list[dict], bounds: VarianceBounds, dtype, device) -> torch.Tensor:
@@ -143,12 +132,9 @@ def run_search(layout: Layout, X: torch.Tensor, y: torch.Tensor, bounds: Varianc
     """
     B = len(gens)
     frame = (centres, scales, y_scales)
-    proto = protocol_starts(truth, layout.k, n, noise, opts.n_init, gens, frame) if truth is not None else \
-        Starts([], [], [])
-    if truth is None:  # no protocol without a truth: n_init data-driven starts are continued instead
-        for b, gen in enumerate(gens):
-            for _ in range(opts.n_init):
-                proto.add(init_auto(layout, X[b].cpu().numpy(), y[b].cpu().numpy(), gen), b, "auto")
+    # No protocol without a truth: n_init data-driven starts are continued instead.
+    proto = first_starts(layout, truth, n, noise, opts.n_init, gens, frame, X.cpu().numpy(), y.cpu().numpy(),
+                         "protocol" if truth is not None else "auto")
     Xs, ys = _subset(X, y, opts.search_points, gens)
     cand = _candidates(layout, Xs, ys, bounds, opts, truth, n, gens, frame)
     screened, kept, failed = screen(layout, cand, Xs, ys, bounds, opts, B)
@@ -240,7 +226,7 @@ def screen(layout: Layout, cand: Starts, X: torch.Tensor, y: torch.Tensor, bound
         theta = out.theta
         f = out.f.cpu().numpy()
         ok = np.isfinite(f) & torch.isfinite(theta).all(1).cpu().numpy()
-        on_bound = _on_bound(layout, theta, bounds.take(owner[alive]))
+        on_bound = bounds.take(owner[alive]).on_bound(layout.unpack(theta)["variance"]).cpu().numpy()
         chosen, more = [], False
         for b in range(B):
             mine = np.flatnonzero(np.asarray(cand.owner)[alive] == b)
@@ -264,8 +250,3 @@ def _distinct(order: list[int], f: np.ndarray, tol: float = 1e-9) -> list[int]:
     for i in order:
         (again if any(abs(f[i] - f[j]) <= tol for j in first) else first).append(i)
     return first + again
-
-
-def _on_bound(layout: Layout, theta: torch.Tensor, bounds: VarianceBounds) -> np.ndarray:
-    active = bounds.active(layout.unpack(theta)["variance"])
-    return (active["floor"] | active["cap"] | active["ratio"]).cpu().numpy()

@@ -188,7 +188,7 @@ class StudySpec:
         doc.pop("run")
         doc["format"] = SPEC_FORMAT
         if "fit" in doc:
-            _drop_default_options(doc["fit"])
+            _drop_hash_neutral_options(doc["fit"])
         if self.truth is not None:
             doc["truth_params"] = truth_to_dict(self.truth)
         if len(self.truths) > 1:  # an ensemble: every drawn truth changes the numbers
@@ -322,7 +322,7 @@ def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | 
 HASH_NEUTRAL_OPTIONS = {"variance_floor": 1e-6, "variance_min": 0.0, "variance_cap": 1e6}
 
 
-def _drop_default_options(fit: dict[str, Any]) -> None:
+def _drop_hash_neutral_options(fit: dict[str, Any]) -> None:
     """Leave out of the hash every fit option declared at its :data:`HASH_NEUTRAL_OPTIONS` value."""
     neutral = lambda name, value: name in HASH_NEUTRAL_OPTIONS and value == HASH_NEUTRAL_OPTIONS[name]  # noqa: E731
     options = {k: v for k, v in fit.get("options", {}).items() if not neutral(k, v)}
