@@ -52,7 +52,7 @@ def synthetic(laws: dict[tuple[str, int, str], float], sizes=SIZES, reps: int = 
             for r in range(reps):
                 rows.append(dict(study=study, n=n, replicate=r, gate=gate, fitted_k=k, metric=metric,
                                  value=2 * n ** slope * rng.lognormal(0, 0.3), seed=r, converged=True, iterations=3,
-                                 seconds=0.0, status="converged", grad_norm=0.0, error="", truth=0))
+                                 seconds=0.0, status="converged", grad_norm=0.0, error="", truth=0, estimator="protocol"))
     return pd.DataFrame(rows)[list(COLUMNS)]
 
 

@@ -38,7 +38,7 @@ def table(laws: dict[tuple[str, int, str], float], reps: int = 10, seed: int = 1
     rng = np.random.default_rng(seed)
     rows = [dict(study="syn", n=n, replicate=r, gate=gate, fitted_k=k, metric=metric,
                  value=3 * n ** slope * rng.lognormal(0, 0.4), seed=r, converged=True, iterations=3, seconds=0.0,
-                 status="converged", grad_norm=0.0, error="", truth=t)
+                 status="converged", grad_norm=0.0, error="", truth=t, estimator="protocol")
             for (gate, k, metric), slope in laws.items() for t in range(truths) for n in SIZES for r in range(reps)]
     return pd.DataFrame(rows)[list(COLUMNS)]
 

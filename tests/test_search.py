@@ -240,12 +240,17 @@ def test_the_certificate_is_stored_and_read_back(tmp_path):
         warnings.simplefilter("ignore", mixsim.ConvergenceWarning)
         mixsim.run_study(spec_path, out, progress=False)
     est = mixsim.load_estimates(out)
-    fits = est[est["expert"] == 0]
+    fits = est[(est["expert"] == 0) & (est["estimator"] == "mle")]
     assert len(fits) == 2 and fits["search_starts"].notna().all() and (fits["search_hits"] >= 1).all()
+    # each search unit also reports the reference protocol's optimum as its own estimate (issue 24 item 4)
+    protocol = est[(est["expert"] == 0) & (est["estimator"] == "protocol")]
+    assert len(protocol) == 2 and protocol["search_starts"].isna().all()
+    np.testing.assert_array_equal(protocol["log_likelihood"].to_numpy(), fits["protocol_loglik"].to_numpy())
     assert fits["excess_loglik"].notna().all() and set(fits["search_winner"]) <= set(mixsim.fitting.search.KINDS)
     assert (fits["protocol_loglik"] <= fits["log_likelihood"] + 1e-9).all()
     summary = mixsim.study.certificate_summary(out)
-    (row,) = summary.itertuples()
+    assert list(summary["estimator"]) == ["mle", "protocol"]
+    row = next(summary[summary["estimator"] == "mle"].itertuples())
     assert row.fits == 2 and row.median_hits == fits["search_hits"].median()
     assert row.below_truth == float((fits["excess_loglik"] < 0).mean())
     assert row.on_bound == float(fits["variance_bounded"].astype(bool).mean())
@@ -254,11 +259,12 @@ def test_the_certificate_is_stored_and_read_back(tmp_path):
     for path in (out / "tasks").glob("*.json"):
         doc = read_task_file(path)
         for unit in doc["units"]:
-            for key in ("excess_loglik", "variance_bounded", "bounds_active", "search", "protocol"):
+            for key in ("excess_loglik", "variance_bounded", "bounds_active", "search", "protocol", "estimator"):
                 unit.get("estimate", {}).pop(key, None)
         write_task_file(out, doc["spec_hash"], doc["task"], doc["units"])
     old = mixsim.load_estimates(out)
-    assert len(old) == len(est) and old["search_hits"].isna().all() and old["excess_loglik"].isna().all()
+    assert len(old) == len(est[est["estimator"] == "mle"]) and set(old["estimator"]) == {"mle"}
+    assert old["search_hits"].isna().all() and old["excess_loglik"].isna().all()
     assert old["variance_bounded"].isna().all()
     assert json.loads((out / "study.json").read_text())["spec"]["fit"]["init"] == "search"
 

@@ -24,7 +24,7 @@ def synthetic(slope: float = -0.5, sizes=(100, 300, 1000, 3000, 10000), reps: in
     for n in sizes:
         for r in range(reps):
             base = dict(study="syn", n=n, replicate=r, gate="softmax", fitted_k=2, seed=r, converged=True,
-                        iterations=3, seconds=0.0, status="converged", grad_norm=0.0, error="", truth=0)
+                        iterations=3, seconds=0.0, status="converged", grad_norm=0.0, error="", truth=0, estimator="protocol")
             rows.append(base | {"metric": "D1", "value": 2 * n ** slope * rng.lognormal(0, 0.2)})
             rows.append(base | {"metric": "loglik", "value": -0.4})
     return pd.DataFrame(rows)[list(COLUMNS)]

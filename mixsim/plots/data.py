@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..rates import AVERAGES
-from ..study import FAILED_STATUSES, RateContext, as_table, local_rate_table, rate_context, rate_table, theory
+from ..study import FAILED_STATUSES, RateContext, as_table, local_rate_table, one_estimator, rate_context, rate_table, theory
 from .style import SERIES_KEYS, PlotWarning, as_by, as_list, canonical_average, series_labels, sorted_keys
 
 #: Columns of an error-vs-n figure table (:func:`error_vs_n_data`).
@@ -89,7 +89,9 @@ def load(table: pd.DataFrame | str | Path, true_k: int | None) -> tuple[pd.DataF
 
 
 def select(df: pd.DataFrame, metrics: Sequence[str], gates: Any, fitted_k: Any) -> pd.DataFrame:
-    """Finished fits of the chosen metrics, gates and numbers of experts."""
+    """Finished fits of the chosen metrics, gates and numbers of experts, of the table's main
+    estimator (:func:`mixsim.study.main_estimator`: the search's "mle" where there is one)."""
+    df = one_estimator(df)
     keep = df["metric"].isin(list(metrics)) & ~df["status"].isin(FAILED_STATUSES)
     if gates is not None:
         keep &= df["gate"].isin(as_list(gates))

@@ -42,10 +42,11 @@ from .nn_experiment import EXPERIMENT_COLUMNS, run_nn_experiment
 from .store import StudyLockedError, StudyMismatchError, read_meta, scan_tasks
 from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .certificates import CERTIFICATE_SUMMARY_COLUMNS, certificate_markdown, certificate_summary
-from .estimates import ESTIMATE_COLUMNS, estimate_params, evaluate, load_estimates
+from .estimates import ESTIMATE_COLUMNS, estimate_params, estimate_records, evaluate, load_estimates
 from .status import StudyStatus, study_status
-from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, local_rate_table, rate_context, rate_table,
-                     series_rate, theory)
+from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, local_rate_table, main_estimator, one_estimator,
+                     rate_context, rate_table, series_rate, theory)
+from .plan import ESTIMATOR_OF_INIT, ESTIMATORS
 from .catalog import StudyFile, find_study, list_studies
 from .compare import COMPARISON_COLUMNS, comparison_table, verdict_counts
 from .claim import CLAIM_STUDIES, ClaimTables, claim_tables
@@ -66,6 +67,8 @@ __all__ = [
     # added by issues 20 and 21
     "has_rate", "series_rate", "StudyFile", "find_study", "list_studies", "COMPARISON_COLUMNS", "comparison_table",
     "verdict_counts", "CLAIM_STUDIES", "ClaimTables", "claim_tables", "write_claim_tables",
+    # issue 24: a unit's estimates (a search reports its best and the reference protocol's optimum)
+    "ESTIMATORS", "ESTIMATOR_OF_INIT", "main_estimator", "one_estimator", "estimate_records",
     # the network study's task, moved here from mixsim.nn (issue 20)
     "run_nn_task", "make_teacher", "train_regressor", "run_nn_experiment", "EXPERIMENT_COLUMNS",
 ]

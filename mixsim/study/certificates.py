@@ -18,13 +18,13 @@ from .estimates import load_estimates
 __all__ = ["CERTIFICATE_SUMMARY_COLUMNS", "certificate_summary", "certificate_markdown"]
 
 CERTIFICATE_SUMMARY_COLUMNS = (
-    "study", "gate", "fitted_k", "fits", "median_hits", "single_hit", "protocol_below", "protocol_gap_median",
+    "study", "gate", "fitted_k", "estimator", "fits", "median_hits", "single_hit", "protocol_below", "protocol_gap_median",
     "protocol_gap_max", "below_truth", "on_bound",
 )
 
 
 def certificate_summary(estimates: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """Per (study, gate, fitted k): how well the fits' maxima are certified.
+    """Per (study, gate, fitted k, estimator): how well the fits' maxima are certified.
 
     Parameters
     ----------
@@ -45,8 +45,10 @@ def certificate_summary(estimates: pd.DataFrame | str | Path) -> pd.DataFrame:
     """
     est = estimates if isinstance(estimates, pd.DataFrame) else load_estimates(estimates)
     fits = est[est["expert"] == 0] if "expert" in est.columns else est
+    if "estimator" not in fits.columns:
+        fits = fits.assign(estimator="")
     rows = []
-    for (study, gate, k), g in fits.groupby(["study", "gate", "fitted_k"], sort=True):
+    for (study, gate, k, estimator), g in fits.groupby(["study", "gate", "fitted_k", "estimator"], sort=True):
         hits = pd.to_numeric(g["search_hits"], errors="coerce")
         gap = g["log_likelihood"] - g["protocol_loglik"]
         has_gap = gap.notna()
@@ -54,7 +56,7 @@ def certificate_summary(estimates: pd.DataFrame | str | Path) -> pd.DataFrame:
         excess = g["excess_loglik"].dropna()
         bounded = g["variance_bounded"].dropna().astype(bool)
         rows.append({
-            "study": study, "gate": gate, "fitted_k": int(k), "fits": len(g),
+            "study": study, "gate": gate, "fitted_k": int(k), "estimator": estimator, "fits": len(g),
             "median_hits": float(hits.median()) if hits.notna().any() else np.nan,
             "single_hit": float((hits.dropna() == 1).mean()) if hits.notna().any() else np.nan,
             "protocol_below": float(below.mean()) if has_gap.any() else np.nan,
@@ -70,10 +72,10 @@ def certificate_markdown(summary: pd.DataFrame) -> list[str]:
     """Lines of a markdown table of :func:`certificate_summary` (shares in percent)."""
     pct = lambda v: "-" if pd.isna(v) else f"{100 * v:.0f}%"  # noqa: E731
     num = lambda v, f="{:.2f}": "-" if pd.isna(v) else f.format(v)  # noqa: E731
-    lines = ["| study | fit | fits | median hits | single hit | protocol below best (median / max gap, nats) "
-             "| below the truth | on a bound |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| study | fit | estimator | fits | median hits | single hit | protocol below best (median / max gap, nats) "
+             "| below the truth | on a bound |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.study} | {r.gate} k={r.fitted_k} | {r.fits} | {num(r.median_hits, '{:.1f}')} | {pct(r.single_hit)} "
+        lines.append(f"| {r.study} | {r.gate} k={r.fitted_k} | {r.estimator} | {r.fits} | {num(r.median_hits, '{:.1f}')} | {pct(r.single_hit)} "
                      f"| {pct(r.protocol_below)} ({num(r.protocol_gap_median)} / {num(r.protocol_gap_max)}) "
                      f"| {pct(r.below_truth)} | {pct(r.on_bound)} |")
     return lines

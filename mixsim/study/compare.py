@@ -5,6 +5,7 @@ cannot tell). ``mixsim compare DIR_A DIR_B`` prints both; the claim test builds 
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,22 +14,24 @@ import pandas as pd
 
 from ..rates import VERDICTS, compare_rates
 from .results import FAILED_STATUSES
-from .tables import RATE_EXCLUDED_METRICS, as_table, has_rate, rate_context
+from .tables import RATE_EXCLUDED_METRICS, as_table, has_rate, one_estimator, rate_context
 
 __all__ = ["COMPARISON_COLUMNS", "series", "comparison_table", "verdict_counts"]
 
 #: Columns of :func:`comparison_table`, in order.
 COMPARISON_COLUMNS = [
-    "comparison", "truth", "metric", "a", "b", "rate_a", "rate_b", "power_law_a", "power_law_b", "difference",
-    "difference_low", "difference_high", "verdict", "eps", "n_ratio", "n_ratio_low", "n_ratio_high", "efficiency",
+    "comparison", "truth", "estimator", "metric", "a", "b", "rate_a", "rate_b", "power_law_a", "power_law_b", "difference",
+    "difference_low", "difference_high", "verdict", "paired", "eps", "n_ratio", "n_ratio_low", "n_ratio_high", "efficiency",
+    "n_ref", "ref_ratio", "ref_ratio_low", "ref_ratio_high", "ref_efficiency",
 ]
 
 
-def series(table: pd.DataFrame, metric: str, truth: int = 0) -> pd.DataFrame:
-    """One error series of a results table: the rows of ``metric`` and ``truth`` from finished fits
-    with finite positive values (failed fits are counted elsewhere, not used)."""
+def series(table: pd.DataFrame, metric: str, truth: int = 0, estimator: str | None = None) -> pd.DataFrame:
+    """One error series of a results table: the rows of ``metric``, ``truth`` and ``estimator``
+    (default :func:`~mixsim.study.tables.main_estimator`) from finished fits with finite positive
+    values (failed fits are counted elsewhere, not used)."""
     truths = table["truth"] if "truth" in table else pd.Series(0, index=table.index)
-    rows = table[(table["metric"] == metric) & (truths == truth)]
+    rows = one_estimator(table[(table["metric"] == metric) & (truths == truth)], estimator)
     return rows[~rows["status"].isin(FAILED_STATUSES) & np.isfinite(rows["value"]) & (rows["value"] > 0)]
 
 
@@ -72,8 +75,14 @@ def comparison_table(
         two replicates each on both sides: ``a``, ``b`` (study names), ``rate_a``, ``rate_b`` (the
         rates the verdict uses), ``power_law_a``, ``power_law_b`` (the curvature checks),
         ``difference`` with ``difference_low``, ``difference_high`` and its ``verdict`` ("faster":
-        a's errors fall faster), and at the middle error level ``eps`` of the common range the
-        ratio of sample sizes ``n_ratio`` (a over b, with its interval) and its ``efficiency`` verdict.
+        a's errors fall faster), ``paired``, at the middle error level ``eps`` of the common range
+        the ratio of sample sizes ``n_ratio`` (a over b, with its interval) and its ``efficiency``
+        verdict, and the n-to-eps ratio at b's middle size ``n_ref`` (``ref_ratio``: the n that a
+        needs for the error b reaches at ``n_ref``, over ``n_ref``; with ``ref_ratio_low``,
+        ``ref_ratio_high``, ``ref_efficiency``). One row per (truth, estimator, metric): every
+        estimator both tables hold ("mle" first) is compared with the same estimator.
+        With ``paired=True`` (matched truths sampled with common random numbers, the same unit
+        seeds), replicate r of both studies is resampled together.
     """
     ta, tb = as_table(a), as_table(b)
     options = dict(rate_context(a, None).rates) | estimate_options
@@ -82,27 +91,28 @@ def comparison_table(
     truths_a = set(ta["truth"]) if "truth" in ta else {0}
     truths_b = set(tb["truth"]) if "truth" in tb else {0}
     name_a, name_b = _name(a, ta), _name(b, tb)
+    estimators = [e for e in dict.fromkeys(_estimators(ta)) if e in set(_estimators(tb))]
     rows = []
-    for truth in sorted(truths_a & truths_b):
-        for metric in metrics:
-            sa, sb = series(ta, metric, truth), series(tb, metric, truth)
-            if not (has_rate(sa) and has_rate(sb)):
-                continue
-            c = compare_rates(sa["n"], sa["value"], sb["n"], sb["value"], replicate_a=sa["replicate"],
-                              replicate_b=sb["replicate"], **options)
-            mid = len(c.eps) // 2
-            rows.append({
-                "comparison": label, "truth": int(truth), "metric": metric, "a": name_a, "b": name_b,
-                "rate_a": c.a.rate, "rate_b": c.b.rate, "power_law_a": c.a.power_law, "power_law_b": c.b.power_law,
-                "difference": c.difference, "difference_low": c.difference_low, "difference_high": c.difference_high,
-                "verdict": c.verdict,
-                "eps": c.eps[mid] if len(c.eps) else np.nan,
-                "n_ratio": c.n_ratio[mid] if len(c.eps) else np.nan,
-                "n_ratio_low": c.n_ratio_low[mid] if len(c.eps) else np.nan,
-                "n_ratio_high": c.n_ratio_high[mid] if len(c.eps) else np.nan,
-                "efficiency": c.efficiency[mid] if len(c.eps) else "cannot tell",
-            })
+    for truth, estimator, metric in itertools.product(sorted(truths_a & truths_b), estimators, metrics):
+        sa, sb = series(ta, metric, truth, estimator), series(tb, metric, truth, estimator)
+        if has_rate(sa) and has_rate(sb):
+            rows.append(_comparison_row(sa, sb, options) | {
+                "comparison": label, "truth": int(truth), "estimator": estimator, "metric": metric, "a": name_a, "b": name_b})
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _estimators(table: pd.DataFrame) -> list[str]:
+    """The estimators of a table, "mle" first (old tables: the one blank name)."""
+    found = sorted(set(table["estimator"])) if "estimator" in table else [""]
+    return sorted(found, key=lambda e: (e != "mle", e))
+
+
+def _comparison_row(sa: pd.DataFrame, sb: pd.DataFrame, options: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one row of :func:`comparison_table`: a's series against b's."""
+    c = compare_rates(sa["n"], sa["value"], sb["n"], sb["value"], replicate_a=sa["replicate"],
+                      replicate_b=sb["replicate"], **options)
+    return {key: value for key, value in c.to_row().items() if key in COMPARISON_COLUMNS} | {
+        "power_law_a": c.a.power_law, "power_law_b": c.b.power_law}
 
 
 def verdict_counts(comparisons: pd.DataFrame, by: str = "metric") -> pd.DataFrame:

@@ -19,17 +19,18 @@ import pandas as pd
 from ..checks import check_bool
 from ..model import MoEParams
 from .metrics import MLE_METRICS, metric_applies
+from .plan import ESTIMATOR_OF_INIT
 from .parallel import progress_bar
 from .results import collect, iter_rows
 from .runner import RunnerHooks, metric_rows
 from .spec import StudySpec
 from .store import EVALS, CorruptTaskFile, locked, read_meta, read_task_file, scan_tasks, task_file_name, write_task_file
 
-__all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_params", "evaluate"]
+__all__ = ["ESTIMATE_COLUMNS", "load_estimates", "estimate_records", "estimate_params", "evaluate"]
 
 #: Columns of :func:`load_estimates` before the parameter columns (which depend on d).
 ESTIMATE_COLUMNS = (
-    "study", "truth", "n", "replicate", "gate", "fitted_k", "seed", "expert", "log_likelihood", "stationarity",
+    "study", "truth", "n", "replicate", "gate", "fitted_k", "estimator", "seed", "expert", "log_likelihood", "stationarity",
     "grad_norm", "iterations", "status", "converged", "seconds", "model_gate", "top_k", "expert_family", "phi",
     *("excess_loglik", "variance_bounded", "bounds_active", "search_hits", "search_starts", "search_failed",
       "search_winner", "search_hit_tol", "protocol_loglik"),
@@ -78,30 +79,46 @@ def load_estimates(path: str | Path) -> pd.DataFrame:
     out = Path(path)
     meta = read_meta(out)
     rows: list[dict[str, Any]] = []
+    init = meta["spec"].get("fit", {}).get("init", "auto")
     for (n, r, fit), unit in _units_with_estimates(out, meta["spec_hash"]):
-        est = unit["estimate"]
-        p = est["params"]
-        base = {
-            "study": meta["study"], "truth": est["truth"], "n": n, "replicate": r, "gate": est["gate_label"],
-            "fitted_k": est["fitted_k"], "seed": est["seed"],
-            "log_likelihood": est["log_likelihood"], "stationarity": est.get("stationarity", math.nan),
-            "grad_norm": est["grad_norm"], "iterations": est["iterations"], "status": est["status"],
-            "converged": est["converged"], "seconds": est["seconds"], "model_gate": p["gate"], "top_k": p["top_k"],
-            "expert_family": p["expert"], "phi": p["phi"], **certificate_columns(est),
-        }
-        for i in range(len(p["variance"])):
-            row = base | {"expert": i}
-            for name in _SCALARS:
-                row[name] = math.nan if p[name] is None else p[name][i]
-            for name in _VECTORS:
-                if p[name] is not None:
-                    row |= {f"{name}_{j}": v for j, v in enumerate(p[name][i])}
-            rows.append(row)
+        for est in estimate_records(unit["estimate"], init):
+            rows += _estimate_rows(meta["study"], n, r, est)
     if not rows:
         return pd.DataFrame(columns=list(ESTIMATE_COLUMNS))
     df = pd.DataFrame(rows)
     params = [c for c in df.columns if c not in ESTIMATE_COLUMNS]
     return df[list(ESTIMATE_COLUMNS) + params].reset_index(drop=True)
+
+
+def estimate_records(record: dict[str, Any], init: str = "auto") -> list[dict[str, Any]]:
+    """A unit's stored estimates: its fit's record, then (a search) the reference protocol's, each
+    with its ``estimator`` name and the unit's ``seed``, ``truth``, ``gate_label`` and ``fitted_k``.
+    Records written before estimators were named get the one of the study's ``init``."""
+    unit = {key: record[key] for key in ("seed", "truth", "gate_label", "fitted_k")}
+    main = record | {"estimator": record.get("estimator") or ESTIMATOR_OF_INIT.get(init, "")}
+    return [main] + ([record["protocol"] | unit | {"estimator": "protocol"}] if "protocol" in record else [])
+
+
+def _estimate_rows(study: str, n: int, r: int, est: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per fitted expert of one estimate record."""
+    p, rows = est["params"], []
+    base = {
+        "study": study, "truth": est["truth"], "n": n, "replicate": r, "gate": est["gate_label"],
+        "fitted_k": est["fitted_k"], "estimator": est["estimator"], "seed": est["seed"],
+        "log_likelihood": est["log_likelihood"], "stationarity": est.get("stationarity", math.nan),
+        "grad_norm": est["grad_norm"], "iterations": est["iterations"], "status": est["status"],
+        "converged": est["converged"], "seconds": est["seconds"], "model_gate": p["gate"], "top_k": p["top_k"],
+        "expert_family": p["expert"], "phi": p["phi"], **certificate_columns(est),
+    }
+    for i in range(len(p["variance"])):
+        row = base | {"expert": i}
+        for name in _SCALARS:
+            row[name] = math.nan if p[name] is None else p[name][i]
+        for name in _VECTORS:
+            if p[name] is not None:
+                row |= {f"{name}_{j}": v for j, v in enumerate(p[name][i])}
+        rows.append(row)
+    return rows
 
 
 def certificate_columns(est: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +223,8 @@ def _evaluate_jobs(out: Path, spec: StudySpec, spec_hash: str, by_task: dict, me
             k, label = est0["fitted_k"], est0["gate_label"]
             applies = metric_applies(spec, metric, k)
             truth_spec = spec.for_truth(est0["truth"])
-            rows_of = [(r, _metric_rows(truth_spec, metric, task["n"], r, label, k, unit["estimate"], engine) if applies else [])
+            rows_of = [(r, [row for est in estimate_records(unit["estimate"], spec.fit.init)
+                            for row in _metric_rows(truth_spec, metric, task["n"], r, label, k, est, engine)] if applies else [])
                        for r, unit in members]
             payload = [{"replicate": r, "failed": False, "rows": iter_rows(rows), "traceback": None} for r, rows in rows_of]
             write_task_file(out, spec_hash, task, payload, folder=f"{EVALS}/{metric}")
@@ -226,7 +244,8 @@ def _valid(path: Path) -> bool:
 def _metric_rows(spec: StudySpec, metric: str, n: int, r: int, label: str, k: int, est: dict[str, Any], engine: RunnerHooks) -> list[dict[str, Any]]:
     """The rows one metric gives for one stored estimate (a ``metric_error`` row if it raises)."""
     res = SimpleNamespace(params=estimate_params(est), log_likelihood=est["log_likelihood"])
-    info = {key: est[key] for key in ("converged", "iterations", "seconds", "status", "grad_norm", "stationarity", "truth")}
+    info = {key: est.get(key, math.nan) for key in ("converged", "iterations", "seconds", "status", "grad_norm", "stationarity",
+                                                    "truth", "estimator")}
     rows: list[dict[str, Any]] = []
     metric_rows(spec, metric, n, r, est["seed"], label, k, res, info, engine, {}, rows)
     return rows

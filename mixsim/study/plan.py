@@ -8,7 +8,15 @@ from __future__ import annotations
 from .spec import StudySpec
 from .spec_fields import GateSpec
 
-__all__ = ["fit_label", "study_fits", "plan_units"]
+__all__ = ["ESTIMATORS", "ESTIMATOR_OF_INIT", "fit_label", "study_fits", "plan_units"]
+
+#: Names of a unit's estimates (the ``estimator`` column of the results and estimates tables):
+#: "mle" the best optimum of the maximum-likelihood search (``init = "search"``); "protocol" the
+#: reference protocol's optimum (its near-truth starts, run alone or inside a search); "auto" the
+#: optimum of data-driven starts. A search unit reports both "mle" and "protocol".
+ESTIMATORS = ("mle", "protocol", "auto")
+#: The estimator a fit's returned estimate is, by the spec's ``fit.init``.
+ESTIMATOR_OF_INIT = {"search": "mle", "near_truth": "protocol", "auto": "auto"}
 
 
 def fit_label(gate: GateSpec, k: int, truth: int | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .plan import plan_units
+from .plan import ESTIMATOR_OF_INIT, plan_units
 from .spec import StudySpec
 from .store import (RESULTS, ResultsIndex, StudyLockedError, file_digest, listing_digest, locked, now,
                     read_meta, scan_evals, scan_tasks, write_meta)
@@ -39,6 +39,7 @@ COLUMNS: dict[str, str] = {
     "grad_norm": "float64",
     "error": "object",
     "truth": "int64",  # index of the study's truth (0 unless the study draws several)
+    "estimator": "object",  # which estimate of the unit (mixsim.study.plan.ESTIMATORS); "" in a network study
 }
 #: Row statuses that mark a unit as failed (retried by a rerun).
 FAILED_STATUSES = ("error", "metric_error")
@@ -73,8 +74,8 @@ def assemble(index: ResultsIndex, extra: dict[tuple[int, int, str], list[dict[st
     for key in sorted(index.units):
         unit_rows = index.units[key]["rows"]
         if key in extra:
-            redone = {row["metric"] for row in extra[key]}
-            unit_rows = [row for row in unit_rows if row["metric"] not in redone] + extra[key]
+            redone = {(row["metric"], row.get("estimator", "")) for row in extra[key]}
+            unit_rows = [row for row in unit_rows if (row["metric"], row.get("estimator", "")) not in redone] + extra[key]
         for i, row in enumerate(unit_rows):
             rows.append(row | {"_fit": key[2], "_i": i})
     if not rows:
@@ -104,7 +105,7 @@ def collect(out_dir: str | Path, fmt: str | None = None) -> pd.DataFrame:
     out = Path(out_dir)
     meta = read_meta(out)
     index = scan_tasks(out, meta["spec_hash"])
-    df = assemble(index, scan_evals(out, meta["spec_hash"]))
+    df = _named_estimates(assemble(index, scan_evals(out, meta["spec_hash"])), meta)
     fmt = fmt or ("parquet" if _have_pyarrow() else "csv")
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"fmt must be 'parquet' or 'csv'; got {fmt!r}")
@@ -145,6 +146,15 @@ def read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: expected a .parquet or .csv results file, or a results directory")
 
 
+def _named_estimates(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """Rows of task files written before the ``estimator`` column get the estimator of the study's ``fit.init``."""
+    blank = df["estimator"] == ""
+    init = (meta.get("spec", {}).get("fit") or {}).get("init", "auto")
+    if blank.any() and meta.get("spec", {}).get("kind", "mle") == "mle" and init in ESTIMATOR_OF_INIT:
+        df.loc[blank, "estimator"] = ESTIMATOR_OF_INIT[init]
+    return df
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
     """Load a study's tidy results table.
 
@@ -177,7 +187,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
             and collected.get("sha256") == file_digest(target)):
         if collected.get("missing_units"):
             _warn_missing(path, missing_units(meta, scan_tasks(path, meta["spec_hash"], quarantine=False)))
-        return read_table(target)
+        return _named_estimates(read_table(target), meta)
     # The combined file is missing, stale (task files changed), edited or truncated: rebuild it from the
     # task files, and rewrite it when no run holds the directory (a read-only one is left as it is).
     index = scan_tasks(path, meta["spec_hash"], quarantine=False)
@@ -185,18 +195,18 @@ def load_results(path: str | Path) -> pd.DataFrame:
         warnings.warn(
             f"{path}: {len(index.corrupt)} corrupt task file(s) (e.g. {index.corrupt[0].name}) are left out, so their "
             "units are missing from this table; run the study again to redo them", RuntimeWarning, stacklevel=2)
-        return assemble(index, scan_evals(path, meta["spec_hash"]))
+        return _named_estimates(assemble(index, scan_evals(path, meta["spec_hash"])), meta)
     missing = missing_units(meta, index)
     if missing:  # planned units without a task file: say so, and keep the combined file as it is
         _warn_missing(path, missing)
-        return assemble(index, scan_evals(path, meta["spec_hash"]))
+        return _named_estimates(assemble(index, scan_evals(path, meta["spec_hash"])), meta)
     if collected or target.is_file():
         try:
             with locked(path):
                 return collect(path)
         except (StudyLockedError, OSError):
             pass
-    return assemble(index, scan_evals(path, meta["spec_hash"]))
+    return _named_estimates(assemble(index, scan_evals(path, meta["spec_hash"])), meta)
 
 
 

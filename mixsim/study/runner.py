@@ -21,7 +21,7 @@ from .. import losses
 from ..fitting import fit_batch
 from ..model import sample
 from ..options import FitOptions, NearTruthInit
-from .plan import fit_label, plan_units, study_fits
+from .plan import ESTIMATOR_OF_INIT, fit_label, plan_units, study_fits
 from .metrics import MetricContext, REGISTRY, failed_metric_names, planned_metrics
 from .nn_task import run_nn_task
 from .results import FAILED_STATUSES, iter_rows
@@ -31,6 +31,7 @@ from .threads import torch_threads
 
 __all__ = [
     "RunnerHooks", "Task", "task_data", "fit_label", "plan_units", "plan_tasks", "fit_options", "fit_kwargs", "estimate_record",
+    "unit_estimates",
     "metric_rows", "run_task",
 ]
 
@@ -126,7 +127,7 @@ def _row(spec: StudySpec, n: int, r: int, seed: int, gate: str, k: int, metric: 
     row = {
         "study": spec.name, "n": n, "replicate": r, "gate": gate, "fitted_k": k, "metric": metric,
         "value": float(value), "seed": seed, "converged": False, "iterations": -1,
-        "seconds": math.nan, "status": "ok", "grad_norm": math.nan, "error": "", "truth": 0,
+        "seconds": math.nan, "status": "ok", "grad_norm": math.nan, "error": "", "truth": 0, "estimator": "",
     }
     row.update(info)
     return row
@@ -169,14 +170,26 @@ def _certificate(res: Any) -> dict[str, Any]:
         if search.protocol is not None:  # the reference protocol's estimate, from the same search
             out["protocol"] = {"params": _params_record(search.protocol.params),
                                "log_likelihood": float(search.protocol.log_likelihood), **_fit_info(search.protocol),
-                               **{k: v for k, v in _certificate(search.protocol).items() if k != "search"}}
+                               **{k: v for k, v in _certificate(search.protocol).items() if k != "search"},
+                               "estimator": "protocol"}
     return out
 
 
-def estimate_record(res: Any, seed: int) -> dict[str, Any]:
-    """A fit's estimate, outcome and certificate as plain JSON values (floats round-trip exactly through JSON)."""
+def unit_estimates(res: Any, init: str) -> list[tuple[str, Any]]:
+    """A unit's estimates as ``(estimator, fit result)``: the returned fit, named by ``init``
+    (:data:`~mixsim.study.plan.ESTIMATOR_OF_INIT`), then a search's reference-protocol optimum."""
+    out = [(ESTIMATOR_OF_INIT[init], res)]
+    search = getattr(res, "search", None)
+    if search is not None and search.protocol is not None:
+        out.append(("protocol", search.protocol))
+    return out
+
+
+def estimate_record(res: Any, seed: int, estimator: str = "") -> dict[str, Any]:
+    """A fit's estimate, outcome and certificate as plain JSON values (floats round-trip exactly
+    through JSON); ``estimator`` names it (a search's record holds its protocol's under ``"protocol"``)."""
     return {"params": _params_record(res.params), "log_likelihood": float(res.log_likelihood), "seed": int(seed),
-            **_fit_info(res), **_certificate(res)}
+            **_fit_info(res), **_certificate(res), "estimator": estimator}
 
 
 def metric_rows(spec: StudySpec, metric: str, n: int, r: int, seed: int, label: str, k: int, res: Any,
@@ -205,17 +218,19 @@ def _unit_rows(spec: StudySpec, task: Task, r: int, seed: int, res: Any, hooks: 
     label, k = task.gate.label, task.fitted_k
     spec = spec.for_truth(task.truth)
     if isinstance(res, BaseException):
-        info = {"status": "error", "error": _error_text(res), "truth": task.truth or 0}
+        info = {"status": "error", "error": _error_text(res), "truth": task.truth or 0,
+                "estimator": ESTIMATOR_OF_INIT[spec.fit.init]}
         rows = [_row(spec, task.n, r, seed, label, k, m, math.nan, **info) for m in failed_metric_names(spec, task.gate, k, hooks)]
         return rows, True, "".join(traceback.format_exception(res))[-_ERROR_CHARS:]
-    rows, failed, tb, cache = [], False, None, {}
-    info = _fit_info(res) | {"truth": task.truth or 0}
-    if info["status"] == "non_finite":
-        info["error"] = "the fit's log-likelihood or estimate is not finite"
-    for m in planned_metrics(spec, k):
-        metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, res, info, hooks, cache, rows)
-        if metric_tb is not None:
-            failed, tb = True, metric_tb
+    rows, failed, tb = [], False, None
+    for estimator, fit in unit_estimates(res, spec.fit.init):  # a search: its best, then the protocol's optimum
+        info, cache = _fit_info(fit) | {"truth": task.truth or 0, "estimator": estimator}, {}
+        if info["status"] == "non_finite":
+            info["error"] = "the fit's log-likelihood or estimate is not finite"
+        for m in planned_metrics(spec, k):
+            metric_tb = metric_rows(spec, m, task.n, r, seed, label, k, fit, info, hooks, cache, rows)
+            if metric_tb is not None:
+                failed, tb = True, metric_tb
     return rows, failed, tb
 
 
@@ -278,7 +293,7 @@ def _run_mle(spec: StudySpec, task: Task, hooks: RunnerHooks) -> list[dict[str, 
         rows, failed, tb = _unit_rows(spec, task, r, seed, res, hooks)
         unit = {"replicate": r, "failed": failed, "rows": rows, "traceback": tb}
         if not isinstance(res, BaseException):  # every estimate is kept: metrics can be recomputed
-            unit["estimate"] = estimate_record(res, seed) | {
+            unit["estimate"] = estimate_record(res, seed, ESTIMATOR_OF_INIT[spec.fit.init]) | {
                 "gate_label": task.gate.label, "fitted_k": task.fitted_k, "truth": task.truth or 0}
         units.append(unit)
     return units

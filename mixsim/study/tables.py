@@ -18,7 +18,7 @@ from .results import FAILED_STATUSES, load_results
 from .spec import StudySpec
 from .store import read_meta
 
-__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "has_rate", "theory", "RateContext", "rate_context", "series_rate", "rate_table",
+__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "main_estimator", "one_estimator", "has_rate", "theory", "RateContext", "rate_context", "series_rate", "rate_table",
            "local_rate_table"]
 
 #: Metrics that are not errors (no rate is fitted to them by default).
@@ -45,6 +45,32 @@ def _usable(df: pd.DataFrame, metrics: Sequence[str] | None, min_n: int | None) 
     if min_n is not None:
         ok &= df["n"] >= min_n
     return df[ok]
+
+
+def _with_estimator(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with an ``estimator`` column ("" for tables from before estimators were named)."""
+    return df if "estimator" in df.columns else df.assign(estimator="")
+
+
+def main_estimator(df: pd.DataFrame) -> str:
+    """The estimate a table reports by default: "mle" where a search gave it, else the one estimator
+    the table holds (ValueError when it holds several and none is "mle")."""
+    found = sorted(set(_with_estimator(df)["estimator"]))
+    if "mle" in found or not found:
+        return "mle" if found else ""
+    if len(found) > 1:
+        raise ValueError(f"estimator: the table holds estimates {found}; choose one")
+    return found[0]
+
+
+def one_estimator(df: pd.DataFrame, estimator: str | None = None) -> pd.DataFrame:
+    """The rows of one estimator (default :func:`main_estimator`): a series never mixes two
+    estimates of the same unit. ValueError names the estimators held when ``estimator`` is not one."""
+    df = _with_estimator(df)
+    chosen = main_estimator(df) if estimator is None else estimator
+    if len(df) and chosen not in set(df["estimator"]):
+        raise ValueError(f"estimator must be one of {sorted(set(df['estimator']))}; got {chosen!r}")
+    return df[df["estimator"] == chosen]
 
 
 def has_rate(rows: pd.DataFrame) -> bool:
@@ -137,7 +163,7 @@ def rate_table(
     Returns
     -------
     pandas.DataFrame
-        One row per (study, [truth,] gate, fitted_k, metric) whose series has at least two sample
+        One row per (study, [truth,] gate, fitted_k, estimator, metric) whose series has at least two sample
         sizes with at least two replicates each (:func:`has_rate`): the columns of
         :meth:`mixsim.rates.RateEstimate.to_row` (``slope``, ``slope_low``, ``slope_high``,
         ``intercept``, the half-range slopes, the curvature check, ``rate``, ``rate_low``,
@@ -153,16 +179,17 @@ def rate_table(
     df = as_table(results)
     used = _usable(df, metrics, min_n)
     several = "truth" in df.columns and df["truth"].nunique() > 1  # an ensemble: one rate per truth
-    keys = ["study"] + (["truth"] if several else []) + ["gate", "fitted_k", "metric"]
+    df, used = _with_estimator(df), _with_estimator(used)
+    keys = ["study"] + (["truth"] if several else []) + ["gate", "fitted_k", "estimator", "metric"]
     total = df.groupby(keys).size() if len(df) else pd.Series(dtype=int)
     out = []
     for key, group in used.groupby(keys, sort=True):
-        study, gate, k, metric = key[0], *key[-3:]
+        study, gate, k, estimator, metric = key[0], *key[-4:]
         if not has_rate(group):
             continue
         est, others = series_rate(group, **options)
         row: dict[str, Any] = {
-            "study": study, "gate": gate, "fitted_k": int(k), "metric": metric, **est.to_row(), **others,
+            "study": study, "gate": gate, "fitted_k": int(k), "estimator": estimator, "metric": metric, **est.to_row(), **others,
             "rows": len(group), "dropped": int(total.get(key, len(group)) - len(group)),
             "not_converged": int((~group["converged"]).sum()),
             "local_slopes": json.dumps([float(v) for v in est.local_slopes]),
@@ -182,8 +209,10 @@ def local_rate_table(
     metrics: Sequence[str] | None = None,
     min_n: int | None = None,
     average: str | None = None,
+    estimator: str | None = None,
 ) -> pd.DataFrame:
-    """Local slopes between neighbouring sample sizes, as a long table (for plots of slope against n).
+    """Local slopes between neighbouring sample sizes, as a long table (for plots of slope against n),
+    of one estimator (default :func:`main_estimator`).
 
     A local slope that drifts with n says the asymptotic regime has not been reached. The slopes
     are those of :func:`mixsim.rates.estimate_rate` (``window=2``) with ``average`` (default: the
@@ -197,7 +226,7 @@ def local_rate_table(
         slope.
     """
     options = dict(rate_context(results, None).rates) | ({} if average is None else {"average": average})
-    used = _usable(as_table(results), metrics, min_n)
+    used = _usable(one_estimator(as_table(results), estimator), metrics, min_n)
     rows = []
     for (study, gate, k, metric), group in used.groupby(["study", "gate", "fitted_k", "metric"], sort=True):
         if not has_rate(group):
