@@ -237,6 +237,11 @@ def test_claim_figures_write_every_figure_with_its_numbers(tables, tmp_path):
     mle = tables.estimates[(ARMS["linear"][0], 0, "weight_multi_share", "mle")]
     rows = groups[(groups["study"] == ARMS["linear"][0]) & (groups["group"] == "weight")]
     np.testing.assert_allclose(rows["mean_error"], np.exp(mle.log_average), rtol=1e-12)  # mle's, not protocol's
+    protocol = plots.group_rates_data(tables.estimates, ARMS["linear"], "share", estimator="protocol").points
+    want = tables.estimates[(ARMS["linear"][0], 0, "weight_multi_share", "protocol")]
+    got = protocol[(protocol["study"] == ARMS["linear"][0]) & (protocol["group"] == "weight")]["mean_error"]
+    np.testing.assert_allclose(got, np.exp(want.log_average), rtol=1e-12)
+    assert plots.group_rates_data(tables.estimates, ARMS["linear"], "share").points.empty  # 3-tuple keys: none here
     gates = pd.read_csv(tmp_path / "matched_gates_linear.csv")
     truths = [tables.specs[s].truths[0] for s in ARMS["linear"]]
     assert list(gates.groupby("truth")["gate"].first()) == ["competition", "softmax"]

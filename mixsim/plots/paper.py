@@ -171,7 +171,7 @@ def draw_group_rates(data: GroupRatesData, fig: Figure | None = None, *, titles:
         top.grid(alpha=0.3)
         bottom.grid(alpha=0.3)
     axes[0, 0].set_ylabel(f"geometric mean of {data.weighting} error\n(bands: 95% bootstrap)")
-    which = "reference truths" if data.truth == 0 else f"truth {data.truth}"
+    which = "reference truths (pair 0)" if data.truth == 0 else f"truth {data.truth}"
     which += "" if data.estimator is None else f", estimator {data.estimator}"
     fig.suptitle(f"Over-fitted, multi-atom cells, {which}: {' vs '.join(data.studies)}")
     return axes
