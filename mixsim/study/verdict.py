@@ -105,7 +105,7 @@ def pair_outcomes(comparisons: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=OUTCOME_COLUMNS)
     kept = comparisons["kept"].astype(bool) if "kept" in comparisons else pd.Series(True, index=comparisons.index)
     rows = []
-    for key, sub in comparisons.groupby(_KEYS, sort=False):
+    for key, sub in comparisons.groupby(_KEYS, sort=False, dropna=False):
         sub = sub[kept.loc[sub.index]]
         counts = {v: int((sub["verdict"] == v).sum()) for v in VERDICTS}
         ref = sub["ref_efficiency"] if "ref_efficiency" in sub else pd.Series(dtype=object)
@@ -152,7 +152,7 @@ def estimator_sensitivity(outcomes: pd.DataFrame, estimators: Sequence[str] = ("
     if missing:
         raise ValueError(f"outcomes lacks columns {missing} (build it with pair_outcomes)")
     rows = []
-    for (comparison, group), sub in outcomes.groupby(["comparison", "group"], sort=False):
+    for (comparison, group), sub in outcomes.groupby(["comparison", "group"], sort=False, dropna=False):
         found = {e: (sub[sub["estimator"] == e].iloc[0] if (sub["estimator"] == e).any() else None) for e in estimators}
         verdicts = {e: ("" if r is None else r["verdict"]) for e, r in found.items()}
         rows.append({"comparison": comparison, "group": group, first: verdicts[first], second: verdicts[second],
