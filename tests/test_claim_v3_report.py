@@ -10,7 +10,6 @@ the specs real StudySpecs of a shipped over-fitted ensemble and its softmax-matc
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
