@@ -3,7 +3,7 @@
 
 It runs (or resumes) the claim test's studies (:mod:`mixsim.study.claim`), writes ``rates.csv``,
 ``comparisons.csv`` and ``rates.md`` (:func:`mixsim.study.write_claim_tables`) and the figures
-(:func:`mixsim.plots.claim_figures`), and prints the rates and a plain-language verdict. It sits
+(:func:`mixsim.plots.claim_figures`), and prints the rates and a plain-language verdict (:func:`verdict_text`). It sits
 above :mod:`mixsim.study` and :mod:`mixsim.plots` and adds no computation of its own.
 """
 from __future__ import annotations
@@ -14,46 +14,77 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .plots import GROUP_NAMES, claim_figures
-from .study import ClaimTables, claim_tables, write_claim_tables
-from .study.claim import EXACT, SCALES
+from .study import RULE, ClaimTables, claim_tables, write_claim_tables
+from .study.claim import ARMS, EXACT, SCALES
 
 __all__ = ["run_claim_test", "verdict_text", "build_parser", "main"]
 
 
-def verdict_text(tables: ClaimTables) -> str:
-    """A plain-language reading of the intervals, group by group.
+_RULE_WORDS = {"faster": "competition faster", "slower": "competition slower", "cannot tell": "cannot tell"}
 
-    The rule, fixed before any run: a group reads "competition faster" ("slower") when the
-    intervals of more than half of the truths say so and none says the opposite; else "cannot tell".
-    """
-    rates, out = tables.rates, []
+
+def _exact_lines(rates: pd.DataFrame) -> list[str]:
+    """One line per exact-fitted reference study (and estimator, where it has several): does D1's interval hold -1/2?"""
+    out = []
     for name in EXACT:
-        r = rates[(rates["study"] == name) & (rates["metric"] == "D1")] if len(rates) else rates
-        if len(r):
-            r = r.iloc[0]
+        rows = rates[(rates["study"] == name) & (rates["metric"] == "D1")] if len(rates) else rates
+        several = "estimator" in rows and rows["estimator"].nunique() > 1
+        for r in rows.itertuples():
             inside = r.rate_low <= -0.5 <= r.rate_high
-            out.append(f"{name}: D1 slope {r.rate:.2f} [{r.rate_low:.2f}, {r.rate_high:.2f}] "
+            tag = f" ({r.estimator})" if several else ""
+            out.append(f"{name}{tag}: D1 slope {r.rate:.2f} [{r.rate_low:.2f}, {r.rate_high:.2f}] "
                        f"{'contains' if inside else 'does NOT contain'} the parametric -1/2.")
-    if len(tables.counts):
-        out.append("Over-fitted k = 3, two-atom cell, competition vs softmax (slope difference interval per truth):")
-        for r in tables.counts.to_dict("records"):
-            word = ("competition faster" if r["faster"] > r["truths"] / 2 and r["slower"] == 0
-                    else "competition slower" if r["slower"] > r["truths"] / 2 and r["faster"] == 0
-                    else "cannot tell")
-            out.append(f"  {GROUP_NAMES[r['group']]:<18} {word:<19} (of {r['truths']} truths: {r['faster']} faster, "
-                       f"{r['slower']} slower, {r['cannot tell']} cannot tell)")
-    if len(tables.control):
-        out.append("Control (tanh experts minus linear experts, reference truths):")
-        for r in tables.control.itertuples():
-            out.append(f"  {r.comparison:<18} {GROUP_NAMES[r.group]:<18} difference {r.difference:+.2f} "
-                       f"[{r.difference_low:+.2f}, {r.difference_high:+.2f}]: tanh {r.verdict}")
-    out.append("Each gate is fitted to its own truths (the truth indices pair truths drawn alike, not the same "
-               "model), so only slopes compare; the n-ratio also compares error levels and is reported, not "
-               "used in the verdict. The rule, fixed before any run: a group reads 'faster' ('slower') when the "
-               "intervals of more than half of the truths say so and none says the opposite; else 'cannot tell'.")
+    return out
+
+
+def _arm_lines(tables: ClaimTables) -> list[str]:
+    """Per arm and estimator, each group's verdict under the rule, its pair counts and median n-ratio."""
+    out, pairs = [], tables.pairs
+    for (arm, estimator), sub in tables.outcomes.groupby(["comparison", "estimator"], sort=False):
+        studies = " - ".join(ARMS.get(arm, ()))
+        dropped = int((~pairs.loc[pairs["arm"] == arm, "kept"].astype(bool)).sum()) if len(pairs) else 0
+        out.append(f"Arm {arm} ({studies}), estimator {estimator}: competition vs softmax, paired interval per pair"
+                   + (f" ({dropped} pair{'s' * (dropped != 1)} dropped: gates too far apart)" if dropped else "") + ":")
+        for r in sub.to_dict("records"):
+            ratio = f"{r['median_ref_ratio']:.2f}" if np.isfinite(r["median_ref_ratio"]) else "n/a"
+            out.append(f"  {GROUP_NAMES.get(r['group'], r['group']):<18} {_RULE_WORDS[r['verdict']]:<19} (of {r['pairs']} "
+                       f"pairs: {r['faster']} faster, {r['slower']} slower, {r['cannot tell']} cannot tell; "
+                       f"median n-ratio {ratio})")
+    return out
+
+
+def _sensitivity_lines(sensitivity: pd.DataFrame) -> list[str]:
+    """A line per group whose verdict changes between the two estimators (or one saying none does)."""
+    changed = sensitivity[sensitivity["changed"].astype(bool)] if len(sensitivity) else sensitivity
+    if changed.empty:
+        return ["Estimator sensitivity: no group's verdict changes between protocol and mle."]
+    out = ["Estimator sensitivity: verdicts that change between protocol and mle (counts faster/slower/cannot tell):"]
+    for r in changed.to_dict("records"):
+        out.append(f"  arm {r['comparison']}, {GROUP_NAMES.get(r['group'], r['group'])}: protocol "
+                   f"{_RULE_WORDS.get(r['protocol'], r['protocol'])} ({r['protocol_counts']}), mle "
+                   f"{_RULE_WORDS.get(r['mle'], r['mle'])} ({r['mle_counts']})")
+    return out
+
+
+def verdict_text(tables: ClaimTables) -> str:
+    """A plain-language reading of the claim test (v3), arm by arm, estimator by estimator, group by group.
+
+    The exact-fitted D1 lines (does the interval hold -1/2?), then per arm and estimator each
+    group's verdict under :data:`mixsim.study.RULE` (fixed before any run) with its pair counts and
+    median n-to-eps ratio, then the groups whose verdict changes between the estimators
+    (``tables.sensitivity``), and a closing sentence stating the rule and the pairing.
+    """
+    out = _exact_lines(tables.rates) + _arm_lines(tables)
+    if len(tables.sensitivity):
+        out += _sensitivity_lines(tables.sensitivity)
+    out.append("Each arm's two gates are fitted to matched pairs (the same experts and variances, the closest gate) "
+               "sampled with common random numbers, so each pair's interval is paired (the same replicates for both "
+               "gates) and the n-ratio (the n competition needs for softmax's error, over softmax's n; < 1: competition "
+               f"needs fewer) compares error levels. The rule, fixed before any run: {RULE}.")
     return "\n".join(out)
 
 
@@ -90,9 +121,10 @@ def run_claim_test(scale: str = "quick", out: str | Path | None = None, figures:
     written = claim_figures(tables, fig_dir)
     if progress:
         with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 30):
-            shown = ["study", "truth", "metric", "rate", "rate_low", "rate_high", "power_law", "not_converged"]
+            shown = ["study", "truth", "estimator", "metric", "rate", "rate_low", "rate_high", "power_law", "not_converged"]
+            shown = [c for c in shown if c in tables.rates]
             print(tables.rates[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(tables.rates) else "(no rates)")
-            print(tables.counts.to_string(index=False))
+            print(tables.outcomes.to_string(index=False))
         print("\nVerdict\n-------\n" + verdict_text(tables))
         print(f"\n{len(written)} figures, rates.md, rates.csv and comparisons.csv in {fig_dir}; "
               f"{time.perf_counter() - t0:.0f} s in all")

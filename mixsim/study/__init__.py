@@ -17,6 +17,8 @@ Read the modules in the order the data flows:
 * :mod:`~mixsim.study.status` and :mod:`~mixsim.study.tables` - :func:`study_status`,
   :func:`rate_table` (convergence rates per gate, fitted k and metric: the one rate path);
 * :mod:`~mixsim.study.compare` - :func:`comparison_table` and :func:`verdict_counts` (two studies' rates compared);
+* :mod:`~mixsim.study.verdict` - the claim test's verdict rule (:data:`RULE`, declared before the run),
+  :func:`pair_outcomes` and :func:`estimator_sensitivity`;
 * :mod:`~mixsim.study.claim` and :mod:`~mixsim.study.claim_report` - the claim test's studies and tables;
 * :mod:`~mixsim.study.catalog` - study specs by name: a local ``./studies`` folder, then those shipped in the package.
 
@@ -49,6 +51,7 @@ from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, loc
 from .plan import ESTIMATOR_OF_INIT, ESTIMATORS
 from .catalog import StudyFile, find_study, list_studies
 from .compare import COMPARISON_COLUMNS, comparison_table, verdict_counts
+from .verdict import RULE, estimator_sensitivity, pair_outcomes
 from .claim import CLAIM_STUDIES, ClaimTables, claim_tables
 from .claim_report import write_claim_tables
 
@@ -67,8 +70,10 @@ __all__ = [
     # added by issues 20 and 21
     "has_rate", "series_rate", "StudyFile", "find_study", "list_studies", "COMPARISON_COLUMNS", "comparison_table",
     "verdict_counts", "CLAIM_STUDIES", "ClaimTables", "claim_tables", "write_claim_tables",
-    # issue 24: a unit's estimates (a search reports its best and the reference protocol's optimum)
+    # issue 24: a unit's estimates (a search reports its best and the reference protocol's optimum);
+    # the claim test v3's verdict rule and tables
     "ESTIMATORS", "ESTIMATOR_OF_INIT", "main_estimator", "one_estimator", "estimate_records",
+    "RULE", "pair_outcomes", "estimator_sensitivity",
     # the network study's task, moved here from mixsim.nn (issue 20)
     "run_nn_task", "make_teacher", "train_regressor", "run_nn_experiment", "EXPERIMENT_COLUMNS",
 ]

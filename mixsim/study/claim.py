@@ -31,13 +31,23 @@ from .results import load_results
 from .store import read_meta
 from .tables import has_rate, rate_table, series_rate
 
-__all__ = ["EXACT", "OVERFIT", "CONTROL", "CLAIM_STUDIES", "SCALES", "ClaimTables", "claim_spec", "run_claim_studies",
+__all__ = ["EXACT", "OVERFIT", "CONTROL", "CLAIM_STUDIES", "ARMS", "ESTIMATORS", "GATE_DISTANCE_MAX", "SCALES", "ClaimTables", "claim_spec", "run_claim_studies",
            "claim_rates", "claim_comparisons", "group_estimates", "claim_tables"]
 
 EXACT = ("softmax_exact", "competition_exact")
 OVERFIT = ("softmax_overfit_ensemble", "competition_overfit_ensemble")  # truth 0: the reference truths
 CONTROL = ("softmax_overfit_tanh", "competition_overfit_tanh")
 CLAIM_STUDIES = EXACT + OVERFIT + CONTROL
+#: Claim test v3: arm -> (competition study, softmax study), matched pairs truth j against truth j.
+ARMS = {
+    "linear": ("matched_linear_competition", "matched_linear_softmax"),  # (a) linear experts, k = k* + 1
+    "tanh": ("matched_tanh_competition", "matched_tanh_softmax"),  # (b) tanh experts (strongly identifiable)
+    "linear_k4": ("matched_linear_k4_competition", "matched_linear_k4_softmax"),  # (c) linear experts, k = k* + 2
+}
+#: The two estimates of every fit: the search's best ("mle") and the reference protocol's optimum ("protocol").
+ESTIMATORS = ("mle", "protocol")
+#: Pairs whose gates are farther apart (expected KL, nats; mixsim.gate_distance) are dropped (kept=False).
+GATE_DISTANCE_MAX = 0.01
 
 # Overrides of the shipped specs per scale ("full" keeps them as shipped except where noted).
 _FEW_TRUTHS = [{"count": 1, "seed": 1, "d": 1}, {"count": 1, "seed": 2, "d": 2}]
@@ -172,7 +182,7 @@ def claim_comparisons(out: str | Path, weighting: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ClaimTables:
-    """Everything the claim test reports.
+    """Everything the claim test (v3: matched pairs, two estimators) reports.
 
     Attributes
     ----------
@@ -180,15 +190,28 @@ class ClaimTables:
     out : Path
         The results folder (one directory per study).
     weighting : str
-        The group errors' weighting the over-fitted specs declare.
+        The group errors' weighting the over-fitted specs declare (``"share"``).
     rates : pandas.DataFrame
-        :func:`claim_rates`.
+        One row per (study, truth, estimator, metric): ``study, arm`` ("" for :data:`EXACT`),
+        ``truth, gate, estimator, metric``, :data:`mixsim.rates.RATE_ROW_COLUMNS`,
+        ``median_slope, mean_slope, not_converged, fits``.
     comparisons : pandas.DataFrame
-        :func:`claim_comparisons` (claim and control rows).
-    counts : pandas.DataFrame
-        :func:`verdict_counts` of the claim rows, per group.
+        Competition minus softmax, one row per (arm, pair, estimator, group): ``comparison`` (the
+        arm), ``truth`` (the pair), ``estimator``, ``group``, the columns of
+        :func:`mixsim.study.comparison_table` from the PAIRED intervals, ``n_ref, ref_ratio,
+        ref_ratio_low, ref_ratio_high, ref_efficiency`` (the paired n-to-eps ratio), and the
+        pair's ``gate_distance`` (nats) and ``kept`` (``gate_distance <= GATE_DISTANCE_MAX``).
+    pairs : pandas.DataFrame
+        One row per (arm, truth): ``arm, truth, d, gate_distance, kept``.
+    outcomes : pandas.DataFrame
+        :func:`mixsim.study.verdict.pair_outcomes` of ``comparisons``.
+    sensitivity : pandas.DataFrame
+        :func:`mixsim.study.verdict.estimator_sensitivity` of ``outcomes``.
     estimates : dict
-        :func:`group_estimates` of the over-fitted and control studies (for the figures).
+        ``(study, truth, metric, estimator) -> RateEstimate`` of the arms' group errors (metric
+        like ``"weight_multi_share"``; for the figures).
+    specs : dict
+        Study name -> :class:`StudySpec` (``spec.truths[j]`` is truth j; ``spec.x_dist``).
     """
 
     scale: str
@@ -196,18 +219,11 @@ class ClaimTables:
     weighting: str
     rates: pd.DataFrame
     comparisons: pd.DataFrame
-    counts: pd.DataFrame
+    pairs: pd.DataFrame
+    outcomes: pd.DataFrame
+    sensitivity: pd.DataFrame
     estimates: dict
-
-    @property
-    def claim(self) -> pd.DataFrame:
-        """The competition-minus-softmax rows."""
-        return self.comparisons[self.comparisons["comparison"] == "claim"]
-
-    @property
-    def control(self) -> pd.DataFrame:
-        """The tanh-minus-linear rows."""
-        return self.comparisons[self.comparisons["comparison"] != "claim"].reset_index(drop=True)
+    specs: dict
 
 
 def claim_tables(scale: str, out: str | Path, n_jobs: int = 1, progress: bool = True) -> ClaimTables:

@@ -1,5 +1,7 @@
-"""The claim test's tables as files: ``rates.csv``, ``comparisons.csv`` and ``rates.md`` (the
-readable report of both, with the fits that did not converge and the truths per outcome)."""
+"""The claim test's tables as files: ``rates.csv``, ``comparisons.csv``, ``outcomes.csv``,
+``sensitivity.csv`` and ``rates.md`` (the readable report of all four, with the fits that did not
+converge, the matched pairs and their gate distances, the median paired interval widths and the
+fits' certificates)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,17 +10,24 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..rates import VERDICTS
 from .certificates import certificate_markdown, certificate_summary
-from .claim import ClaimTables
+from .claim import GATE_DISTANCE_MAX, ClaimTables
+from .verdict import RULE
 
-__all__ = ["markdown_table", "write_claim_tables"]
+__all__ = ["markdown_table", "interval_widths", "write_claim_tables"]
 
-_RATE_SHOWN = ["study", "truth", "metric", "average", "slope", "slope_low", "slope_high", "median_slope", "mean_slope",
-               "curvature", "curvature_low", "curvature_high", "power_law", "rate_source", "rate", "rate_low",
-               "rate_high", "not_converged"]
-_COMPARISON_SHOWN = ["comparison", "truth", "group", "rate_a", "rate_b", "difference", "difference_low", "difference_high",
-                     "verdict", "eps", "n_ratio", "n_ratio_low", "n_ratio_high", "efficiency"]
+_RATE_SHOWN = ["study", "arm", "truth", "estimator", "metric", "average", "slope", "slope_low", "slope_high",
+               "median_slope", "mean_slope", "curvature", "curvature_low", "curvature_high", "power_law", "rate_source",
+               "rate", "rate_low", "rate_high", "not_converged"]
+_COMPARISON_SHOWN = ["truth", "estimator", "group", "rate_a", "rate_b", "difference", "difference_low", "difference_high",
+                     "verdict", "ref_ratio", "ref_ratio_low", "ref_ratio_high", "ref_efficiency", "kept"]
+_OUTCOME_SHOWN = ["comparison", "group", "estimator", "pairs", *VERDICTS, "verdict", "median_difference", "median_width",
+                  "median_ref_ratio", "ref_faster", "ref_slower"]
 _POWER_LAW_WORDS = {True: "yes", False: "not a power law over this range", None: "n/a"}
+#: The median width of v2's intervals of the slope difference (independent arms, about +-0.1): 0.200 over
+#: the 32 claim rows of figures/full at v2 (2026-12-03).
+V2_WIDTH = 0.2
 
 
 def markdown_table(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
@@ -33,32 +42,104 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
            ["| " + " | ".join(str(v) for v in row) + " |" for row in fmt.itertuples(index=False)]
 
 
+def interval_widths(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The median width of the paired intervals of the slope difference, per arm and estimator.
+
+    Parameters
+    ----------
+    comparisons : pandas.DataFrame
+        ``ClaimTables.comparisons`` (``comparison, estimator, difference_low, difference_high``;
+        ``kept`` optional, default every pair kept).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``comparison, estimator, rows`` (kept (pair, group) rows), ``median_width`` (of
+        ``difference_high - difference_low`` over them; NaN when none is finite), ``v2_width``
+        (:data:`V2_WIDTH`, for comparison); one row per (comparison, estimator) in order of first appearance.
+    """
+    columns = ["comparison", "estimator", "rows", "median_width", "v2_width"]
+    kept = comparisons[comparisons["kept"].astype(bool)] if "kept" in comparisons else comparisons
+    rows = []
+    for (arm, estimator), sub in kept.groupby(["comparison", "estimator"], sort=False):
+        width = (sub["difference_high"] - sub["difference_low"]).to_numpy(dtype=float)
+        width = width[np.isfinite(width)]
+        rows.append({"comparison": arm, "estimator": estimator, "rows": len(sub),
+                     "median_width": float(np.median(width)) if width.size else float("nan"), "v2_width": V2_WIDTH})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _nats(value: float) -> str:
+    """A gate distance with 2 significant digits (they are often below 1e-3; "inf", "nan" as such)."""
+    return f"{float(value):.2g}"
+
+
+def _not_converged(rates: pd.DataFrame) -> pd.DataFrame:
+    """Fits and fits that did not converge per (study, estimator), summed over truths."""
+    if rates.empty:
+        return pd.DataFrame(columns=["study", "estimator", "truths", "fits", "not_converged"])
+    keys = ["study", "estimator"] if "estimator" in rates else ["study"]
+    per_truth = rates.drop_duplicates([*keys, "truth"])
+    return per_truth.groupby(keys, sort=False).agg(truths=("truth", "nunique"), fits=("fits", "sum"),
+                                                   not_converged=("not_converged", "sum")).reset_index()
+
+
+def _comparison_sections(comp: pd.DataFrame) -> list[str]:
+    """One table per arm of the per-pair paired comparisons."""
+    text = ["## Paired comparisons per arm (competition - softmax; negative = competition's errors fall faster)", "",
+            "Per matched pair (`truth`), estimator and group: both rates, their difference with its paired 95% "
+            "bootstrap interval and verdict, and the paired n-to-eps ratio `ref_ratio` (the n competition needs for "
+            "softmax's error at `n_ref`, over `n_ref`; < 1: competition needs fewer samples) with its verdict.", ""]
+    for arm, sub in comp.groupby("comparison", sort=False):
+        a, b = sub["a"].iloc[0] if "a" in sub else "", sub["b"].iloc[0] if "b" in sub else ""
+        text += [f"### {arm}: {a} - {b}", ""] + markdown_table(sub, _COMPARISON_SHOWN) + [""]
+    return text
+
+
 def write_claim_tables(tables: ClaimTables, folder: str | Path) -> list[Path]:
-    """Write ``rates.csv``, ``comparisons.csv`` and ``rates.md`` of the claim test into ``folder``;
-    return their paths."""
+    """Write the claim test's tables into ``folder``: ``rates.csv``, ``comparisons.csv``,
+    ``outcomes.csv`` (:func:`mixsim.study.pair_outcomes`), ``sensitivity.csv``
+    (:func:`mixsim.study.estimator_sensitivity`) and ``rates.md`` (all of them readable, with the
+    fits that did not converge, the matched pairs, the median interval widths and the fits'
+    certificates); return their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rates, comp = tables.rates, tables.comparisons
-    paths = [folder / "rates.csv", folder / "comparisons.csv", folder / "rates.md"]
-    rates.to_csv(paths[0], index=False)
-    comp.to_csv(paths[1], index=False)
+    names = ("rates", "comparisons", "outcomes", "sensitivity")
+    paths = [folder / f"{name}.csv" for name in names] + [folder / "rates.md"]
+    for path, df in zip(paths, (rates, comp, tables.outcomes, tables.sensitivity)):
+        df.to_csv(path, index=False)
     n_boot = ", ".join(str(int(b)) for b in sorted(set(rates["n_boot"]))) if len(rates) else "no"
-    conv = rates.drop_duplicates(["study", "truth"])[["study", "truth", "fits", "not_converged"]] if len(rates) else rates
     text = ["# Claim test: measured rates", "",
             f"Average: declared in each spec before the run (`[rates] average`); intervals: percentile bootstrap "
-            f"over replicates within each n ({n_boot} resamples). `power_law` False = the curvature interval "
+            f"over replicates within each n ({n_boot} resamples), PAIRED across the two gates of a matched pair "
+            f"(the same replicates: common random numbers). `power_law` False = the curvature interval "
             f"(lower-half minus upper-half slope) excludes 0: 'not a power law over this range', and the rate used "
             f"(`rate`) is the upper-half slope (the declared fallback). Over-fitted group errors: `{tables.weighting}` "
-            f"weighting, two-atom cells.", "",
+            f"weighting, multi-atom cells. Two estimators per fit: `mle` (the search's best) and `protocol` (the "
+            f"reference protocol's optimum, from the same search).", "",
             "## Fits that did not converge (certified stationarity), kept in every table", ""]
-    text += markdown_table(conv, ["study", "truth", "fits", "not_converged"]) + [""]
+    text += markdown_table(_not_converged(rates), ["study", "estimator", "truths", "fits", "not_converged"]) + [""]
+    text += ["## Matched pairs", "",
+             f"Truth j of an arm's competition study and truth j of its softmax study have the same experts; the "
+             f"softmax gate is the closest to the competition gate (expected KL of the gate weights, nats). Pairs "
+             f"with `gate_distance` above {GATE_DISTANCE_MAX:g} (declared before the run) are dropped (`kept` False) "
+             f"and counted nowhere.", ""]
+    pairs = tables.pairs.assign(gate_distance=tables.pairs["gate_distance"].map(_nats)) if len(tables.pairs) else tables.pairs
+    text += markdown_table(pairs, ["arm", "truth", "d", "gate_distance", "kept"]) + [""]
     text += ["## Rates", ""]
     view = rates.assign(power_law=rates["power_law"].map(_POWER_LAW_WORDS)) if len(rates) else rates
     text += markdown_table(view, _RATE_SHOWN) + [""]
-    text += ["## Gate comparisons (a - b; negative = a's errors fall faster)", ""]
-    text += markdown_table(comp, _COMPARISON_SHOWN) + [""]
-    text += ["## Truths per outcome (competition - softmax)", ""]
-    text += markdown_table(tables.counts, ["group", "truths", "faster", "slower", "cannot tell"])
+    text += _comparison_sections(comp)
+    text += ["## Pairs per outcome (competition - softmax)", "", f"The rule, declared before the run: {RULE}.", ""]
+    text += markdown_table(tables.outcomes, _OUTCOME_SHOWN) + [""]
+    text += ["## Estimator sensitivity: does a group's verdict change between `protocol` and `mle`?", "",
+             "Counts: pairs faster/slower/cannot tell.", ""]
+    text += markdown_table(tables.sensitivity, list(tables.sensitivity.columns)) + [""]
+    text += ["## Median width of the paired intervals", "",
+             f"Over the kept pairs and groups of each arm and estimator; v2 (independent arms) had about +-0.1, a "
+             f"width of about {V2_WIDTH:g}.", ""]
+    text += markdown_table(interval_widths(comp), ["comparison", "estimator", "rows", "median_width", "v2_width"])
     text += ["", "## Which maximum: the fits' certificates", "",
              "Per study and fit: how many continued starts reached the returned optimum (`hit_tol` nats), the "
              "share of fits whose optimum was reached once, the share where the reference protocol's optimum "
@@ -66,9 +147,8 @@ def write_claim_tables(tables: ClaimTables, folder: str | Path) -> list[Path]:
              "(a local optimum: the basic inequality of MLE rate proofs fails) and the share on a variance "
              "bound (mixsim.study.certificate_summary).", ""]
     text += certificate_markdown(_certificates(tables.out))
-    paths[2].write_text("\n".join(text) + "\n")
+    paths[-1].write_text("\n".join(text) + "\n")
     return paths
-
 
 
 def _certificates(out: Path) -> pd.DataFrame:
