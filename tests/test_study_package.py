@@ -30,15 +30,25 @@ SHIPPED_HASHES = {
     # issue 19: the maximum-likelihood search studies (new; their hashes are first pinned here)
     "softmax_overfit_search": "09d6dfdc7cfdc5dd80a70a6a5dee5cec4ea2ad5f6b30dd24c3d711cfe32132b2",
     "competition_overfit_search": "a259f64c0c9e944df4e66fdbd35f3f79ee1ccabfe7957f072216c5bbc78f94c1",
+    # issue 24: the matched arms of claim test v3 (new; first pinned here)
+    "matched_linear_competition": "0b0e92f417a5b90270055eac4df11b8105af4dcb0383a447cd0bfa92c6736b1c",
+    "matched_linear_softmax": "6d2553fa3c9019fcb1b95e3802412a89d687b66fed049236e8e1b1c740133adc",
+    "matched_tanh_competition": "a62869110eecc5f310a8b9cc6504a95e8ed8dd8f1a915ffd184a4b0e0fb2b1c2",
+    "matched_tanh_softmax": "3e15c7316562fa93a1a2ead046fed83682b60f53c76ea5e25410421786f31a24",
+    "matched_linear_k4_competition": "acf2d80e1eb5c95a65de78b75dbde6944e1ba4eaedfa183423210c666ca24116",
+    "matched_linear_k4_softmax": "b503420bc16468593d440272babf6abbbdbce7a6324e5975b0e0f3198adf6343",
 }
-# The same for paper_repro.py --full (the shipped specs with the full scale's overrides).
+# The same for the claim test's full scale (v3, declared in mixsim.study.claim.SCALES["full"] before the run;
+# run by paper_repro.py --full and mixsim repro --full): the shipped specs with the full scale's overrides.
 PAPER_FULL_HASHES = {
     "softmax_exact": "82675d4cf3277c490e06806470ff8d484f098fc9c5d14dc91a31ea8bdc07b0d4",
     "competition_exact": "187252004d460d2c9a4b6ca99ca40389f5c3525226d1f9a51f47cce13fe1c83c",
-    "softmax_overfit_ensemble": "4d455dbdda1f62f40c6697b814633a133c46e4ee0de86f107a206f79bd71b9f5",
-    "competition_overfit_ensemble": "a33bfba043be14aeafc4bf47690a9264c7916f817e163f8144f9b6cddf451c0a",
-    "softmax_overfit_tanh": "317553dd0d138a1c3c4272c1730c4f6466cdd89a4094ba9d08d832e2ee9d0b11",
-    "competition_overfit_tanh": "82ee7b74608855ee97cf7c86ca92f719e69d8e0ba93391f065a3b2e3b43f81f2",
+    "matched_linear_competition": "0b0e92f417a5b90270055eac4df11b8105af4dcb0383a447cd0bfa92c6736b1c",
+    "matched_linear_softmax": "6d2553fa3c9019fcb1b95e3802412a89d687b66fed049236e8e1b1c740133adc",
+    "matched_tanh_competition": "a62869110eecc5f310a8b9cc6504a95e8ed8dd8f1a915ffd184a4b0e0fb2b1c2",
+    "matched_tanh_softmax": "3e15c7316562fa93a1a2ead046fed83682b60f53c76ea5e25410421786f31a24",
+    "matched_linear_k4_competition": "fcae8392287bd682d6c8445dfe19ac15de0df6f5c0bbc755e7a58a706182037a",
+    "matched_linear_k4_softmax": "8a55eebd870d35eb4b3452d664f8472019c405c3fe51dde54edc0ac8aa378068",
 }
 
 
@@ -55,9 +65,10 @@ def test_paper_repro_full_specs_keep_their_hashes():
 
     from mixsim.study.claim import SCALES, claim_spec
 
-    kinds = {"softmax_exact": "exact", "competition_exact": "exact", "softmax_overfit_ensemble": "overfit",
-             "competition_overfit_ensemble": "overfit", "softmax_overfit_tanh": "control",
-             "competition_overfit_tanh": "control"}
+    from mixsim.study.claim import ARMS, CLAIM_STUDIES
+
+    assert set(PAPER_FULL_HASHES) == set(CLAIM_STUDIES)
+    kinds = {"softmax_exact": "exact", "competition_exact": "exact"} | {s: arm for arm, pair in ARMS.items() for s in pair}
     for name, want in PAPER_FULL_HASHES.items():
         path = ROOT / "studies" / f"{name}.toml"
         doc = apply_overrides(tomllib.loads(path.read_text()), dict(SCALES["full"][kinds[name]]))

@@ -1,15 +1,24 @@
-"""The claim test's studies and tables: does competition gating estimate an over-fitted mixture of
-experts faster than softmax?
+"""The claim test (v3): does competition gating estimate an over-fitted mixture of experts faster
+than softmax, on the same scenario?
 
 Runs, through the study runner, the exact-fitted reference studies (D1 must fall as n^-1/2 for both
-gates), the over-fitted ensembles (each gate on its reference truth and on truths drawn by
-:func:`mixsim.random_truth`) and the tanh-expert control, each at a scale (:data:`SCALES`: overrides
-of the shipped specs). Then every rate is a row of :func:`mixsim.study.rate_table` (the average the
-specs declare before the run, percentile bootstrap over replicates, the curvature check and its
-upper-half fallback), and the gates are compared per truth and parameter group of the over-fitted
-two-atom cells by :func:`mixsim.study.comparison_table`; :func:`mixsim.study.verdict_counts` counts
-the truths per outcome. Figures: :func:`mixsim.plots.claim_figures`; the whole run:
-``mixsim repro`` (:func:`mixsim.repro.run_claim_test`).
+gates) and three **arms** (:data:`ARMS`), each a matched ensemble fitted with both gates: truth j of
+the competition study and truth j of the softmax study have the same experts and variances and the
+closest gates (``truth.match``, :func:`mixsim.matched_truth`), and are sampled with common random
+numbers (``sampling = "crn"``, the same unit seeds), so replicate r of pair j differs between the
+gates only where the drawn component does. Arms: (a) ``linear``, k = k* + 1; (b) ``tanh``, tanh
+experts, where the theory predicts no softmax slow-down; (c) ``linear_k4``, k = k* + 2 (three-atom
+cells). Every fit is the maximum-likelihood search, which also reports the reference protocol's
+optimum: each unit gives two estimates (:data:`ESTIMATORS`). Each scale (:data:`SCALES`) overrides
+the shipped specs alike for both studies of an arm.
+
+Then every rate is a row of :func:`mixsim.study.rate_table` (the average the specs declare before
+the run, percentile bootstrap over replicates, the curvature check and its upper-half fallback), the
+gates are compared per arm, pair, estimator and parameter group by
+:func:`mixsim.study.comparison_table` with ``paired=True`` (replicates resampled jointly; the
+n-to-eps ratio beside the slope difference), and :mod:`mixsim.study.verdict` counts the kept pairs
+per outcome under the rule declared before the run. Figures: :func:`mixsim.plots.claim_figures`;
+the whole run: ``mixsim repro`` (:func:`mixsim.repro.run_claim_test`).
 """
 from __future__ import annotations
 
@@ -22,71 +31,76 @@ from typing import Any
 import pandas as pd
 
 from ..losses import GROUPS
-from ..rates import RATE_ROW_COLUMNS, RateEstimate
+from ..matching import gate_distance
 from .catalog import find_study
-from .compare import comparison_table, series, verdict_counts
+from .compare import comparison_table, series
 from .parallel import run_study
 from .spec import StudySpec, apply_overrides
 from .results import load_results
 from .store import read_meta
 from .tables import has_rate, rate_table, series_rate
+from .verdict import estimator_sensitivity, pair_outcomes
 
-__all__ = ["EXACT", "OVERFIT", "CONTROL", "CLAIM_STUDIES", "ARMS", "ESTIMATORS", "GATE_DISTANCE_MAX", "SCALES", "ClaimTables", "claim_spec", "run_claim_studies",
-           "claim_rates", "claim_comparisons", "group_estimates", "claim_tables"]
+__all__ = ["EXACT", "ARMS", "CLAIM_STUDIES", "ESTIMATORS", "GATE_DISTANCE_MAX", "SCALES", "ClaimTables", "claim_spec",
+           "run_claim_studies", "claim_pairs", "claim_rates", "claim_comparisons", "group_estimates", "claim_tables"]
 
 EXACT = ("softmax_exact", "competition_exact")
-OVERFIT = ("softmax_overfit_ensemble", "competition_overfit_ensemble")  # truth 0: the reference truths
-CONTROL = ("softmax_overfit_tanh", "competition_overfit_tanh")
-CLAIM_STUDIES = EXACT + OVERFIT + CONTROL
-#: Claim test v3: arm -> (competition study, softmax study), matched pairs truth j against truth j.
+#: Claim test v3: arm -> (competition study, softmax study); pair j is truth j of both.
 ARMS = {
     "linear": ("matched_linear_competition", "matched_linear_softmax"),  # (a) linear experts, k = k* + 1
     "tanh": ("matched_tanh_competition", "matched_tanh_softmax"),  # (b) tanh experts (strongly identifiable)
     "linear_k4": ("matched_linear_k4_competition", "matched_linear_k4_softmax"),  # (c) linear experts, k = k* + 2
 }
+CLAIM_STUDIES = EXACT + tuple(name for pair in ARMS.values() for name in pair)
 #: The two estimates of every fit: the search's best ("mle") and the reference protocol's optimum ("protocol").
 ESTIMATORS = ("mle", "protocol")
-#: Pairs whose gates are farther apart (expected KL, nats; mixsim.gate_distance) are dropped (kept=False).
+#: Declared before the run: pairs whose gates are farther apart (expected KL in nats over the study's
+#: inputs, mixsim.gate_distance) are dropped (kept=False). The matched truths of the shipped arms are
+#: 2e-5..2e-3 nats apart; 0.01 is about a 0.1 difference in a gate weight of 0.5 at every input.
 GATE_DISTANCE_MAX = 0.01
 
-# Overrides of the shipped specs per scale ("full" keeps them as shipped except where noted).
-_FEW_TRUTHS = [{"count": 1, "seed": 1, "d": 1}, {"count": 1, "seed": 2, "d": 2}]
-#: Overrides of the shipped specs, per scale and kind of study ("exact", "overfit", "control").
+_TINY_ARM = {"grid.values": [600, 1200, 2400], "replications": 3, "fit.n_init": 1, "fit.max_iter": 300,
+             "fit.options.search_candidates": 6, "fit.options.search_keep": 2, "metrics": ["D2", "groups", "cells"]}
+_QUICK_ARM = {"grid.start": 1e3, "grid.stop": 1e4, "grid.num": 3, "replications": 10}
+#: Overrides of the shipped specs, per scale and kind of study ("exact", or an arm of ARMS: both of its studies).
 SCALES: dict[str, dict[str, dict]] = {
     "tiny": {  # seconds: the whole chain on toy sizes (used by the tests)
         "exact": {"grid.values": [400, 800, 1600], "replications": 3, "losses.n_mc": 50},
-        "overfit": {"grid.values": [600, 1200, 2400], "replications": 3, "fit.n_init": 1, "fit.max_iter": 300,
-                    "truth.random": [{"count": 1, "seed": 1, "d": 1}], "metrics": ["D2", "groups", "cells"]},
-        "control": {"grid.values": [600, 1200, 2400], "replications": 3, "fit.n_init": 1, "fit.max_iter": 300,
-                    "metrics": ["D2", "groups", "cells"]},
+        "linear": _TINY_ARM | {"truth.random": [{"count": 1, "seed": 11, "d": 1}]},
+        "tanh": _TINY_ARM | {"truth.random": []},
+        "linear_k4": _TINY_ARM | {"truth.random": []},
     },
-    "quick": {  # < 10 minutes on 2 cores: reduced truths, sizes, replications
+    "quick": {  # < 10 minutes on 2 cores: 2 pairs in arm (a), 1 in (b) and (c); 3 sizes to 1e4; 10 replications
         "exact": {"grid.start": 1e3, "grid.stop": 1e5, "grid.num": 6, "replications": 16, "losses.n_mc": 300,
                   "metrics": ["D1", "groups", "loglik"]},
-        "overfit": {"grid.start": 1e3, "grid.stop": 1e5, "grid.num": 5, "replications": 10,
-                    "fit.n_init": {"exact": 1, "over": 2}, "truth.random": _FEW_TRUTHS},
-        "control": {"grid.start": 1e3, "grid.stop": 1e5, "grid.num": 5, "replications": 10,
-                    "fit.n_init": {"exact": 1, "over": 2}},
+        "linear": _QUICK_ARM | {"truth.random": [{"count": 1, "seed": 11, "d": 1}]},
+        "tanh": _QUICK_ARM | {"truth.random": []},
+        "linear_k4": _QUICK_ARM | {"truth.random": []},
     },
-    # Declared before the full run (2026-12-03), sized to the 3-hour budget on 2 cores; the costs
-    # extrapolated from the quick run (seconds per fit grow like n * iterations, about 16 s at 3e5):
+    # Declared before the full run (2026-12-04), sized to the issue's 4 hours on 2 cores from a pilot of the
+    # search (one block of 8 replicates of truth 1, on the shared machine): seconds per fit at n = 1e5 and
+    # 15849: linear competition 8.6 and 2.1, linear softmax 6.3 and 1.0, linear_k4 competition 28 and 5.5;
+    # cost grows about like n. Extrapolated core-seconds: exact studies 700, arm (a) 10,600, arm (b) about
+    # 4,800 (v2's tanh protocol fits times the search's 2-10x), arm (c) 3,400: about 2.7 h on 2 cores.
     "full": {
-        "exact": {},
-        # Two near-truth starts instead of five: starts this close to the truth rarely change the
-        # best likelihood, and the extra starts cost 2.5x the time. 8 truths per gate (the reference,
-        # 4 with d = 1, 3 with d = 2) and 7 sizes from 1e3 to 3e5 instead of 9 and 10: the largest
-        # size dominates the cost, which is what the range requires.
-        "overfit": {"fit.n_init": {"exact": 1, "over": 2}, "grid.num": 7,
-                    "truth.random": [{"count": 4, "seed": 1, "d": 1}, {"count": 3, "seed": 2, "d": 2}]},
-        # The control asks a qualitative question (is softmax still slow with tanh experts?): two
-        # decades, 7 sizes, all 40 replications.
-        "control": {"fit.n_init": {"exact": 1, "over": 2}, "grid.stop": 1e5, "grid.num": 7},
+        "exact": {},  # as shipped: 40 sizes from 1e2 to 1e5, 40 replications (D1 must contain -1/2)
+        # (a) as shipped: 10 pairs (the reference, 5 with d = 1, 4 with d = 2), 40 replications, 6 sizes
+        # from 1e3 to 1e5. Not 3e5: one size more would double the arm's cost (fits cost about n).
+        "linear": {},
+        # (b) as shipped: 4 pairs (the reference and 3 with d = 1), 40 replications, 1e3 to 1e5.
+        "tanh": {},
+        # (c) what the budget forced: 4 pairs, 20 replications, 5 sizes from 1e3 to 39811 (the linear arm's
+        # first five). Fits with two extra atoms cost 3-4x those with one (28 s at 1e5); the shipped scale
+        # (40 replications to 1e5) alone would take about 4 h.
+        "linear_k4": {"replications": 20, "grid.stop": 39811, "grid.num": 5},
     },
 }
 
 
 def _kind_of(study: str) -> str:
-    return "exact" if study in EXACT else "overfit" if study in OVERFIT else "control"
+    if study in EXACT:
+        return "exact"
+    return next(arm for arm, names in ARMS.items() if study in names)
 
 
 def _check_scale(scale: Any) -> str:
@@ -114,9 +128,9 @@ def run_claim_studies(scale: str, out: str | Path, n_jobs: int = 1, progress: bo
 
 
 def _weighting(specs: dict[str, StudySpec]) -> str:
-    weightings = {specs[s].losses.get("group_weighting", "unweighted") for s in OVERFIT + CONTROL}
+    weightings = {specs[s].losses.get("group_weighting", "unweighted") for s in CLAIM_STUDIES if s not in EXACT}
     if len(weightings) != 1:
-        raise ValueError(f"the over-fitted specs declare different group weightings: {sorted(weightings)}")
+        raise ValueError(f"the arms' specs declare different group weightings: {sorted(weightings)}")
     return weightings.pop()
 
 
@@ -124,60 +138,69 @@ def _metrics(study: str, weighting: str) -> list[str]:
     return ["D1"] if study in EXACT else [f"{g}_multi_{weighting}" for g in GROUPS]
 
 
-def claim_rates(out: str | Path, weighting: str) -> pd.DataFrame:
-    """One row per (study, truth, metric) of the claim test: the row of :func:`rate_table` of each
-    results directory (the ``[rates]`` it declared), with the slopes of the other averages beside
-    the declared one, and ``not_converged`` of ``fits`` counting every fit of that study and truth."""
+def claim_pairs(specs: dict[str, StudySpec]) -> pd.DataFrame:
+    """One row per (arm, pair): ``arm, truth, d, gate_distance`` (:func:`mixsim.gate_distance` of the
+    competition truth and its softmax match over the study's inputs) and ``kept`` (within
+    :data:`GATE_DISTANCE_MAX`)."""
     rows = []
+    for arm, (comp, soft) in ARMS.items():
+        a, b = specs[comp], specs[soft]
+        if len(a.truths) != len(b.truths):
+            raise ValueError(f"arm {arm}: {comp} has {len(a.truths)} truths and {soft} {len(b.truths)}; pairs need both")
+        for j, (ta, tb) in enumerate(zip(a.truths, b.truths)):
+            distance = gate_distance(ta, tb, x_dist=a.x_dist)
+            rows.append({"arm": arm, "truth": j, "d": ta.dim, "gate_distance": distance,
+                         "kept": bool(distance <= GATE_DISTANCE_MAX)})
+    return pd.DataFrame(rows, columns=["arm", "truth", "d", "gate_distance", "kept"])
+
+
+def claim_rates(out: str | Path, weighting: str) -> pd.DataFrame:
+    """One row per (study, truth, estimator, metric) of the claim test: the row of :func:`rate_table`
+    of each results directory (the ``[rates]`` it declared), with ``arm`` ("" for the exact studies),
+    and ``not_converged`` of ``fits`` counting every fit of that study, truth and estimator."""
+    parts = []
     for name in CLAIM_STUDIES:
         table = load_results(Path(out) / name)
         wanted = [m for m in _metrics(name, weighting) if m in set(table["metric"])]
         rates = rate_table(Path(out) / name, metrics=wanted) if wanted else pd.DataFrame()
-        if len(rates) and "truth" not in rates:
+        if rates.empty:
+            continue
+        if "truth" not in rates:
             rates.insert(1, "truth", 0)
-        others = [c for c in rates.columns if c.endswith("_slope") and c not in RATE_ROW_COLUMNS]
-        for truth in sorted(set(table["truth"])):
-            fits = table[table["truth"] == truth].drop_duplicates(["n", "replicate", "gate", "fitted_k"])
-            for metric in wanted:
-                found = rates[(rates["truth"] == truth) & (rates["metric"] == metric)] if len(rates) else rates
-                if found.empty:
-                    continue
-                row = found.iloc[0]
-                rows.append({"study": name, "truth": int(truth), "gate": row["gate"], "metric": metric,
-                             **{c: row[c] for c in RATE_ROW_COLUMNS + others},
-                             "not_converged": int((~fits["converged"]).sum()), "fits": len(fits)})
-    return pd.DataFrame(rows)
+        fits = table.drop_duplicates(["truth", "estimator", "n", "replicate", "gate", "fitted_k"])
+        counts = fits.groupby(["truth", "estimator"])["converged"].agg(fits="size", not_converged=lambda c: int((~c).sum()))
+        rates = rates.drop(columns=["not_converged"]).join(counts, on=["truth", "estimator"])
+        rates.insert(1, "arm", "" if name in EXACT else _kind_of(name))
+        parts.append(rates)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def group_estimates(out: str | Path, studies: tuple[str, ...], weighting: str) -> dict[tuple, RateEstimate]:
-    """``(study, truth, metric) -> RateEstimate`` of the over-fitted cells' group errors (what the
-    rate table's rows hold, as objects, for :func:`mixsim.plots.group_rates_data`)."""
+def group_estimates(out: str | Path, studies: tuple[str, ...], weighting: str) -> dict[tuple, Any]:
+    """``(study, truth, metric, estimator) -> RateEstimate`` of the arms' group errors (what the rate
+    table's rows hold, as objects, for :func:`mixsim.plots.group_rates_data`)."""
     estimates = {}
     for name in studies:
         table, declared = load_results(Path(out) / name), read_meta(Path(out) / name)["spec"].get("rates", {})
         for truth in sorted(set(table["truth"])):
-            for metric in _metrics(name, weighting):
-                rows = series(table, metric, truth)
-                if has_rate(rows):
-                    estimates[(name, truth, metric)] = series_rate(rows, **declared)[0]
+            for estimator in sorted(set(table["estimator"])):
+                for metric in _metrics(name, weighting):
+                    rows = series(table, metric, truth, estimator)
+                    if has_rate(rows):
+                        estimates[(name, truth, metric, estimator)] = series_rate(rows, **declared)[0]
     return estimates
 
 
-def _by_group(comp: pd.DataFrame, weighting: str) -> pd.DataFrame:
-    """A comparison table with its metrics named by parameter group (``weight_multi_share`` -> ``weight``)."""
-    suffix = f"_multi_{weighting}"
-    return comp.assign(metric=comp["metric"].str.removesuffix(suffix)).rename(columns={"metric": "group"})
-
-
-def claim_comparisons(out: str | Path, weighting: str) -> pd.DataFrame:
-    """Competition minus softmax per truth and group (``comparison`` "claim"), then each gate's tanh
-    control minus its linear ensemble on the reference truth ("softmax_tanh", "competition_tanh")."""
-    out = Path(out)
-    metrics = _metrics(OVERFIT[0], weighting)
-    parts = [comparison_table(out / OVERFIT[1], out / OVERFIT[0], metrics=metrics, label="claim")]
-    for tanh, linear in zip(CONTROL, OVERFIT):  # the tanh studies hold truth 0 only
-        parts.append(comparison_table(out / tanh, out / linear, metrics=metrics, label=f"{tanh.split('_')[0]}_tanh"))
-    return _by_group(pd.concat(parts, ignore_index=True), weighting)
+def claim_comparisons(out: str | Path, weighting: str, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Competition minus softmax per arm, pair, estimator and group, with paired intervals
+    (:func:`comparison_table` with ``paired=True``), and each pair's ``gate_distance`` and ``kept``."""
+    out, suffix = Path(out), f"_multi_{weighting}"
+    metrics = [f"{g}{suffix}" for g in GROUPS]
+    parts = [comparison_table(out / comp, out / soft, metrics=metrics, label=arm, paired=True)
+             for arm, (comp, soft) in ARMS.items()]
+    comp = pd.concat(parts, ignore_index=True)
+    comp = comp.assign(metric=comp["metric"].str.removesuffix(suffix)).rename(columns={"metric": "group"})
+    return comp.merge(pairs.rename(columns={"arm": "comparison"})[["comparison", "truth", "gate_distance", "kept"]],
+                      on=["comparison", "truth"], how="left")
 
 
 @dataclass(frozen=True)
@@ -229,8 +252,9 @@ class ClaimTables:
 def claim_tables(scale: str, out: str | Path, n_jobs: int = 1, progress: bool = True) -> ClaimTables:
     """Run (or resume) the claim test's studies at ``scale`` into ``out`` and build its tables."""
     specs = run_claim_studies(scale, out, n_jobs=n_jobs, progress=progress)
-    weighting = _weighting(specs)
-    comp = claim_comparisons(out, weighting)
-    claim = comp[comp["comparison"] == "claim"]
-    return ClaimTables(scale, Path(out), weighting, claim_rates(out, weighting), comp, verdict_counts(claim, by="group"),
-                       group_estimates(out, OVERFIT + CONTROL, weighting))
+    weighting, pairs = _weighting(specs), claim_pairs(specs)
+    comp = claim_comparisons(out, weighting, pairs)
+    outcomes = pair_outcomes(comp)
+    arms = tuple(name for pair in ARMS.values() for name in pair)
+    return ClaimTables(scale, Path(out), weighting, claim_rates(out, weighting), comp, pairs, outcomes,
+                       estimator_sensitivity(outcomes), group_estimates(out, arms, weighting), specs)
