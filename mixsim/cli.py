@@ -7,7 +7,7 @@
     mixsim status DIR
     mixsim evaluate DIR --metric M [--metric M2 ...] [--force]   (metrics from the stored estimates)
     mixsim rates DIR [--metric M ...] [--min-n N] [--csv FILE]
-    mixsim compare DIR_A DIR_B [--metric M ...] [--csv FILE]
+    mixsim compare DIR_A DIR_B [--metric M ...] [--paired] [--csv FILE]
     mixsim repro [--tiny | --quick | --full] [--out DIR] [--figures DIR]   (the claim test)
     mixsim list
     mixsim plot DIR            (figures; provided by mixsim.plots)
@@ -152,16 +152,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from .study import comparison_table, verdict_counts
 
-    table = comparison_table(args.dir_a, args.dir_b, metrics=args.metric, label=args.label or "")
+    table = comparison_table(args.dir_a, args.dir_b, metrics=args.metric, label=args.label or "", paired=args.paired)
     if args.csv:
         table.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}", file=sys.stderr)
-    shown = ["truth", "metric", "rate_a", "rate_b", "difference", "difference_low", "difference_high", "verdict", "n_ratio"]
+    shown = ["truth", "estimator", "metric", "rate_a", "rate_b", "difference", "difference_low", "difference_high", "verdict",
+             "n_ratio", "ref_ratio"]
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.3f}".format):
         print(table[shown].to_string(index=False) if len(table) else "(no metric with a rate in both)")
-        if len(table):
-            print("\ntruths per verdict (a - b; 'faster': a's errors fall faster):")
-            print(verdict_counts(table).to_string(index=False))
+        for estimator, sub in table.groupby("estimator", sort=False):
+            print(f"\ntruths per verdict, estimator {estimator or '-'} (a - b; 'faster': a's errors fall faster):")
+            print(verdict_counts(sub).to_string(index=False))
     return 0
 
 
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("dir_b")
     cmp.add_argument("--metric", action="append", help="metric(s) to compare (default: every error metric both have)")
     cmp.add_argument("--label", help="the comparison column's value")
+    cmp.add_argument("--paired", action="store_true",
+                     help="resample replicate r of both studies together (matched truths sampled with common random numbers)")
     cmp.add_argument("--csv", help="also write the table here")
     cmp.set_defaults(func=_cmd_compare)
 

@@ -78,3 +78,21 @@ def test_a_series_refuses_an_unknown_estimator(search_study):
         mixsim.study.one_estimator(table, "auto")
     assert mixsim.study.main_estimator(table) == "mle"
     assert mixsim.study.main_estimator(table[table["estimator"] == "protocol"]) == "protocol"
+
+
+def test_a_paired_comparison_drops_a_failed_units_partner(search_study, capsys):
+    table = load_results(search_study)
+    broken = table.copy()
+    lost = (broken["n"] == 400) & (broken["replicate"] == 0) & (broken["metric"] == "D2")
+    broken.loc[lost, "value"] = np.nan  # a unit without a usable value on side a only
+    got = comparison_table(broken, table, metrics=["D2"], n_boot=50, paired=True, rng=5)
+    without = table[~lost]  # the same unit removed from both sides by hand
+    want = comparison_table(without, without, metrics=["D2"], n_boot=50, paired=True, rng=5)
+    pd.testing.assert_frame_equal(got.drop(columns=["a", "b"]), want.drop(columns=["a", "b"]))
+    with pytest.raises(ValueError, match="paired"):  # unpaired units are refused by compare_rates itself
+        mixsim.compare_rates(*(without[(without.metric == "D2") & (without.estimator == "mle")][c] for c in ("n", "value")),
+                             *(table[(table.metric == "D2") & (table.estimator == "mle")][c] for c in ("n", "value")),
+                             paired=True)
+    assert mixsim.cli.main(["compare", str(search_study), str(search_study), "--metric", "D2", "--paired"]) == 0
+    out = capsys.readouterr().out
+    assert "estimator mle" in out and "estimator protocol" in out

@@ -82,7 +82,8 @@ def comparison_table(
         ``ref_ratio_high``, ``ref_efficiency``). One row per (truth, estimator, metric): every
         estimator both tables hold ("mle" first) is compared with the same estimator.
         With ``paired=True`` (matched truths sampled with common random numbers, the same unit
-        seeds), replicate r of both studies is resampled together.
+        seeds), replicate r of both studies is resampled together, and a unit whose partner has
+        no usable value (a failed fit) is left out of both sides.
     """
     ta, tb = as_table(a), as_table(b)
     options = dict(rate_context(a, None).rates) | estimate_options
@@ -95,10 +96,18 @@ def comparison_table(
     rows = []
     for truth, estimator, metric in itertools.product(sorted(truths_a & truths_b), estimators, metrics):
         sa, sb = series(ta, metric, truth, estimator), series(tb, metric, truth, estimator)
+        if options.get("paired"):  # a unit enters only with its partner (a failed fit drops the pair's replicate)
+            sa, sb = _common_units(sa, sb), _common_units(sb, sa)
         if has_rate(sa) and has_rate(sb):
             rows.append(_comparison_row(sa, sb, options) | {
                 "comparison": label, "truth": int(truth), "estimator": estimator, "metric": metric, "a": name_a, "b": name_b})
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _common_units(rows: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``rows`` whose (n, replicate) ``other`` has too."""
+    keys = pd.MultiIndex.from_frame(rows[["n", "replicate"]])
+    return rows[keys.isin(pd.MultiIndex.from_frame(other[["n", "replicate"]]))]
 
 
 def _estimators(table: pd.DataFrame) -> list[str]:
