@@ -12,8 +12,9 @@ error and the others go on. Rows:
 * ``bf16``: the layer under bfloat16 autocast against float32 on CUDA: finite, relative RMS error,
   the median token's relative error and the share of tokens off by more than 10% (routing that
   flips between experts at near-ties in low precision);
-* ``speed``: forward + backward tokens/s of CompeteSMoE per backend, bfloat16, against a dense
-  feed-forward block of the same active FLOPs (ratio; 1.0 = as fast as dense);
+* ``speed``: forward + backward tokens/s per backend, bfloat16, of a top-2 MoE and of CompeteSMoE on
+  a router step and on a competition step (every expert computes its response), each against a
+  dense feed-forward block of the same FLOPs (ratio; 1.0 = as fast as dense);
 * ``fit``: :func:`mixsim.fit_batch` with ``device="cuda"`` against the CPU: log-likelihood and
   estimate, and the time ratio at n = 1e5;
 * ``nccl``: :class:`mixsim.nn.ExpertParallel` over a one-rank NCCL group equals the layer.
@@ -162,24 +163,34 @@ def timed(fn, reps: int = 10) -> float:
 def check_speed() -> None:
     B, T, D, H, E, K = 8, 1024, 1024, 1024, 64, 2
     x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    dense = torch.nn.Sequential(torch.nn.Linear(D, K * H), torch.nn.GELU(), torch.nn.Linear(K * H, D)).to("cuda", torch.bfloat16)
 
-    def run_dense():
-        dense(x).float().square().mean().backward()
+    def dense_block(width: int):
+        return torch.nn.Sequential(torch.nn.Linear(D, width), torch.nn.GELU(), torch.nn.Linear(width, D)).to("cuda", torch.bfloat16)
 
-    base = timed(run_dense)
-    row("speed", "dense FFN (same active FLOPs)", ms=base * 1e3, tokens_per_s=B * T / base)
+    def step(layer, **kw):
+        def run():
+            out = layer(x, **kw)
+            y, aux = out if isinstance(out, tuple) else (out, None)
+            (y.float().square().mean() + (aux.total() if aux is not None else 0)).backward()
+        return run
+
+    base = timed(step(dense_block(K * H)))
+    row("speed", "dense FFN, top-k active FLOPs", ms=base * 1e3, tokens_per_s=B * T / base)
+    every = timed(step(dense_block(E * H)))
+    row("speed", "dense FFN, all-experts FLOPs", ms=every * 1e3, tokens_per_s=B * T / every)
     for dispatch in mnn.DISPATCH_BACKENDS:
-        @guarded("speed", f"CompeteSMoE/{dispatch}")
-        def _():
-            layer = mnn.CompeteSMoE(D, H, n_experts=E, top_k=K, dispatch=dispatch, device="cuda", dtype=torch.bfloat16)
-
-            def run():
-                y, aux = layer(x)
-                (y.float().square().mean() + aux.total()).backward()
-
-            t = timed(run)
-            row("speed", f"CompeteSMoE/{dispatch}", ms=t * 1e3, tokens_per_s=B * T / t, vs_dense=base / t)
+        for kind in ("MoE", "CompeteSMoE", "CompeteSMoE compete"):
+            @guarded("speed", f"{kind}/{dispatch}")
+            def _():
+                if kind == "MoE":
+                    layer = mnn.MoE(D, H, E, K, dispatch=dispatch, device="cuda", dtype=torch.bfloat16)
+                    run = step(layer)
+                else:
+                    layer = mnn.CompeteSMoE(D, H, n_experts=E, top_k=K, dispatch=dispatch, device="cuda", dtype=torch.bfloat16)
+                    run = step(layer, compete=kind.endswith("compete"))
+                t = timed(run)
+                ref = every if kind.endswith("compete") else base
+                row("speed", f"{kind}/{dispatch}", ms=t * 1e3, tokens_per_s=B * T / t, vs_dense_same_flops=ref / t)
 
 
 def check_fit() -> None:
@@ -224,6 +235,7 @@ def check_nccl() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    parser.add_argument("--checks", default="layers,sync,bf16,nccl,speed,fit", help="comma-separated subset")
     args = parser.parse_args()
     if DEV == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (GPU_CHECK_DEVICE=cpu dry-runs the comparisons)")
@@ -231,10 +243,10 @@ def main() -> int:
     name = torch.cuda.get_device_name() if DEV == "cuda" else DEV
     print(f"torch {torch.__version__}, {name}, numpy {np.__version__}, mixsim {mixsim.__version__}", flush=True)
     t0 = time.perf_counter()
-    checks = (check_layers, check_sync, check_bf16, check_nccl, check_speed, check_fit) if DEV == "cuda" else (
-        check_layers, check_bf16, check_fit)
-    for check in checks:
-        check()
+    wanted = set(args.checks.split(",")) - ({"sync", "nccl", "speed"} if DEV != "cuda" else set())
+    for name in ("layers", "sync", "bf16", "nccl", "speed", "fit"):
+        if name in wanted:
+            globals()[f"check_{name}"]()
     print(f"{time.perf_counter() - t0:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(ROWS, indent=1, default=str))
