@@ -60,6 +60,7 @@ def _comparisons() -> pd.DataFrame:
                 rows.append({"comparison": arm, "truth": pair, "estimator": estimator, "group": group, "a": ARMS[arm][0],
                              "b": ARMS[arm][1], "rate_a": -0.5 + diff, "rate_b": -0.5, "difference": diff,
                              "difference_low": diff - width / 2, "difference_high": diff + width / 2, "verdict": v,
+                             "unpaired_low": diff - width, "unpaired_high": diff + width,
                              "n_ref": 1e4, "ref_ratio": ratio, "ref_ratio_low": ratio * 0.8, "ref_ratio_high": ratio * 1.25,
                              "ref_efficiency": ref, "gate_distance": distance, "kept": (arm, pair) not in DROPPED})
     return pd.DataFrame(rows)
@@ -218,7 +219,8 @@ def test_write_claim_tables_writes_the_numbers(tables, tmp_path):
     comp = tables.comparisons
     for (arm, estimator), sub in comp[comp["kept"]].groupby(["comparison", "estimator"]):
         width = np.median(sub["difference_high"] - sub["difference_low"])
-        assert f"| {arm} | {estimator} | {len(sub)} | {width:.3f} | 0.200 |" in md
+        unpaired = np.median(sub["unpaired_high"] - sub["unpaired_low"])
+        assert f"| {arm} | {estimator} | {len(sub)} | {width:.3f} | {unpaired:.3f} | 0.200 |" in md
 
 
 def test_claim_figures_write_every_figure_with_its_numbers(tables, tmp_path):

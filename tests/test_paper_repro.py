@@ -42,6 +42,7 @@ def test_tiny_run_writes_figures_rates_comparisons_and_verdict(tmp_path, capsys)
     assert rates["metric"].str.endswith("_multi_share").any() and not rates["metric"].str.endswith("_unweighted").any()
     comp = pd.read_csv(figs / "comparisons.csv")
     assert set(comp["comparison"]) == {"linear", "tanh", "linear_k4"} and comp["paired"].all() and comp["kept"].all()
+    assert comp["unpaired_low"].notna().all() and comp["unpaired_high"].notna().all()
     assert set(comp["verdict"]) <= {"faster", "slower", "cannot tell"} and set(comp["estimator"]) == {"mle", "protocol"}
     assert (comp["difference_low"] <= comp["difference"]).all() and (comp["difference"] <= comp["difference_high"]).all()
     md = (figs / "rates.md").read_text()

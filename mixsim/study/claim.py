@@ -192,11 +192,18 @@ def group_estimates(out: str | Path, studies: tuple[str, ...], weighting: str) -
 
 def claim_comparisons(out: str | Path, weighting: str, pairs: pd.DataFrame) -> pd.DataFrame:
     """Competition minus softmax per arm, pair, estimator and group, with paired intervals
-    (:func:`comparison_table` with ``paired=True``), and each pair's ``gate_distance`` and ``kept``."""
+    (:func:`comparison_table` with ``paired=True``), the unpaired interval of the same difference
+    beside them (``unpaired_low``, ``unpaired_high``: each gate resampled on its own, as v2 did; what
+    the pairing gains), and each pair's ``gate_distance`` and ``kept``."""
     out, suffix = Path(out), f"_multi_{weighting}"
-    metrics = [f"{g}{suffix}" for g in GROUPS]
-    parts = [comparison_table(out / comp, out / soft, metrics=metrics, label=arm, paired=True)
-             for arm, (comp, soft) in ARMS.items()]
+    metrics, keys = [f"{g}{suffix}" for g in GROUPS], ["truth", "estimator", "metric"]
+    parts = []
+    for arm, (comp, soft) in ARMS.items():
+        paired = comparison_table(out / comp, out / soft, metrics=metrics, label=arm, paired=True)
+        unpaired = comparison_table(out / comp, out / soft, metrics=metrics, label=arm)  # what pairing gains
+        unpaired = unpaired[keys + ["difference_low", "difference_high"]].rename(
+            columns={"difference_low": "unpaired_low", "difference_high": "unpaired_high"})
+        parts.append(paired.merge(unpaired, on=keys, how="left"))
     comp = pd.concat(parts, ignore_index=True)
     comp = comp.assign(metric=comp["metric"].str.removesuffix(suffix)).rename(columns={"metric": "group"})
     return comp.merge(pairs.rename(columns={"arm": "comparison"})[["comparison", "truth", "gate_distance", "kept"]],
