@@ -20,7 +20,8 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     api = (out / "api.html").read_text()
     for name in ("mixsim.study.rate_table", "mixsim.rates.estimate_rate", "mixsim.study.comparison_table",
-                 "mixsim.repro.run_claim_test", "mixsim.fitting.fit_batch", "mixsim.nn.CompeteSMoE"):
+                 "mixsim.repro.run_claim_test", "mixsim.fitting.fit_batch", "mixsim.nn.CompeteSMoE",
+                 "mixsim.matching.matched_truth", "mixsim.study.pair_outcomes"):
         assert f'id="{name}"' in api, name
     guide = (out / "README.html").read_text()
     assert "Current verdict" in guide and "_images/forest_slope_differences.png" in guide
