@@ -41,7 +41,7 @@ from .store import read_meta
 from .tables import has_rate, rate_table, series_rate
 from .verdict import estimator_sensitivity, pair_outcomes
 
-__all__ = ["EXACT", "ARMS", "CLAIM_STUDIES", "ESTIMATORS", "GATE_DISTANCE_MAX", "SCALES", "ClaimTables", "claim_spec",
+__all__ = ["EXACT", "ARMS", "CLAIM_STUDIES", "OVERFIT", "CONTROL", "ESTIMATORS", "GATE_DISTANCE_MAX", "SCALES", "ClaimTables", "claim_spec",
            "run_claim_studies", "claim_pairs", "claim_rates", "claim_comparisons", "group_estimates", "claim_tables"]
 
 EXACT = ("softmax_exact", "competition_exact")
@@ -52,6 +52,9 @@ ARMS = {
     "linear_k4": ("matched_linear_k4_competition", "matched_linear_k4_softmax"),  # (c) linear experts, k = k* + 2
 }
 CLAIM_STUDIES = EXACT + tuple(name for pair in ARMS.values() for name in pair)
+#: Claim test v2's over-fitted ensembles and tanh control (still shipped, to reproduce v2; v3 does not run them).
+OVERFIT = ("softmax_overfit_ensemble", "competition_overfit_ensemble")
+CONTROL = ("softmax_overfit_tanh", "competition_overfit_tanh")
 #: The two estimates of every fit: the search's best ("mle") and the reference protocol's optimum ("protocol").
 ESTIMATORS = ("mle", "protocol")
 #: Declared before the run: pairs whose gates are farther apart (expected KL in nats over the study's
