@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import mixsim
+import mixsim.cli
 from mixsim.study import comparison_table, estimate_params, evaluate, load_estimates, load_results, rate_table
 
 from test_search import SEARCH_SPEC
@@ -78,6 +79,11 @@ def test_a_series_refuses_an_unknown_estimator(search_study):
         mixsim.study.one_estimator(table, "auto")
     assert mixsim.study.main_estimator(table) == "mle"
     assert mixsim.study.main_estimator(table[table["estimator"] == "protocol"]) == "protocol"
+    assert mixsim.study.estimators_held(table) == ["mle", "protocol"]
+    assert mixsim.study.estimators_held(table.drop(columns="estimator")) == [""]  # a table from before estimators
+    both = pd.concat([table[table["estimator"] == "protocol"], table.assign(estimator="auto")])
+    with pytest.raises(ValueError, match="choose one"):  # several estimators, none of them "mle"
+        mixsim.study.main_estimator(both)
 
 
 def test_a_paired_comparison_drops_a_failed_units_partner(search_study, capsys):

@@ -46,7 +46,7 @@ from .results import COLUMNS, FAILED_STATUSES, collect, load_results
 from .certificates import CERTIFICATE_SUMMARY_COLUMNS, certificate_markdown, certificate_summary
 from .estimates import ESTIMATE_COLUMNS, estimate_params, estimate_records, evaluate, load_estimates
 from .status import StudyStatus, study_status
-from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, local_rate_table, main_estimator, one_estimator,
+from .tables import (RATE_EXCLUDED_METRICS, RateContext, as_table, has_rate, local_rate_table, estimators_held, main_estimator, one_estimator,
                      rate_context, rate_table, series_rate, theory)
 from .plan import ESTIMATOR_OF_INIT, ESTIMATORS
 from .catalog import StudyFile, find_study, list_studies
@@ -72,7 +72,7 @@ __all__ = [
     "verdict_counts", "CLAIM_STUDIES", "ClaimTables", "claim_tables", "write_claim_tables",
     # issue 24: a unit's estimates (a search reports its best and the reference protocol's optimum);
     # the claim test v3's verdict rule and tables
-    "ESTIMATORS", "ESTIMATOR_OF_INIT", "main_estimator", "one_estimator", "estimate_records",
+    "ESTIMATORS", "ESTIMATOR_OF_INIT", "estimators_held", "main_estimator", "one_estimator", "estimate_records",
     "RULE", "pair_outcomes", "estimator_sensitivity",
     # the network study's task, moved here from mixsim.nn (issue 20)
     "run_nn_task", "make_teacher", "train_regressor", "run_nn_experiment", "EXPERIMENT_COLUMNS",

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..rates import VERDICTS, compare_rates
 from .results import FAILED_STATUSES
-from .tables import RATE_EXCLUDED_METRICS, as_table, has_rate, one_estimator, rate_context
+from .tables import RATE_EXCLUDED_METRICS, as_table, estimators_held, has_rate, one_estimator, rate_context
 
 __all__ = ["COMPARISON_COLUMNS", "series", "comparison_table", "verdict_counts"]
 
@@ -92,7 +92,7 @@ def comparison_table(
     truths_a = set(ta["truth"]) if "truth" in ta else {0}
     truths_b = set(tb["truth"]) if "truth" in tb else {0}
     name_a, name_b = _name(a, ta), _name(b, tb)
-    estimators = [e for e in dict.fromkeys(_estimators(ta)) if e in set(_estimators(tb))]
+    estimators = [e for e in estimators_held(ta) if e in set(estimators_held(tb))]
     rows = []
     for truth, estimator, metric in itertools.product(sorted(truths_a & truths_b), estimators, metrics):
         sa, sb = series(ta, metric, truth, estimator), series(tb, metric, truth, estimator)
@@ -108,12 +108,6 @@ def _common_units(rows: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``rows`` whose (n, replicate) ``other`` has too."""
     keys = pd.MultiIndex.from_frame(rows[["n", "replicate"]])
     return rows[keys.isin(pd.MultiIndex.from_frame(other[["n", "replicate"]]))]
-
-
-def _estimators(table: pd.DataFrame) -> list[str]:
-    """The estimators of a table, "mle" first (old tables: the one blank name)."""
-    found = sorted(set(table["estimator"])) if "estimator" in table else [""]
-    return sorted(found, key=lambda e: (e != "mle", e))
 
 
 def _comparison_row(sa: pd.DataFrame, sb: pd.DataFrame, options: dict[str, Any]) -> dict[str, Any]:

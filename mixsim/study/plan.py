@@ -8,7 +8,7 @@ from __future__ import annotations
 from .spec import StudySpec
 from .spec_fields import GateSpec
 
-__all__ = ["ESTIMATORS", "ESTIMATOR_OF_INIT", "fit_label", "study_fits", "plan_units"]
+__all__ = ["ESTIMATORS", "ESTIMATOR_OF_INIT", "estimator_of", "fit_label", "study_fits", "plan_units"]
 
 #: Names of a unit's estimates (the ``estimator`` column of the results and estimates tables):
 #: "mle" the best optimum of the maximum-likelihood search (``init = "search"``); "protocol" the
@@ -17,6 +17,14 @@ __all__ = ["ESTIMATORS", "ESTIMATOR_OF_INIT", "fit_label", "study_fits", "plan_u
 ESTIMATORS = ("mle", "protocol", "auto")
 #: The estimator a fit's returned estimate is, by the spec's ``fit.init``.
 ESTIMATOR_OF_INIT = {"search": "mle", "near_truth": "protocol", "auto": "auto"}
+
+
+def estimator_of(spec: dict) -> str:
+    """The estimator of a unit's main estimate, from its study's spec (as stored in ``study.json``):
+    :data:`ESTIMATOR_OF_INIT` of ``fit.init`` for a maximum-likelihood study, "" otherwise. Fills the
+    ``estimator`` of rows and records written before estimators were named."""
+    init = (spec.get("fit") or {}).get("init", "auto")
+    return ESTIMATOR_OF_INIT.get(init, "") if spec.get("kind", "mle") == "mle" else ""
 
 
 def fit_label(gate: GateSpec, k: int, truth: int | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .plan import ESTIMATOR_OF_INIT, plan_units
+from .plan import estimator_of, plan_units
 from .spec import StudySpec
 from .store import (RESULTS, ResultsIndex, StudyLockedError, file_digest, listing_digest, locked, now,
                     read_meta, scan_evals, scan_tasks, write_meta)
@@ -148,10 +148,9 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _named_estimates(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     """Rows of task files written before the ``estimator`` column get the estimator of the study's ``fit.init``."""
-    blank = df["estimator"] == ""
-    init = (meta.get("spec", {}).get("fit") or {}).get("init", "auto")
-    if blank.any() and meta.get("spec", {}).get("kind", "mle") == "mle" and init in ESTIMATOR_OF_INIT:
-        df.loc[blank, "estimator"] = ESTIMATOR_OF_INIT[init]
+    blank, name = df["estimator"] == "", estimator_of(meta.get("spec", {}))
+    if blank.any() and name:
+        df.loc[blank, "estimator"] = name
     return df
 
 

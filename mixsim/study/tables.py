@@ -18,7 +18,7 @@ from .results import FAILED_STATUSES, load_results
 from .spec import StudySpec
 from .store import read_meta
 
-__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "main_estimator", "one_estimator", "has_rate", "theory", "RateContext", "rate_context", "series_rate", "rate_table",
+__all__ = ["RATE_EXCLUDED_METRICS", "as_table", "estimators_held", "main_estimator", "one_estimator", "has_rate", "theory", "RateContext", "rate_context", "series_rate", "rate_table",
            "local_rate_table"]
 
 #: Metrics that are not errors (no rate is fitted to them by default).
@@ -52,14 +52,18 @@ def _with_estimator(df: pd.DataFrame) -> pd.DataFrame:
     return df if "estimator" in df.columns else df.assign(estimator="")
 
 
+def estimators_held(df: pd.DataFrame) -> list[str]:
+    """The estimators a table holds, "mle" (the main estimate) first, then by name; tables from before
+    estimators were named hold the one blank name."""
+    return sorted(set(_with_estimator(df)["estimator"]), key=lambda e: (e != "mle", e)) or [""]
+
+
 def main_estimator(df: pd.DataFrame) -> str:
     """The estimate a table reports by default: "mle" where a search gave it, else the one estimator
     the table holds (ValueError when it holds several and none is "mle")."""
-    found = sorted(set(_with_estimator(df)["estimator"]))
-    if "mle" in found or not found:
-        return "mle" if found else ""
-    if len(found) > 1:
-        raise ValueError(f"estimator: the table holds estimates {found}; choose one")
+    found = estimators_held(df)
+    if found[0] != "mle" and len(found) > 1:
+        raise ValueError(f"estimator: the table holds estimates {sorted(found)}; choose one")
     return found[0]
 
 
